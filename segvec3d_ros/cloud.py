@@ -1,0 +1,45 @@
+"""The ROS-free point cloud the whole pipeline works on."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Cloud:
+    """Points in input order, possibly organized (height > 1), possibly with invalid points.
+
+    xyz keeps non-finite points so that per-point outputs line up with the input message;
+    `valid` says which points the segmenters may use.
+    """
+
+    xyz: np.ndarray                     # (N, 3) float32; NaN/Inf rows are invalid points
+    rgb: np.ndarray | None = None       # (N, 3) uint8, or None when the cloud has no colour
+    height: int = 1                     # organized clouds: height * width == N
+    width: int = 0
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # other fields, (N,) each
+
+    def __post_init__(self) -> None:
+        self.xyz = np.asarray(self.xyz, dtype=np.float32).reshape(-1, 3)
+        if self.width == 0:
+            self.width = len(self.xyz) // max(self.height, 1)
+        if self.rgb is not None:
+            self.rgb = np.asarray(self.rgb, dtype=np.uint8).reshape(-1, 3)
+            if len(self.rgb) != len(self.xyz):
+                raise ValueError(f'rgb has {len(self.rgb)} rows for {len(self.xyz)} points')
+        if self.height * self.width != len(self.xyz):
+            raise ValueError(
+                f'height*width = {self.height}*{self.width} != {len(self.xyz)} points')
+
+    def __len__(self) -> int:
+        return len(self.xyz)
+
+    @property
+    def valid(self) -> np.ndarray:
+        """Boolean mask of points whose x, y and z are all finite."""
+        return np.isfinite(self.xyz).all(axis=1)
+
+    @property
+    def is_organized(self) -> bool:
+        return self.height > 1

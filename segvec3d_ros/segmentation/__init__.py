@@ -1,0 +1,1 @@
+"""Segmenters: turn valid points into per-point instance ids."""
