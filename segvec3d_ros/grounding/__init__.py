@@ -1,0 +1,1 @@
+"""Language grounding: the frozen text encoder and ranking instances for free text."""

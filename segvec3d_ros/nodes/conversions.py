@@ -1,0 +1,98 @@
+"""Translate between ROS messages and the ROS-free core (the only place that builds messages)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from builtin_interfaces.msg import Duration
+from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
+from sensor_msgs.msg import PointCloud2, PointField
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from segvec3d_msgs.msg import Instance, InstanceArray
+from segvec3d_ros.cloud import Cloud
+from segvec3d_ros.colors import instance_color
+from segvec3d_ros.instances import InstanceInfo
+from segvec3d_ros.io.pointcloud2 import PackedCloud, encode_pointcloud2
+
+MARKER_ALPHA = 0.35
+TEXT_HEIGHT = 0.04  # m
+
+
+def pointcloud2_msg(header: Header, packed: PackedCloud) -> PointCloud2:
+    """Wrap an encoded cloud body in a sensor_msgs/PointCloud2 with the given header."""
+    return PointCloud2(
+        header=header, height=packed.height, width=packed.width,
+        fields=[PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count)
+                for f in packed.fields],
+        is_bigendian=packed.is_bigendian, point_step=packed.point_step,
+        row_step=packed.row_step, data=packed.data, is_dense=packed.is_dense)
+
+
+def labeled_cloud_msg(header: Header, cloud: Cloud, labels: np.ndarray) -> PointCloud2:
+    """The input points with an instance `label` per point (PCL PointXYZRGBL convention)."""
+    return pointcloud2_msg(header, encode_pointcloud2(
+        cloud.xyz, cloud.rgb, labels, height=cloud.height, width=cloud.width))
+
+
+def instance_msg(info: InstanceInfo) -> Instance:
+    """Convert one InstanceInfo into a segvec3d_msgs/Instance."""
+    cx, cy, cz = (float(v) for v in info.centroid)
+    bx, by, bz = (float(v) for v in info.bbox_center)
+    qx, qy, qz, qw = (float(v) for v in info.bbox_quaternion)
+    sx, sy, sz = (float(v) for v in info.bbox_size)
+    r, g, b, a = (float(v) for v in info.mean_color)
+    return Instance(
+        id=int(info.id), label=info.label, label_score=float(info.label_score),
+        num_points=int(info.num_points), centroid=Point(x=cx, y=cy, z=cz),
+        bbox_center=Pose(position=Point(x=bx, y=by, z=bz),
+                         orientation=Quaternion(x=qx, y=qy, z=qz, w=qw)),
+        bbox_size=Vector3(x=sx, y=sy, z=sz), mean_color=ColorRGBA(r=r, g=g, b=b, a=a),
+        embedding=np.asarray(info.embedding, dtype=np.float32).tolist())
+
+
+def instance_info(msg: Instance) -> InstanceInfo:
+    """Convert a segvec3d_msgs/Instance back into the ROS-free InstanceInfo."""
+    pose = msg.bbox_center
+    return InstanceInfo(
+        id=int(msg.id), num_points=int(msg.num_points),
+        centroid=np.array([msg.centroid.x, msg.centroid.y, msg.centroid.z]),
+        bbox_center=np.array([pose.position.x, pose.position.y, pose.position.z]),
+        bbox_quaternion=np.array([pose.orientation.x, pose.orientation.y,
+                                  pose.orientation.z, pose.orientation.w]),
+        bbox_size=np.array([msg.bbox_size.x, msg.bbox_size.y, msg.bbox_size.z]),
+        mean_color=np.array([msg.mean_color.r, msg.mean_color.g, msg.mean_color.b,
+                             msg.mean_color.a]),
+        label=msg.label, label_score=float(msg.label_score),
+        embedding=np.asarray(msg.embedding, dtype=np.float32))
+
+
+def instance_array_msg(header: Header, instances: Sequence[InstanceInfo]) -> InstanceArray:
+    """All instances of one frame, stamped with the input cloud's header."""
+    return InstanceArray(header=header, instances=[instance_msg(i) for i in instances])
+
+
+def marker_array_msg(header: Header, instances: Sequence[InstanceInfo],
+                     lifetime_s: float = 0.0) -> MarkerArray:
+    """DELETEALL, then one oriented box and one text label per instance, coloured by id."""
+    markers = [Marker(header=header, action=Marker.DELETEALL)]
+    lifetime = Duration(sec=int(lifetime_s), nanosec=int((lifetime_s % 1.0) * 1e9))
+    for info in instances:
+        r, g, b = instance_color(int(info.id))
+        box = Marker(header=header, ns='segvec3d/boxes', id=int(info.id), type=Marker.CUBE,
+                     action=Marker.ADD, lifetime=lifetime,
+                     color=ColorRGBA(r=r, g=g, b=b, a=MARKER_ALPHA))
+        box.pose = instance_msg(info).bbox_center
+        sx, sy, sz = (max(float(v), 1e-3) for v in info.bbox_size)
+        box.scale = Vector3(x=sx, y=sy, z=sz)
+        text = Marker(header=header, ns='segvec3d/labels', id=int(info.id),
+                      type=Marker.TEXT_VIEW_FACING, action=Marker.ADD, lifetime=lifetime,
+                      color=ColorRGBA(r=r, g=g, b=b, a=1.0),
+                      text=f'{info.id}: {info.label}' if info.label else f'#{info.id}')
+        text.pose.position = Point(x=float(info.bbox_center[0]), y=float(info.bbox_center[1]),
+                                   z=float(info.bbox_center[2]))
+        text.pose.orientation.w = 1.0
+        text.scale.z = TEXT_HEIGHT
+        markers += [box, text]
+    return MarkerArray(markers=markers)

@@ -1,0 +1,127 @@
+"""segvec3d_query: answers free-text queries about the most recent segmented scene."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Header
+
+from segvec3d_msgs.msg import InstanceArray
+from segvec3d_msgs.srv import QueryInstance
+from segvec3d_ros.grounding.query import QueryEngine
+from segvec3d_ros.grounding.scene_store import SceneStore
+from segvec3d_ros.grounding.text_encoder import TextEncoder
+from segvec3d_ros.io.pointcloud2 import CloudDecodeError, decode_pointcloud2, encode_pointcloud2
+from segvec3d_ros.nodes.conversions import instance_info, pointcloud2_msg
+from segvec3d_ros.nodes.params import check_parameters, declare_settings, read_settings
+from segvec3d_ros.nodes.runner import run
+from segvec3d_ros.settings import setting
+
+NODE_NAME = 'segvec3d_query'
+WARN_THROTTLE_S = 2.0
+
+
+@dataclass
+class QueryNodeSettings:
+    """Parameters of the query node."""
+
+    max_scene_age: float = setting(
+        10.0, 'seconds after which the latest scene is too old to answer from; 0 = no limit',
+        range=(0.0, 86400.0))
+    text_device: str = setting(
+        'cpu', 'device of the frozen text encoder', choices=('cpu', 'cuda'), read_only=True)
+
+
+def _frame_key(header: Header) -> tuple[int, int, str]:
+    return (header.stamp.sec, header.stamp.nanosec, header.frame_id)
+
+
+class QueryNode(Node):
+    """Follows the segmentation outputs and ranks the latest scene's instances for text."""
+
+    def __init__(self) -> None:
+        super().__init__(NODE_NAME)
+        declare_settings(self, QueryNodeSettings)
+        self._settings: QueryNodeSettings = read_settings(self, QueryNodeSettings)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        # Loading the encoder takes seconds: pay it at start-up, not in the first query.
+        self._engine = QueryEngine(TextEncoder(device=self._settings.text_device))
+        self._scenes = SceneStore()
+        # Best effort matches publishers of either reliability.
+        scene_qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.BEST_EFFORT)
+        self._instances_sub = self.create_subscription(
+            InstanceArray, 'segvec3d/instances', self._on_instances, scene_qos)
+        self._points_sub = self.create_subscription(
+            PointCloud2, 'segvec3d/labeled_points', self._on_points, scene_qos)
+        self._service = self.create_service(QueryInstance, 'segvec3d/query', self._on_query)
+        self.get_logger().info(f'answering queries on {self._service.srv_name}')
+
+    def _on_set_parameters(self, parameters):
+        result = check_parameters(parameters, (QueryNodeSettings,))
+        if result.successful:
+            self._settings = read_settings(self, QueryNodeSettings, parameters)
+        return result
+
+    def _on_instances(self, msg: InstanceArray) -> None:
+        self._scenes.put_instances(_frame_key(msg.header), msg.header,
+                                   [instance_info(i) for i in msg.instances], msg.instances)
+
+    def _on_points(self, msg: PointCloud2) -> None:
+        try:
+            cloud = decode_pointcloud2(msg)
+        except CloudDecodeError as error:
+            self.get_logger().warning(f'ignored a labeled cloud: {error}',
+                                      throttle_duration_sec=WARN_THROTTLE_S)
+            return
+        if 'label' not in cloud.extra:
+            self.get_logger().warning('ignored a labeled cloud without a label field',
+                                      throttle_duration_sec=WARN_THROTTLE_S)
+            return
+        self._scenes.put_points(_frame_key(msg.header), cloud)
+
+    def _on_query(self, request: QueryInstance.Request,
+                  response: QueryInstance.Response) -> QueryInstance.Response:
+        """Answer from one consistent snapshot of the latest scene; never raise."""
+        scene = self._scenes.current()
+        max_age = self._settings.max_scene_age
+        if scene is None:
+            response.success, response.message = False, 'no scene received yet'
+            return response
+        response.header = scene.header
+        if max_age > 0 and scene.age() > max_age:
+            response.success = False
+            response.message = (f'the latest scene is {scene.age():.1f} s old '
+                                 f'(max_scene_age {max_age:.1f} s)')
+            return response
+        try:
+            result = self._engine.query(request.text, scene.instances, request.top_k)
+        except Exception as error:  # noqa: BLE001 - a query must never take the node down
+            self.get_logger().error(f'query failed: {type(error).__name__}: {error}')
+            response.success, response.message = False, f'internal error: {error}'
+            return response
+        response.success, response.message = result.success, result.message
+        if not result.success:
+            return response
+        response.matches = [scene.instance_msgs[i] for i in result.order]
+        response.scores = result.scores.tolist()
+        if scene.points is not None:
+            best_id = scene.instances[result.order[0]].id
+            mask = scene.points.extra['label'] == best_id
+            rgb = scene.points.rgb[mask] if scene.points.rgb is not None else None
+            response.points = pointcloud2_msg(scene.header, encode_pointcloud2(
+                scene.points.xyz[mask], rgb, np.full(int(mask.sum()), best_id, np.uint32)))
+        else:
+            response.message += '; the labeled points of this scene have not arrived'
+        return response
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run the query node until Ctrl-C or shutdown."""
+    run(QueryNode, args=args)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,37 @@
+"""Run nodes until Ctrl-C or an external shutdown, and exit without a traceback."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import rclpy
+from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
+                             SingleThreadedExecutor)
+from rclpy.node import Node
+
+
+class StartupError(RuntimeError):
+    """A node cannot start (for example its model file is missing); already logged."""
+
+
+def run(*node_factories: Callable[[], Node], args: list[str] | None = None) -> None:
+    """Create the nodes, spin them on one executor, then destroy them and shut rclpy down."""
+    rclpy.init(args=args)
+    nodes: list[Node] = []
+    exit_code = 0
+    try:
+        nodes = [factory() for factory in node_factories]
+        executor = MultiThreadedExecutor() if len(nodes) > 1 else SingleThreadedExecutor()
+        for node in nodes:
+            executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except StartupError:
+        exit_code = 1
+    finally:
+        for node in nodes:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    if exit_code:
+        sys.exit(exit_code)
