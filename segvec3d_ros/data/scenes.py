@@ -1,0 +1,546 @@
+"""Procedural tabletop and room scenes rendered through a virtual depth camera.
+
+The training data of the instance-embedding network and of the 3D-text alignment: each scene
+is laid out from primitives (world frame z up, floor at z = 0), seen by a randomly posed
+RGB-D sensor with that sensor's artefacts, and labelled per point with instance ids, plus
+category, colour, size word and a caption per instance.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import open3d as o3d
+
+from segvec3d_ros.cloud import Cloud
+from segvec3d_ros.data import meshes
+from segvec3d_ros.data.sensor import SENSORS, DepthSensor, Frame, render_depth
+
+KINDS = ('tabletop', 'room')
+CATEGORIES = ('box', 'can', 'bottle', 'bowl', 'mug', 'ball', 'book')
+STACKABLE = ('box', 'book')     # flat tops that can carry another box or book
+MAX_STACK = 3                   # objects in one stack, the lowest included
+
+PALETTE: dict[str, tuple[int, int, int]] = {
+    'red': (200, 35, 35), 'green': (45, 150, 60), 'blue': (35, 75, 190),
+    'yellow': (235, 205, 45), 'orange': (240, 125, 30), 'purple': (120, 55, 150),
+    'pink': (240, 140, 180), 'white': (235, 235, 230), 'black': (30, 30, 32),
+    'gray': (130, 130, 130), 'brown': (125, 80, 45), 'beige': (215, 195, 160),
+}
+OBJECT_COLOURS = tuple(c for c in PALETTE if c != 'beige')
+FURNITURE_COLOURS: dict[str, tuple[str, ...]] = {
+    'table': ('brown', 'beige', 'white', 'gray', 'black'),
+    'floor': ('gray', 'brown', 'beige'),
+    'wall': ('white', 'beige', 'gray'),
+    'ceiling': ('white',),
+    'chair': ('black', 'gray', 'blue', 'red', 'brown'),
+    'cabinet': ('white', 'gray', 'brown', 'beige'),
+    'shelf': ('brown', 'white', 'black', 'beige'),
+}
+# largest extent (m) below which an instance is 'small' and above which it is 'large'
+SIZE_THRESHOLDS: dict[str, tuple[float, float]] = {
+    'box': (0.12, 0.22), 'can': (0.10, 0.15), 'bottle': (0.20, 0.27), 'bowl': (0.14, 0.21),
+    'mug': (0.11, 0.135), 'ball': (0.10, 0.18), 'book': (0.18, 0.25), 'table': (1.2, 1.6),
+    'chair': (0.85, 0.95), 'cabinet': (0.9, 1.5), 'shelf': (1.1, 1.6),
+}
+# IR-absorbing and glossy surfaces lose many more returns on real sensors
+DARK_DROPOUT_GAIN = 6.0
+GLOSSY_DROPOUT_GAIN = {'bottle': 4.0}
+
+
+@dataclass
+class SceneConfig:
+    """What `generate_scene` draws from; the defaults give varied training scenes."""
+
+    sensors: tuple[str, ...] = tuple(SENSORS)   # one drawn per scene
+    image_scale: float = 1.0                    # 0.25 gives 160 x 120 Kinect frames
+    num_objects: tuple[int, int] = (2, 20)      # tabletop objects, inclusive range
+    objects_per_table: tuple[int, int] = (1, 5)  # room scenes
+    categories: tuple[str, ...] = CATEGORIES
+    stack_prob: float = 0.2                     # a box or book goes on another one
+    touch_prob: float = 0.3                     # an object goes right beside another one
+    floor_prob: float = 0.7                     # tabletop: floor under the table
+    wall_prob: float = 0.5                      # tabletop: wall behind the table
+    noise: bool = True                          # depth noise, quantisation, colour noise
+    dropout: bool = True                        # missing returns of every kind
+    max_depth: float | None = None              # crop beyond this z, e.g. to match a dataset
+
+
+@dataclass
+class SceneObject:
+    """One instance of a scene; supports (tables, floor, walls) included."""
+
+    instance_id: int
+    category: str
+    color_name: str
+    rgb: tuple[int, int, int]
+    size: np.ndarray                # (3,) extent in m along the object's x, y and up
+    is_support: bool                # support surface or background: table, floor, wall
+    caption: str
+    on_top_of: int | None           # instance it rests on (table or another object)
+    size_word: str                  # 'small', 'large' or '' for its category
+    center: np.ndarray              # (3,) world-frame centre of its bounding box
+    yaw: float                      # rad about world z
+    num_points: int                 # valid points it got in the frame
+
+
+@dataclass
+class Scene:
+    """A rendered frame with its per-point labels."""
+
+    cloud: Cloud                    # organized H x W, xyz float32 with NaN holes, rgb uint8
+    instance_ids: np.ndarray        # (H*W,) int64, 0 = no return
+    objects: list[SceneObject]      # includes support surfaces (is_support=True)
+    camera_pose: np.ndarray         # (4, 4) camera (optical frame) to world
+    intrinsics: np.ndarray          # (3, 3)
+    kind: str
+    sensor: str
+
+
+def generate_scene(seed: int, kind: str = 'tabletop', config: SceneConfig | None = None) -> Scene:
+    """Lay out and render the scene `seed` of `kind` ('tabletop' or 'room')."""
+    if kind not in KINDS:
+        raise ValueError(f'unknown scene kind {kind!r}, expected one of {KINDS}')
+    config = config or SceneConfig()
+    # separate streams: switching noise or dropout off leaves layout and camera unchanged
+    layout_seq, noise_seq = np.random.SeedSequence(seed).spawn(2)
+    rng = np.random.default_rng(layout_seq)
+    builder = _Builder(rng, config)
+    aim = builder.tabletop() if kind == 'tabletop' else builder.room()
+    sensor = SENSORS[config.sensors[rng.integers(len(config.sensors))]]
+    sensor = sensor.scaled(config.image_scale).jittered(rng)
+    if config.max_depth is not None:
+        sensor = replace(sensor, max_range=min(sensor.max_range, config.max_depth))
+    pose = builder.camera_pose(aim)
+    return builder.render(sensor, pose, np.random.default_rng(noise_seq), kind)
+
+
+# ----------------------------------------------------------------------------- layout
+
+def _rotation(yaw: float) -> np.ndarray:
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.array([[c, -s], [s, c]])
+
+
+def _corners(lo: np.ndarray, hi: np.ndarray, xy: np.ndarray, yaw: float) -> np.ndarray:
+    """(4, 2) world corners of the local rectangle [lo, hi] placed at xy with yaw."""
+    local = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]]])
+    return local @ _rotation(yaw).T + xy
+
+
+def _overlaps(poly: np.ndarray, others: list[np.ndarray]) -> bool:
+    """Whether convex quad `poly` (4, 2) overlaps any of `others` (separating axis test)."""
+    if not others:
+        return False
+    b = np.stack(others)                                        # (K, 4, 2)
+    a = np.broadcast_to(poly, b.shape)
+    edges = np.concatenate([np.roll(a, -1, 1) - a, np.roll(b, -1, 1) - b], 1)
+    axes = np.stack([-edges[..., 1], edges[..., 0]], -1)        # (K, 8, 2)
+    pa = np.einsum('kpi,kai->kap', a, axes)
+    pb = np.einsum('kpi,kai->kap', b, axes)
+    separated = (pa.max(-1) <= pb.min(-1)) | (pb.max(-1) <= pa.min(-1))
+    return bool((~separated.any(1)).any())
+
+
+@dataclass
+class _Surface:
+    """A horizontal rectangle objects can stand on: a table top, the floor, a box lid."""
+
+    instance_id: int
+    center: np.ndarray              # (2,) world xy
+    yaw: float
+    half: np.ndarray                # (2,) half extents along its own x and y
+    z: float
+    level: int = 0                  # objects below it in a stack
+    footprints: list[np.ndarray] = field(default_factory=list)
+    yaws: list[float] = field(default_factory=list)
+
+    def contains(self, poly: np.ndarray, margin: float) -> bool:
+        local = (poly - self.center) @ _rotation(self.yaw)
+        return bool((np.abs(local) <= self.half - margin).all())
+
+
+@dataclass
+class _Aim:
+    """Where the camera of a scene kind looks from: ranges around a target point."""
+
+    target: np.ndarray              # (3,) world point the camera looks at
+    azimuth: tuple[float, float]    # deg, 0 = from -y (the front of a tabletop's table)
+    distance: tuple[float, float]   # m, eye to target
+    elevation: tuple[float, float]  # deg above the horizontal
+
+
+@dataclass
+class _Item:
+    """An instance while the scene is being built: world-frame mesh plus its labels."""
+
+    category: str
+    color_name: str
+    rgb: tuple[int, int, int]
+    vertices: np.ndarray
+    triangles: np.ndarray
+    size: np.ndarray
+    yaw: float
+    is_support: bool
+    on_top_of: int | None
+    dropout_gain: float
+
+
+def _sample_object(category: str, rng: np.random.Generator) -> o3d.geometry.TriangleMesh:
+    """Mesh of one tabletop object of `category` with realistic random dimensions."""
+    u = rng.uniform
+    if category == 'box':
+        dims = np.clip(u(0.05, 0.25) * u(0.6, 1.4, 3), 0.03, 0.35)
+        return meshes.box(*dims)
+    if category == 'can':
+        return meshes.can(u(0.025, 0.055), u(0.07, 0.20))
+    if category == 'bottle':
+        return meshes.bottle(u(0.028, 0.045), u(0.15, 0.33))
+    if category == 'bowl':
+        radius = u(0.05, 0.13)
+        return meshes.bowl(radius, radius * u(0.4, 0.65))
+    if category == 'mug':
+        return meshes.mug(u(0.035, 0.05), u(0.07, 0.12))
+    if category == 'ball':
+        return meshes.ball(u(0.03, 0.12))
+    if category == 'book':
+        width = u(0.13, 0.30)
+        return meshes.box(width, width * u(0.65, 0.8), u(0.01, 0.06))
+    raise ValueError(f'unknown object category {category!r}')
+
+
+def _look_at(eye: np.ndarray, target: np.ndarray, roll: float) -> np.ndarray:
+    """Camera-to-world pose of an optical frame (x right, y down, z forward) at eye."""
+    forward = (target - eye) / np.linalg.norm(target - eye)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    c, s = np.cos(roll), np.sin(roll)
+    pose = np.eye(4)
+    pose[:3, :3] = np.stack([c * right + s * down, -s * right + c * down, forward], 1)
+    pose[:3, 3] = eye
+    return pose
+
+
+class _Builder:
+    """Collects the instances of one scene, then renders them."""
+
+    def __init__(self, rng: np.random.Generator, config: SceneConfig) -> None:
+        self.rng = rng
+        self.config = config
+        self.items: list[_Item] = []
+        self.eye_keepout: list[np.ndarray] = []     # floor footprints the camera must avoid
+        self.room_half: np.ndarray | None = None
+
+    # -- instances
+
+    def add(self, category: str, mesh: o3d.geometry.TriangleMesh, xyz: np.ndarray, yaw: float,
+            color_name: str | None = None, is_support: bool = False,
+            on_top_of: int | None = None) -> int:
+        """Add `mesh` (local frame) at world position xyz with yaw; returns the instance id."""
+        rng = self.rng
+        if color_name is None:
+            palette = FURNITURE_COLOURS.get(category, OBJECT_COLOURS)
+            color_name = palette[rng.integers(len(palette))]
+        rgb = tuple(int(c) for c in np.clip(np.add(PALETTE[color_name], rng.integers(-12, 13, 3)),
+                                            0, 255))
+        local = np.asarray(mesh.vertices)
+        rot = np.eye(3)
+        rot[:2, :2] = _rotation(yaw)
+        gain = (DARK_DROPOUT_GAIN if color_name == 'black' else 1.0) \
+            * GLOSSY_DROPOUT_GAIN.get(category, 1.0)
+        self.items.append(_Item(
+            category=category, color_name=color_name, rgb=rgb,
+            vertices=local @ rot.T + xyz, triangles=np.asarray(mesh.triangles),
+            size=local.max(0) - local.min(0), yaw=float(yaw), is_support=is_support,
+            on_top_of=on_top_of, dropout_gain=gain))
+        return len(self.items)
+
+    def place(self, surface: _Surface, category: str,
+              mesh: o3d.geometry.TriangleMesh | None = None, touching: bool = False,
+              yaw_step: float | None = None, margin: float = 0.01, tries: int = 30) -> int | None:
+        """Stand an object of `category` on `surface` without interpenetration.
+
+        touching puts it right beside an object already there; yaw_step quantises the yaw
+        (furniture stands square to the room). Returns the instance id, or None if no spot fits.
+        """
+        rng = self.rng
+        mesh = mesh if mesh is not None else _sample_object(category, rng)
+        local = np.asarray(mesh.vertices)
+        lo, hi = local[:, :2].min(0), local[:, :2].max(0)
+        for _ in range(tries):
+            if touching and surface.footprints:
+                xy, yaw = self._beside(surface, lo, hi)
+            else:
+                yaw = rng.uniform(0, 2 * np.pi) if yaw_step is None else \
+                    surface.yaw + yaw_step * rng.integers(4) + rng.normal(0, np.radians(3))
+                # draw the position among those that keep the footprint on the surface
+                own = _corners(lo, hi, np.zeros(2), yaw - surface.yaw)
+                low, high = -surface.half + margin - own.min(0), surface.half - margin - own.max(0)
+                if (low > high).any():
+                    continue
+                xy = surface.center + _rotation(surface.yaw) @ rng.uniform(low, high)
+            poly = _corners(lo, hi, xy, yaw)
+            if surface.contains(poly, margin) and not _overlaps(poly, surface.footprints):
+                surface.footprints.append(poly)
+                surface.yaws.append(yaw)
+                return self.add(category, mesh, np.array([*xy, surface.z]), yaw,
+                                on_top_of=surface.instance_id)
+        return None
+
+    def _beside(self, surface: _Surface, lo: np.ndarray, hi: np.ndarray
+                ) -> tuple[np.ndarray, float]:
+        """A pose whose footprint [lo, hi] faces one side of a random neighbour, 0.5-3 mm off."""
+        rng = self.rng
+        k = rng.integers(len(surface.footprints))
+        frame = surface.yaws[k] + np.pi / 2 * rng.integers(4)
+        yaw = frame + np.pi / 2 * rng.integers(4)
+        nb = surface.footprints[k] @ _rotation(frame)           # neighbour in the frame
+        own = _corners(lo, hi, np.zeros(2), yaw - frame)        # own footprint in the frame
+        nb_lo, nb_hi, own_lo, own_hi = nb.min(0), nb.max(0), own.min(0), own.max(0)
+        x = nb_hi[0] - own_lo[0] + rng.uniform(0.0005, 0.003)
+        slack = 0.3 * min(nb_hi[1] - nb_lo[1], own_hi[1] - own_lo[1])
+        y = rng.uniform(nb_lo[1] - own_hi[1] + slack, nb_hi[1] - own_lo[1] - slack)
+        return _rotation(frame) @ np.array([x, y]), yaw
+
+    def objects_on(self, table: _Surface, count: int) -> None:
+        """Put `count` objects on `table`: some stacked, some touching, the rest free."""
+        rng, config = self.rng, self.config
+        stacks: list[_Surface] = []
+        for _ in range(count):
+            category = config.categories[rng.integers(len(config.categories))]
+            free = [s for s in stacks if not s.footprints and s.level < MAX_STACK]
+            if category in STACKABLE and free and rng.random() < config.stack_prob:
+                base = free[rng.integers(len(free))]
+                iid = self._stack_on(base, category)
+                surface = base
+            else:
+                touching = rng.random() < config.touch_prob
+                iid = self.place(table, category, touching=touching)
+                surface = table
+            if iid is not None and category in STACKABLE:
+                stacks.append(self._lid(iid, surface))
+
+    def _stack_on(self, base: _Surface, category: str) -> int | None:
+        """A box or book smaller than `base`, resting on it."""
+        u = self.rng.uniform
+        width, depth = 2 * base.half * u(0.5, 0.95, 2)
+        height = u(0.03, 0.25) if category == 'box' else u(0.01, 0.06)
+        return self.place(base, category, mesh=meshes.box(width, depth, height),
+                          yaw_step=0.0, margin=0.0)
+
+    def _lid(self, iid: int, below: _Surface) -> _Surface:
+        """The top of instance `iid` as a surface for stacking."""
+        item = self.items[iid - 1]
+        top = item.vertices.max(0)
+        return _Surface(instance_id=iid, center=(item.vertices.min(0)[:2] + top[:2]) / 2,
+                        yaw=item.yaw, half=item.size[:2] / 2, z=float(top[2]),
+                        level=below.level + 1)
+
+    # -- scene kinds
+
+    def tabletop(self) -> _Aim:
+        """A table with objects, maybe floor and a wall behind; returns the camera aim."""
+        rng, config = self.rng, self.config
+        width, depth, height = rng.uniform(0.8, 1.8), rng.uniform(0.6, 1.0), rng.uniform(0.7, 0.78)
+        table_id = self.add('table', meshes.table(width, depth, height), np.zeros(3), 0.0,
+                            is_support=True)
+        wall = rng.random() < config.wall_prob
+        if rng.random() < config.floor_prob:
+            self.add('floor', meshes.box(8.0, 8.0, 0.02, z=-0.02), np.zeros(3), 0.0,
+                     is_support=True)
+        if wall:
+            self.add('wall', meshes.box(8.0, 0.1, 2.6),
+                     np.array([0, depth / 2 + 0.05 + rng.uniform(0.0, 0.3), 0]), 0.0,
+                     is_support=True)
+        # objects crowd a workspace the camera is aimed at, as in tabletop datasets
+        table_half = np.array([width, depth]) / 2
+        half = np.minimum([rng.uniform(0.25, 0.5), rng.uniform(0.2, 0.35)], table_half - 0.02)
+        centre = rng.uniform(half - table_half, table_half - half)
+        workspace = _Surface(table_id, centre, 0.0, half, height)
+        self.objects_on(workspace, int(rng.integers(config.num_objects[0],
+                                                    config.num_objects[1] + 1)))
+        return _Aim(np.array([*centre, height]), (-60.0, 60.0) if wall else (-180.0, 180.0),
+                    (0.6, 1.5), (30.0, 75.0))
+
+    def room(self) -> _Aim:
+        """A room with furniture and objects on its tables; returns the camera aim."""
+        rng, config = self.rng, self.config
+        half = np.array([rng.uniform(2.0, 4.0), rng.uniform(1.75, 3.0)])
+        ceiling, thick = rng.uniform(2.5, 3.0), 0.1
+        self.room_half = half
+        floor_id = self.add('floor', meshes.box(*(2 * half), 0.02, z=-0.02), np.zeros(3), 0.0,
+                            is_support=True)
+        self.add('ceiling', meshes.box(*(2 * half), 0.02), np.array([0, 0, ceiling]), 0.0,
+                 is_support=True)
+        wall_colour = FURNITURE_COLOURS['wall'][rng.integers(len(FURNITURE_COLOURS['wall']))]
+        for axis in range(4):
+            along = half[(axis + 1) % 2]
+            normal = _rotation(axis * np.pi / 2) @ np.array([1.0, 0.0])
+            offset = half[axis % 2] + thick / 2
+            self.add('wall', meshes.box(thick, 2 * along + 2 * thick, ceiling),
+                     np.array([*(normal * offset), 0.0]), axis * np.pi / 2,
+                     color_name=wall_colour, is_support=True)
+        floor = _Surface(floor_id, np.zeros(2), 0.0, half, 0.0)
+
+        tables: list[_Surface] = []
+        for _ in range(rng.integers(1, 4)):
+            w, d, h = rng.uniform(1.0, 2.0), rng.uniform(0.6, 1.0), rng.uniform(0.7, 0.78)
+            iid = self.place(floor, 'table', meshes.table(w, d, h), yaw_step=np.pi / 2,
+                             margin=0.05)
+            if iid is not None:
+                item = self.items[iid - 1]
+                item.is_support = True
+                centre = (item.vertices.min(0) + item.vertices.max(0))[:2] / 2
+                tables.append(_Surface(iid, centre, item.yaw, np.array([w, d]) / 2, h))
+        for category in ['cabinet'] * int(rng.integers(1, 4)) + ['shelf'] * int(rng.integers(1, 3)):
+            self._against_wall(floor, category)
+        for table in tables:
+            for _ in range(rng.integers(0, 5)):
+                self._chair_at(floor, table)
+        self.eye_keepout = floor.footprints
+        for table in tables:
+            self.objects_on(table, int(rng.integers(config.objects_per_table[0],
+                                                    config.objects_per_table[1] + 1)))
+        aim = tables[rng.integers(len(tables))] if tables else floor
+        return _Aim(np.array([*aim.center, aim.z]), (-180.0, 180.0), (1.3, 3.2), (15.0, 45.0))
+
+    def _against_wall(self, floor: _Surface, category: str) -> None:
+        """A cabinet or shelf with its back to a random wall, front into the room."""
+        rng = self.rng
+        u = rng.uniform
+        if category == 'cabinet':
+            w, d, h = u(0.4, 1.2), u(0.4, 0.6), u(0.7, 2.0)
+            mesh = meshes.box(w, d, h)
+        else:
+            w, d, h = u(0.6, 1.2), u(0.28, 0.4), u(0.9, 2.0)
+            mesh = meshes.shelf(w, d, h, levels=int(rng.integers(2, 6)))
+        axis = int(rng.integers(4))
+        yaw = axis * np.pi / 2 - np.pi / 2
+        normal = _rotation(axis * np.pi / 2) @ np.array([1.0, 0.0])
+        along = floor.half[(axis + 1) % 2] - w / 2
+        for _ in range(10):
+            xy = normal * (floor.half[axis % 2] - d / 2 - u(0.005, 0.03)) \
+                + np.array([-normal[1], normal[0]]) * u(-along, along)
+            poly = _corners(np.array([-w, -d]) / 2, np.array([w, d]) / 2, xy, yaw)
+            if not _overlaps(poly, floor.footprints):
+                floor.footprints.append(poly)
+                floor.yaws.append(yaw)
+                self.add(category, mesh, np.array([*xy, 0.0]), yaw, on_top_of=floor.instance_id)
+                return
+
+    def _chair_at(self, floor: _Surface, table: _Surface) -> None:
+        """A chair facing one side of `table`, a little pulled out."""
+        rng = self.rng
+        seat = rng.uniform(0.4, 0.5)
+        mesh = meshes.chair(seat, rng.uniform(0.42, 0.48), rng.uniform(0.35, 0.5))
+        side = int(rng.integers(4))
+        alpha = table.yaw + side * np.pi / 2
+        normal = _rotation(alpha) @ np.array([1.0, 0.0])
+        reach, along = (table.half[0], table.half[1]) if side % 2 == 0 else \
+            (table.half[1], table.half[0])
+        xy = table.center + normal * (reach + seat / 2 + rng.uniform(0.02, 0.3)) \
+            + np.array([-normal[1], normal[0]]) * rng.uniform(-along, along) * 0.7
+        yaw = alpha - np.pi / 2 + rng.normal(0, np.radians(8))
+        poly = _corners(np.full(2, -seat / 2), np.full(2, seat / 2), xy, yaw)
+        if floor.contains(poly, 0.02) and not _overlaps(poly, floor.footprints):
+            floor.footprints.append(poly)
+            floor.yaws.append(yaw)
+            self.add('chair', mesh, np.array([*xy, 0.0]), yaw, on_top_of=floor.instance_id)
+
+    # -- camera and rendering
+
+    def camera_pose(self, aim: _Aim) -> np.ndarray:
+        """Random camera-to-world pose within `aim`, in free space (else the last draw)."""
+        rng = self.rng
+        for _ in range(100):
+            az = np.radians(rng.uniform(*aim.azimuth))
+            el = np.radians(rng.uniform(*aim.elevation))
+            r = rng.uniform(*aim.distance)
+            eye = aim.target + r * np.array([np.cos(el) * np.sin(az), -np.cos(el) * np.cos(az),
+                                             np.sin(el)])
+            if self._eye_free(eye):
+                break
+        return _look_at(eye, aim.target + rng.normal(0, 0.03, 3), np.radians(rng.normal(0, 2)))
+
+    def _eye_free(self, eye: np.ndarray) -> bool:
+        """Whether the camera is inside the room (if any) and clear of the furniture."""
+        if self.room_half is None:
+            return True
+        if (np.abs(eye[:2]) > self.room_half - 0.3).any() or eye[2] > 1.9:
+            return False
+        probe = _corners(np.full(2, -0.2), np.full(2, 0.2), eye[:2], 0.0)
+        return not _overlaps(probe, self.eye_keepout)
+
+    def render(self, sensor: DepthSensor, pose: np.ndarray, noise_rng: np.random.Generator,
+               kind: str) -> Scene:
+        """Ray-cast the scene and attach the labels."""
+        raycaster = o3d.t.geometry.RaycastingScene()
+        geometry = np.array([raycaster.add_triangles(
+            o3d.core.Tensor(item.vertices.astype(np.float32)),
+            o3d.core.Tensor(item.triangles.astype(np.uint32))) for item in self.items])
+        instance_of = np.zeros(geometry.max() + 1, dtype=np.int64)
+        instance_of[geometry] = np.arange(1, len(self.items) + 1)
+        gain = np.ones(len(instance_of))
+        gain[geometry] = [item.dropout_gain for item in self.items]
+        frame = render_depth(raycaster, sensor, pose, noise_rng, noise=self.config.noise,
+                             dropout=self.config.dropout, dropout_gain=gain)
+        seen = np.where(frame.geometry_ids >= 0, instance_of[frame.geometry_ids], 0)
+        instance_ids = np.where(frame.valid, seen, 0)
+        rgb = self._colours(seen, frame, sensor, noise_rng)
+        counts = np.bincount(instance_ids, minlength=len(self.items) + 1)
+        objects = [SceneObject(
+            instance_id=i, category=item.category, color_name=item.color_name, rgb=item.rgb,
+            size=item.size, is_support=item.is_support, caption=self._caption(i),
+            on_top_of=item.on_top_of, size_word=self._size_word(item),
+            center=(item.vertices.min(0) + item.vertices.max(0)) / 2, yaw=item.yaw,
+            num_points=int(counts[i])) for i, item in enumerate(self.items, start=1)]
+        cloud = Cloud(xyz=frame.xyz, rgb=rgb, height=sensor.height, width=sensor.width)
+        return Scene(cloud=cloud, instance_ids=instance_ids.astype(np.int64), objects=objects,
+                     camera_pose=pose, intrinsics=sensor.intrinsics, kind=kind,
+                     sensor=sensor.name)
+
+    def _colours(self, seen: np.ndarray, frame: Frame, sensor: DepthSensor,
+                 noise_rng: np.random.Generator) -> np.ndarray:
+        """Shaded, vignetted, noisy colour of every pixel, also those without a return.
+
+        seen (H*W,) is the instance in view per pixel, 0 where the ray hit nothing.
+        """
+        rng = self.rng
+        light = np.array([*rng.normal(0, 0.5, 2), 1.0])
+        light /= np.linalg.norm(light)
+        ambient = rng.uniform(0.35, 0.55)
+        white_balance = rng.uniform(0.85, 1.15) * rng.uniform(0.93, 1.07, 3)
+        background = rng.integers(20, 90, 3)
+        base = np.array([background] + [item.rgb for item in self.items], float)
+        shade = ambient + (1 - ambient) * np.abs(frame.normals @ light)
+        u = (np.arange(sensor.width) - sensor.cx) / sensor.width
+        v = (np.arange(sensor.height) - sensor.cy) / sensor.height
+        vignette = 1.0 - 0.6 * (u[None, :] ** 2 + v[:, None] ** 2).ravel()
+        colour = base[seen] * (shade * vignette)[:, None] * white_balance
+        if self.config.noise:
+            colour += noise_rng.normal(0, 3.0, colour.shape)
+        return np.clip(np.round(colour), 0, 255).astype(np.uint8)
+
+    # -- language
+
+    def _size_word(self, item: _Item) -> str:
+        small, large = SIZE_THRESHOLDS.get(item.category, (0.0, np.inf))
+        extent = float(item.size.max())
+        return 'small' if extent < small else 'large' if extent > large else ''
+
+    def _caption(self, iid: int) -> str:
+        """'a small red mug on the table', 'a blue box on top of the green box', ..."""
+        item = self.items[iid - 1]
+        words = ' '.join(w for w in (self._size_word(item), item.color_name, item.category) if w)
+        if item.is_support:
+            return f'the {words}'
+        phrase = f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
+        if item.on_top_of is None:
+            return phrase
+        base = self.items[item.on_top_of - 1]
+        if base.category == 'floor':
+            return f'{phrase} in the room'
+        if base.is_support:
+            return f'{phrase} on the {base.category}'
+        return f'{phrase} on top of the {base.color_name} {base.category}'
