@@ -1,0 +1,120 @@
+"""The launch file, params file and RViz config agree with the package (without launch_ros)."""
+from __future__ import annotations
+
+import ast
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RCLPY_OWN_PARAMETERS = {'use_sim_time', 'start_type_description_service'}
+LAUNCH_FILE = REPO / 'launch' / 'segvec3d.launch.py'
+PARAMS_FILE = REPO / 'config' / 'segvec3d.yaml'
+RVIZ_FILE = REPO / 'config' / 'segvec3d.rviz'
+
+
+def _launch_calls(name: str) -> list[ast.Call]:
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and getattr(node.func, 'id', getattr(node.func, 'attr', None)) == name]
+
+
+def _module_constants() -> dict[str, str]:
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    return {node.targets[0].id: node.value.value for node in tree.body
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)}
+
+
+def _keyword(call: ast.Call, name: str) -> str | None:
+    for keyword in call.keywords:
+        if keyword.arg == name and isinstance(keyword.value, ast.Constant):
+            return keyword.value.value
+        if keyword.arg == name and isinstance(keyword.value, ast.Name):
+            return _module_constants().get(keyword.value.id)
+    return None
+
+
+def _console_scripts() -> set[str]:
+    tree = ast.parse((REPO / 'setup.py').read_text())
+    scripts = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and ' = ' in node.value:
+            scripts.add(node.value.split(' = ')[0].strip())
+    return scripts
+
+
+def test_launch_declares_the_documented_arguments():
+    declared = {call.args[0].value for call in _launch_calls('DeclareLaunchArgument')}
+    assert declared == {'namespace', 'points_topic', 'device', 'params_file', 'rviz'}
+
+
+def test_every_executable_the_launch_file_names_exists():
+    scripts = _console_scripts()
+    nodes = [c for c in _launch_calls('Node') if _keyword(c, 'package') == 'segvec3d_ros']
+    assert {_keyword(c, 'executable') for c in nodes} == {'segmentation_node', 'query_node'}
+    installed = REPO / '.ws' / 'install' / 'segvec3d_ros' / 'lib' / 'segvec3d_ros'
+    for call in nodes:
+        executable = _keyword(call, 'executable')
+        assert executable in scripts
+        if installed.is_dir():
+            assert os.access(installed / executable, os.X_OK), executable
+    assert {'segvec3d-up', 'segvec3d-play', 'segvec3d-bag', 'segvec3d'} <= scripts
+
+
+def test_every_file_the_launch_file_names_exists_and_is_installed():
+    named = [c for c in _launch_calls('PathJoinSubstitution')]
+    paths = []
+    for call in named:
+        parts = [e.value for e in call.args[0].elts if isinstance(e, ast.Constant)]
+        paths.append(REPO.joinpath(*parts))
+    assert PARAMS_FILE in paths and RVIZ_FILE in paths
+    setup_text = (REPO / 'setup.py').read_text()
+    for path in paths:
+        assert path.is_file(), path
+        assert f"glob('{path.parent.name}/*" in setup_text  # installed to share/
+
+
+def test_rviz_config_shows_the_outputs():
+    config = yaml.safe_load(RVIZ_FILE.read_text())
+    displays = {d['Class']: d for d in config['Visualization Manager']['Displays']}
+    cloud = displays['rviz_default_plugins/PointCloud2']
+    assert cloud['Topic']['Value'] == 'segvec3d/labeled_points'
+    assert cloud['Channel Name'] == 'label'
+    assert displays['rviz_default_plugins/MarkerArray']['Topic']['Value'] == 'segvec3d/markers'
+
+
+@pytest.fixture(scope='module')
+def declared_parameters() -> dict[str, set[str]]:
+    """Parameter names as the real nodes declare them (rclpy, in this process)."""
+    rclpy = pytest.importorskip('rclpy')
+    from segvec3d_ros.nodes.query_node import QueryNode
+    from segvec3d_ros.nodes.segmentation_node import SegmentationNode
+
+    rclpy.init()
+    try:
+        declared = {}
+        for node_class in (SegmentationNode, QueryNode):
+            node = node_class()
+            declared[node.get_name()] = set(node._parameters) - RCLPY_OWN_PARAMETERS
+            node.destroy_node()
+        return declared
+    finally:
+        rclpy.try_shutdown()
+
+
+def test_params_file_sets_exactly_the_declared_parameters(declared_parameters):
+    sections = yaml.safe_load(PARAMS_FILE.read_text())
+    assert set(sections) == {f'/**/{name}' for name in declared_parameters}
+    for name, declared in declared_parameters.items():
+        keys = set(sections[f'/**/{name}']['ros__parameters'])
+        assert keys - declared == set(), f'{name}: keys that are not parameters'
+        assert declared - keys == set(), f'{name}: parameters missing from the params file'
+
+
+def test_every_parameter_in_the_params_file_has_a_comment():
+    for line in PARAMS_FILE.read_text().splitlines():
+        if re.match(r'^\s{4}\w+:', line):
+            assert '#' in line, line
