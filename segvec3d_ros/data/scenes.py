@@ -44,7 +44,7 @@ SIZE_THRESHOLDS: dict[str, tuple[float, float]] = {
     'chair': (0.85, 0.95), 'cabinet': (0.9, 1.5), 'shelf': (1.1, 1.6),
 }
 # IR-absorbing and glossy surfaces lose many more returns on real sensors
-DARK_DROPOUT_GAIN = 6.0
+DARK_DROPOUT_GAIN = 4.0
 GLOSSY_DROPOUT_GAIN = {'bottle': 4.0}
 
 
@@ -353,13 +353,14 @@ class _Builder:
             self.add('wall', meshes.box(8.0, 0.1, 2.6),
                      np.array([0, depth / 2 + 0.05 + rng.uniform(0.0, 0.3), 0]), 0.0,
                      is_support=True)
-        # objects crowd a workspace the camera is aimed at, as in tabletop datasets
+        # objects crowd a workspace the camera is aimed at, as in tabletop datasets; it grows
+        # with their number so that most of them still fit
+        count = int(rng.integers(config.num_objects[0], config.num_objects[1] + 1))
         table_half = np.array([width, depth]) / 2
-        half = np.minimum([rng.uniform(0.25, 0.5), rng.uniform(0.2, 0.35)], table_half - 0.02)
+        half = np.array([rng.uniform(0.25, 0.5), rng.uniform(0.2, 0.35)]) * max(1, count / 8) ** 0.5
+        half = np.minimum(half, table_half - 0.02)
         centre = rng.uniform(half - table_half, table_half - half)
-        workspace = _Surface(table_id, centre, 0.0, half, height)
-        self.objects_on(workspace, int(rng.integers(config.num_objects[0],
-                                                    config.num_objects[1] + 1)))
+        self.objects_on(_Surface(table_id, centre, 0.0, half, height), count)
         return _Aim(np.array([*centre, height]), (-60.0, 60.0) if wall else (-180.0, 180.0),
                     (0.6, 1.5), (30.0, 75.0))
 
