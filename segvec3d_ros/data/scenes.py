@@ -513,14 +513,14 @@ class _Builder:
         ambient = rng.uniform(0.35, 0.55)
         white_balance = rng.uniform(0.85, 1.15) * rng.uniform(0.93, 1.07, 3)
         background = rng.integers(20, 90, 3)
-        base = np.array([background] + [item.rgb for item in self.items], float)
-        shade = ambient + (1 - ambient) * np.abs(frame.normals @ light)
-        u = (np.arange(sensor.width) - sensor.cx) / sensor.width
-        v = (np.arange(sensor.height) - sensor.cy) / sensor.height
+        base = np.array([background] + [item.rgb for item in self.items], np.float32)
+        shade = ambient + (1 - ambient) * np.abs(frame.normals @ light.astype(np.float32))
+        u = (np.arange(sensor.width, dtype=np.float32) - sensor.cx) / sensor.width
+        v = (np.arange(sensor.height, dtype=np.float32) - sensor.cy) / sensor.height
         vignette = 1.0 - 0.6 * (u[None, :] ** 2 + v[:, None] ** 2).ravel()
-        colour = base[seen] * (shade * vignette)[:, None] * white_balance
+        colour = base[seen] * ((shade * vignette)[:, None] * white_balance.astype(np.float32))
         if self.config.noise:
-            colour += noise_rng.normal(0, 3.0, colour.shape)
+            colour += 3.0 * noise_rng.standard_normal(colour.shape, dtype=np.float32)
         return np.clip(np.round(colour), 0, 255).astype(np.uint8)
 
     # -- language

@@ -137,11 +137,13 @@ def _neighbour_depths(z: np.ndarray) -> np.ndarray:
 
 def _blobs(sensor: DepthSensor, rng: np.random.Generator, fraction: np.ndarray) -> np.ndarray:
     """Mask of smooth random blobs covering about `fraction` (per pixel) of the image."""
-    h, w = sensor.height, sensor.width
-    cell = max(sensor.blob_cell, 2.0)
+    # interpolated at half resolution, which halves the cost and is invisible at blob scale
+    h, w = (sensor.height + 1) // 2, (sensor.width + 1) // 2
+    cell = max(sensor.blob_cell / 2, 2.0)
     coarse = rng.standard_normal((int(np.ceil(h / cell)) + 1, int(np.ceil(w / cell)) + 1))
     # cubic: the level sets of a bilinear field have straight, man-made looking edges
     field = zoom(coarse, (h / (coarse.shape[0] - 1), w / (coarse.shape[1] - 1)), order=3)[:h, :w]
+    field = np.repeat(np.repeat(field, 2, 0), 2, 1)[:sensor.height, :sensor.width]
     field = (field - field.mean()) / max(field.std(), 1e-9)
     return field > ndtri(1.0 - np.clip(fraction, 1e-9, 0.99))
 
@@ -183,8 +185,7 @@ def render_depth(scene: o3d.t.geometry.RaycastingScene, sensor: DepthSensor,
     z_hit = np.where(seen, z, 0.0)     # keeps inf out of the noise arithmetic
     valid = seen & (z >= sensor.min_range) & (z <= sensor.max_range)
 
-    ray_len = np.linalg.norm(rays_world, axis=-1)
-    cos_inc = np.abs((normals * rays_world).sum(-1)) / ray_len
+    cos_inc = np.abs((normals * rays_world).sum(-1)) / np.linalg.norm(rays_world, axis=-1)
     incidence = np.degrees(np.arccos(np.clip(cos_inc, 0.0, 1.0)))
     neighbours = _neighbour_depths(z)
     with np.errstate(invalid='ignore'):     # inf - inf between two rays that hit nothing
@@ -195,9 +196,10 @@ def render_depth(scene: o3d.t.geometry.RaycastingScene, sensor: DepthSensor,
             valid &= ~_shadowed(scene, sensor, rot, origin, rays_world, z, valid)
         fade = (incidence - sensor.fade_incidence) / (sensor.max_incidence - sensor.fade_incidence)
         gain = np.ones((h, w)) if dropout_gain is None else dropout_gain[np.maximum(gid, 0)]
-        valid &= rng.random((h, w)) >= np.clip(fade, 0.0, 1.0)
-        valid &= ~(edge & (rng.random((h, w)) < sensor.edge_dropout))
-        valid &= rng.random((h, w)) >= sensor.random_dropout * gain
+        # independent losses: grazing incidence, discontinuity, random; one draw decides all
+        keep = ((1.0 - np.clip(fade, 0.0, 1.0)) * (1.0 - sensor.edge_dropout * edge)
+                * (1.0 - sensor.random_dropout * gain))
+        valid &= rng.random((h, w), dtype=np.float32) < keep
         valid &= ~_blobs(sensor, rng, sensor.blob_dropout * gain)
         valid &= ~_outside_field_of_view(sensor, rng)
 
@@ -206,11 +208,13 @@ def render_depth(scene: o3d.t.geometry.RaycastingScene, sensor: DepthSensor,
         theta = np.radians(np.minimum(incidence, sensor.max_incidence))
         sigma = (sensor.sigma0 + sensor.sigma2 * z_hit ** 2
                  + sensor.sigma_angle * theta ** 2 / (np.pi / 2 - theta) ** 2)
-        measured = z_hit + rng.standard_normal((h, w)) * sigma
+        measured = z_hit + rng.standard_normal((h, w), dtype=np.float32) * sigma
         # a mixed (ToF) or mismatched (stereo) pixel lands between the two surfaces it sees
         far = np.where(np.isfinite(neighbours), neighbours, 0.0).max(0)
-        flying = edge & valid & (far > z_hit) & (rng.random((h, w)) < sensor.flying_pixels)
-        measured = np.where(flying, measured + rng.random((h, w)) * (far - z_hit), measured)
+        flying = edge & valid & (far > z_hit)
+        flying &= rng.random((h, w), dtype=np.float32) < sensor.flying_pixels
+        measured[flying] += rng.random(int(flying.sum()), dtype=np.float32) \
+            * (far - z_hit)[flying]
         if sensor.disparity_fb > 0:
             disparity = sensor.disparity_fb / np.where(valid, measured, 1.0)
             disparity = np.maximum(np.round(disparity / sensor.disparity_step), 1.0)
