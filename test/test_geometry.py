@@ -1,0 +1,155 @@
+"""Voxel grid, RANSAC plane, Euclidean clusters and label up-projection."""
+import numpy as np
+import pytest
+
+from segvec3d_ros.segmentation.geometry import (euclidean_clusters, fit_support_plane,
+                                                nearest_labels, rank_labels, support_surfaces,
+                                                voxel_downsample)
+
+
+def box_surface(size, center, spacing=0.005):
+    """Points on the six faces of an axis-aligned box, on a regular grid."""
+    size, center = np.asarray(size, float), np.asarray(center, float)
+    faces = []
+    for axis in range(3):
+        u, v = [a for a in range(3) if a != axis]
+        gu, gv = np.meshgrid(np.arange(0, size[u] + 1e-9, spacing),
+                             np.arange(0, size[v] + 1e-9, spacing))
+        for side in (0.0, size[axis]):
+            face = np.zeros((gu.size, 3))
+            face[:, u], face[:, v], face[:, axis] = gu.ravel(), gv.ravel(), side
+            faces.append(face)
+    return np.concatenate(faces) - size / 2 + center
+
+
+def test_voxel_grid_by_hand():
+    xyz = np.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5], [1.2, 0.0, 0.0], [0.1, 0.2, 0.3]])
+    rgb = np.array([[0, 0, 0], [30, 60, 90], [255, 255, 255], [0, 0, 3]], dtype=np.uint8)
+    grid = voxel_downsample(xyz, 1.0, rgb)
+    assert len(grid.xyz) == 2
+    inv = grid.inverse
+    assert inv[0] == inv[1] == inv[3] != inv[2]
+    np.testing.assert_allclose(grid.xyz[inv[0]], [0.2, 0.7 / 3, 0.8 / 3], atol=1e-6)
+    np.testing.assert_allclose(grid.xyz[inv[2]], [1.2, 0.0, 0.0], atol=1e-6)
+    np.testing.assert_array_equal(grid.rgb[inv[0]], [10, 20, 31])
+    np.testing.assert_array_equal(grid.rgb[inv[2]], [255, 255, 255])
+    assert voxel_downsample(xyz, 1.0).rgb is None
+
+
+@pytest.mark.parametrize('voxel', [0.01, 1e-12])
+def test_voxel_grid_far_and_fine_does_not_overflow(voxel):
+    # 1e9 m extents at 1 cm (or 1 pm) voxels have far more cells than one int64 key can pack.
+    xyz = np.array([[0.0, 0.0, 0.0], [1e9, 1e9, 1e9], [0.0, 0.0, 0.0], [1e9, 0.0, 1e9],
+                    [1e9, 1e9, 1e9]])
+    grid = voxel_downsample(xyz, voxel)
+    assert len(grid.xyz) == 3
+    inv = grid.inverse
+    assert inv[0] == inv[2] and inv[1] == inv[4] and len({inv[0], inv[1], inv[3]}) == 3
+    np.testing.assert_allclose(grid.xyz[inv], xyz, rtol=1e-6)
+
+
+def test_voxel_grid_packed_keys_separate_every_cell():
+    rng = np.random.default_rng(1)
+    # The grid starts at the cloud's minimum, here the origin; the other points sit mid-cell.
+    cells = np.concatenate([[[0, 0, 0]], rng.integers(0, 50, size=(2000, 3))])
+    xyz = np.concatenate([[[0.0, 0.0, 0.0]], (cells[1:] + 0.5) * 0.02])
+    grid = voxel_downsample(xyz, 0.02)
+    assert len(grid.xyz) == len(np.unique(cells, axis=0))
+    np.testing.assert_allclose(grid.xyz[grid.inverse], xyz, atol=1e-6)
+
+
+def test_voxel_grid_rejects_bad_size_and_accepts_empty():
+    with pytest.raises(ValueError, match='voxel_size'):
+        voxel_downsample(np.zeros((3, 3)), 0.0)
+    grid = voxel_downsample(np.zeros((0, 3)), 0.01, np.zeros((0, 3), np.uint8))
+    assert grid.xyz.shape == (0, 3) and grid.rgb.shape == (0, 3) and grid.inverse.shape == (0,)
+
+
+def test_ransac_finds_noisy_plane_among_outliers():
+    rng = np.random.default_rng(0)
+    normal = np.array([0.1, -0.2, -1.0]) / np.linalg.norm([0.1, -0.2, -1.0])
+    uv = rng.uniform(-0.5, 0.5, size=(3000, 2))
+    plane_pts = np.column_stack([uv, 0.1 * uv[:, 0] - 0.2 * uv[:, 1] + 0.8])
+    plane_pts += rng.normal(0, 0.002, size=plane_pts.shape) * normal
+    outliers = rng.uniform(-0.5, 0.5, size=(1500, 3)) + [0, 0, 0.8]
+    plane, inliers = fit_support_plane(np.concatenate([plane_pts, outliers]), 0.01, 200, rng)
+    # Oriented towards the origin (the sensor): the origin is on the positive side.
+    assert plane[3] > 0
+    assert abs(plane[:3] @ normal) > np.cos(np.deg2rad(1.0))
+    np.testing.assert_allclose(plane[3], 0.8 * abs(normal[2]), atol=0.003)
+    assert inliers[:3000].mean() > 0.99
+    assert inliers[3000:].mean() < 0.05
+
+
+def test_ransac_up_prior_prefers_the_horizontal_plane():
+    rng = np.random.default_rng(0)
+    table = np.column_stack([rng.uniform(-0.3, 0.3, (1000, 2)), np.zeros(1000)])
+    wall = np.column_stack([rng.uniform(-1, 1, 3000), np.full(3000, 0.5),
+                            rng.uniform(0.05, 1, 3000)])
+    xyz = np.concatenate([table, wall])
+    plane, _ = fit_support_plane(xyz, 0.01, 200, rng)
+    assert abs(plane[1]) > 0.99
+    plane, inliers = fit_support_plane(xyz, 0.01, 200, rng, up=np.array([0, 0, 1.0]))
+    assert plane[2] > 0.99 and inliers[:1000].all() and not inliers[1000:].any()
+
+
+@pytest.mark.parametrize('xyz', [np.zeros((0, 3)), np.ones((2, 3)), np.ones((50, 3)),
+                                 np.column_stack([np.arange(20.0)] * 3)])
+def test_ransac_without_a_plane(xyz):
+    plane, inliers = fit_support_plane(xyz, 0.01, 50, np.random.default_rng(0))
+    assert plane is None and inliers.shape == (len(xyz),) and not inliers.any()
+
+
+def test_support_surfaces_peel_table_and_wall_and_drop_what_is_beyond():
+    # Sensor at the origin looking down at a table (z = -0.7) in front of a wall (y = 0.5).
+    rng = np.random.default_rng(2)
+    table = np.column_stack([rng.uniform(-0.5, 0.5, (4000, 2)) * [1, 0.9], np.full(4000, -0.7)])
+    wall = np.column_stack([rng.uniform(-0.5, 0.5, 2500), np.full(2500, 0.5),
+                            rng.uniform(-0.68, 0.0, 2500)])
+    on_top = rng.normal([0, 0, -0.65], 0.01, (300, 3))
+    below = rng.normal([0.1, 0.1, -0.9], 0.01, (200, 3))
+    xyz = np.concatenate([table, wall, on_top, below])
+    part = np.repeat([0, 1, 2, 3], [4000, 2500, 300, 200])
+    support, rest = support_surfaces(xyz, 0.01, 100, 0.1, True, rng)
+    np.testing.assert_array_equal(support, part <= 1)
+    np.testing.assert_array_equal(rest, part == 2)
+    support, rest = support_surfaces(xyz, 0.01, 100, 0.1, False, rng)
+    np.testing.assert_array_equal(rest, part >= 2)
+    support, rest = support_surfaces(xyz, 0.01, 100, 0.6, True, rng)
+    assert not support.any() and rest.all()
+
+
+def test_clusters_split_a_gap_and_merge_touching_boxes():
+    big = box_surface([0.1, 0.1, 0.1], [0, 0, 0])
+    small = box_surface([0.05, 0.05, 0.05], [0.125, 0, 0])        # 5 cm gap
+    touching = box_surface([0.05, 0.05, 0.05], [0, 0.075, 0])     # shares the y = 0.05 face
+    labels = euclidean_clusters(np.concatenate([big, small]), 0.02)
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, np.repeat([1, 2], [len(big), len(small)]))
+    labels = euclidean_clusters(np.concatenate([big, touching]), 0.02)
+    assert set(labels) == {1}
+
+
+def test_clusters_size_limits_and_empty_input():
+    dense = box_surface([0.05, 0.05, 0.05], [0, 0, 0])
+    stray = np.array([[1.0, 1, 1], [1.005, 1, 1], [1.01, 1, 1]])
+    labels = euclidean_clusters(np.concatenate([stray, dense]), 0.02, min_points=5)
+    np.testing.assert_array_equal(labels, np.repeat([0, 1], [3, len(dense)]))
+    labels = euclidean_clusters(np.concatenate([stray, dense]), 0.02, max_points=10)
+    np.testing.assert_array_equal(labels, np.repeat([1, 0], [3, len(dense)]))
+    assert euclidean_clusters(np.zeros((0, 3)), 0.02).shape == (0,)
+
+
+def test_rank_labels_orders_by_size_and_drops_small():
+    ranked, mapping = rank_labels(np.array([3, 3, 0, 5, 5, 5, 7]), min_size=2)
+    np.testing.assert_array_equal(ranked, [2, 2, 0, 1, 1, 1, 0])
+    np.testing.assert_array_equal(mapping, [0, 0, 0, 2, 0, 1, 0, 0])
+
+
+def test_nearest_labels():
+    src = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    dst = np.array([[0.9, 0.1, 0], [0.1, 0.2, 0], [-1, 2, 0]])
+    np.testing.assert_array_equal(nearest_labels(src, np.array([4, 5, 6]), dst), [5, 4, 6])
+    rows = nearest_labels(src, np.array([[4, 1], [5, 0], [6, 1]]), dst)
+    np.testing.assert_array_equal(rows, [[5, 0], [4, 1], [6, 1]])
+    assert nearest_labels(src[:0], np.zeros(0, np.int64), dst).tolist() == [0, 0, 0]
