@@ -1,0 +1,106 @@
+"""Per-instance descriptions: size, centroid, oriented box and colour of each segment."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.spatial import ConvexHull, QhullError
+from scipy.spatial.transform import Rotation
+
+from segvec3d_ros.segmentation.geometry import group_means
+
+_YAW_STEP = np.deg2rad(1.0)    # resolution at which box yaw candidates count as distinct
+
+
+@dataclass
+class InstanceInfo:
+    """One segmented instance, described on the input points that carry its id."""
+
+    id: int
+    num_points: int
+    centroid: np.ndarray          # (3,)
+    bbox_center: np.ndarray       # (3,)
+    bbox_quaternion: np.ndarray   # (4,) x y z w, a proper rotation (det +1)
+    bbox_size: np.ndarray         # (3,) full edge lengths along the box axes
+    mean_color: np.ndarray        # (4,) r g b a in [0, 1]; a = 0 when no colour
+    label: str = ''
+    label_score: float = 0.0
+    embedding: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+
+def describe_instances(xyz: np.ndarray, rgb: np.ndarray | None, instance_ids: np.ndarray,
+                       up: np.ndarray | None = None) -> list[InstanceInfo]:
+    """Describe every id > 0 in `instance_ids`, in increasing id order.
+
+    With `up` (the support plane normal) each box stands on the plane: its third axis is `up`
+    and its yaw gives the smallest footprint; otherwise the box axes are the principal axes.
+    """
+    # Only instance points matter; unassigned points are usually the majority.
+    ids = np.asarray(instance_ids, dtype=np.int64)
+    members = np.flatnonzero(ids > 0)
+    ids = ids[members]
+    pts = np.asarray(xyz).reshape(-1, 3)[members].astype(np.float64)
+    counts = np.bincount(ids, minlength=1)
+    present = np.flatnonzero(counts[1:]) + 1
+    if len(present) == 0:
+        return []
+    centroids = group_means(ids, pts, len(counts))
+    colours = np.zeros((len(counts), 4))
+    if rgb is not None:
+        colours[:, :3] = group_means(ids, np.asarray(rgb)[members], len(counts)) / 255.0
+        colours[:, 3] = 1.0
+    plane_axes = None if up is None else _plane_axes(np.asarray(up, dtype=np.float64))
+    # One sort groups every instance's points, so the loop below runs per instance, not per point.
+    order = np.argsort(ids, kind='stable')
+    ends = np.cumsum(counts)
+    boxes = [_oriented_box(pts[order[ends[i] - counts[i]:ends[i]]] - centroids[i], plane_axes)
+             for i in present]
+    quaternions = Rotation.from_matrix(np.stack([axes for axes, _, _ in boxes])).as_quat()
+    return [InstanceInfo(id=int(i), num_points=int(counts[i]), centroid=centroids[i],
+                         bbox_center=centroids[i] + axes @ mid, bbox_quaternion=quat,
+                         bbox_size=size, mean_color=colours[i])
+            for i, (axes, mid, size), quat in zip(present, boxes, quaternions)]
+
+
+def _plane_axes(up: np.ndarray) -> np.ndarray:
+    """(3, 3) columns e1, e2, up: a right-handed frame whose first two axes span the plane."""
+    up = up / np.linalg.norm(up)
+    helper = np.eye(3)[np.argmin(np.abs(up))]
+    e1 = np.cross(helper, up)
+    e1 /= np.linalg.norm(e1)
+    return np.column_stack([e1, np.cross(up, e1), up])
+
+
+def _oriented_box(centered: np.ndarray,
+                  plane_axes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Box axes (3, 3) as columns, box centre in box axes from the centroid, edge lengths."""
+    if plane_axes is None:
+        principal = np.linalg.eigh(centered.T @ centered)[1]
+        first, second = principal[:, 2], principal[:, 1]
+    else:
+        yaw = _footprint_yaw(centered @ plane_axes[:, :2])
+        first = np.cos(yaw) * plane_axes[:, 0] + np.sin(yaw) * plane_axes[:, 1]
+        second = np.cross(plane_axes[:, 2], first)
+    axes = np.column_stack([first, second, np.cross(first, second)])
+    local = centered @ axes
+    low, high = local.min(axis=0), local.max(axis=0)
+    return axes, (low + high) / 2, high - low
+
+
+def _footprint_yaw(uv: np.ndarray) -> float:
+    """Yaw of the smallest rectangle around centred 2-D points; a side lies on a hull edge."""
+    try:
+        hull = uv[ConvexHull(uv).vertices]
+    except QhullError:
+        # Fewer than three points, or all on one line: the principal direction is tight.
+        direction = np.linalg.eigh(uv.T @ uv)[1][:, 1]
+        return float(np.arctan2(direction[1], direction[0]))
+    edges = np.roll(hull, -1, axis=0) - hull
+    # A rectangle repeats every 90 deg; edges of nearly one direction (a round footprint has
+    # thousands) are tried once, which bounds the cost at hull size x 90.
+    yaws = np.arctan2(edges[:, 1], edges[:, 0]) % (np.pi / 2)
+    yaws = yaws[np.unique(np.round(yaws / _YAW_STEP), return_index=True)[1]]
+    along = hull @ np.stack([np.cos(yaws), np.sin(yaws)])
+    across = hull @ np.stack([-np.sin(yaws), np.cos(yaws)])
+    areas = np.ptp(along, axis=0) * np.ptp(across, axis=0)
+    return float(yaws[np.argmin(areas)])

@@ -1,0 +1,170 @@
+"""The ROS-free frame processor that nodes, CLI, bag tools and tests call.
+
+filter -> voxelise -> cap -> segment -> up-project to input points -> drop small -> describe.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from segvec3d_ros.cloud import Cloud
+from segvec3d_ros.instances import InstanceInfo, describe_instances
+from segvec3d_ros.segmentation.base import Segmenter
+from segvec3d_ros.segmentation.euclidean import EuclideanSegmenter
+from segvec3d_ros.segmentation.geometry import (VoxelGrid, fit_support_plane, group_means,
+                                                nearest_labels, rank_labels, voxel_downsample)
+from segvec3d_ros import settings
+from segvec3d_ros.settings import setting
+
+# m: support points this close to an instance belong to the surface it stands on.
+_BASE_RADIUS = 0.05
+
+
+@dataclass
+class PipelineConfig:
+    """Plain-data pipeline settings; every field is also a ROS parameter of the same name."""
+
+    segmenter: str = setting('euclidean', 'segmenter: euclidean (geometric baseline) or '
+                             'segvec3d (learned model)', choices=('euclidean', 'segvec3d'))
+    device: str = setting('auto', 'torch device of the learned segmenter',
+                          choices=('auto', 'cpu', 'cuda'))
+    model_path: str = setting('', 'weights file of the learned segmenter')
+    voxel_size: float = setting(0.01, 'working resolution in m; 0 = no voxel downsampling',
+                                range=(0.0, 0.5))
+    max_points: int = setting(50000, 'cap on working points after voxelisation (seeded random '
+                              'subset; the others take their nearest working label)',
+                              range=(100, 5_000_000))
+    min_instance_points: int = setting(50, 'instances with fewer input points are dropped',
+                                       range=(1, 1_000_000))
+    cluster_tolerance: float = setting(0.02, 'Euclidean clustering radius in m',
+                                       range=(0.001, 1.0))
+    plane_distance: float = setting(0.01, 'RANSAC inlier distance of the support surface in m',
+                                    range=(0.001, 0.5))
+    plane_iterations: int = setting(200, 'RANSAC hypotheses per support surface',
+                                    range=(1, 10_000))
+    min_support_fraction: float = setting(0.1, 'a plane with fewer inliers (fraction of '
+                                          'working points) is not a support surface',
+                                          range=(0.01, 1.0))
+    drop_below_support: bool = setting(True, 'ignore points on the far side of a support '
+                                       'surface from the sensor (cloud in the sensor frame)')
+    max_range: float = setting(0.0, 'drop points farther than this from the sensor in m '
+                               '(0 = keep all)', range=(0.0, 1000.0))
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first invalid field and why."""
+        settings.validate(self)
+        if self.voxel_size > 0 and self.cluster_tolerance <= self.voxel_size:
+            raise ValueError(f'cluster_tolerance={self.cluster_tolerance} must exceed '
+                             f'voxel_size={self.voxel_size}, or every voxel is its own cluster')
+
+
+def validate_field(name: str, value: Any) -> str | None:
+    """Why `value` is invalid for PipelineConfig field `name`, or None when it is valid."""
+    return settings.field_problem(PipelineConfig, name, value)
+
+
+def make_segmenter(config: PipelineConfig) -> Segmenter:
+    """The segmenter that `config.segmenter` names."""
+    if config.segmenter == 'euclidean':
+        return EuclideanSegmenter(config)
+    raise ValueError(f'segmenter {config.segmenter!r}: no learned model is available yet; '
+                     f'use segmenter=euclidean')
+
+
+@dataclass
+class SceneResult:
+    """Everything one frame produced, per input point and per instance."""
+
+    labels: np.ndarray                 # (N,) uint32 per input point; 0 = invalid/support/none
+    instances: list[InstanceInfo]      # ids 1..K == label values, largest first
+    support_mask: np.ndarray           # (N,) bool per input point
+    instance_features: np.ndarray | None  # (K, C) mean point feature per instance, or None
+    timings: dict[str, float]          # seconds per stage, and 'total'
+    num_input: int
+    num_valid: int
+    num_working: int
+
+
+class Pipeline:
+    """Segments and describes one cloud per `process` call."""
+
+    def __init__(self, config: PipelineConfig, segmenter: Segmenter | None = None) -> None:
+        """Validate `config`; use `segmenter`, or the one the config names."""
+        config.validate()
+        self.config = config
+        self.segmenter = make_segmenter(config) if segmenter is None else segmenter
+
+    def process(self, cloud: Cloud) -> SceneResult:
+        """Segment `cloud`; never raises on NaN, empty or degenerate content."""
+        cfg = self.config
+        timings: dict[str, float] = {}
+        start = tick = perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal tick
+            now = perf_counter()
+            timings[stage] = now - tick
+            tick = now
+
+        index = np.flatnonzero(cloud.valid)
+        if cfg.max_range > 0:
+            index = index[np.linalg.norm(cloud.xyz[index], axis=1) <= cfg.max_range]
+        xyz = cloud.xyz[index]
+        rgb = None if cloud.rgb is None else cloud.rgb[index]
+        lap('filter')
+
+        grid = (voxel_downsample(xyz, cfg.voxel_size, rgb) if cfg.voxel_size > 0
+                else VoxelGrid(xyz, rgb, np.arange(len(xyz))))
+        working = np.arange(len(grid.xyz))
+        if len(working) > cfg.max_points:
+            working = np.sort(np.random.default_rng(0).choice(len(working), cfg.max_points,
+                                                               replace=False))
+        lap('downsample')
+
+        seg = self.segmenter.segment(grid.xyz[working],
+                                     None if grid.rgb is None else grid.rgb[working])
+        timings.update(seg.timings or {})
+        tick = perf_counter()
+
+        # Voxels outside the working subset take the labels of their nearest working voxel.
+        voxel_labels = np.column_stack([seg.instance_ids, seg.support_mask]).astype(np.int64)
+        if len(working) < len(grid.xyz):
+            voxel_labels = nearest_labels(grid.xyz[working], voxel_labels, grid.xyz)
+        ids, new_id = rank_labels(voxel_labels[grid.inverse, 0], cfg.min_instance_points)
+        support = voxel_labels[grid.inverse, 1].astype(bool)
+        labels = np.zeros(len(cloud), dtype=np.uint32)
+        labels[index] = ids
+        support_mask = np.zeros(len(cloud), dtype=bool)
+        support_mask[index] = support
+        num_instances = int(new_id.max(initial=0))
+        features = None
+        if seg.features is not None:
+            features = group_means(new_id[seg.instance_ids], seg.features,
+                                   num_instances + 1)[1:].astype(np.float32)
+        lap('upsample')
+
+        up = self._support_normal(grid.xyz[working], seg.support_mask,
+                                  new_id[seg.instance_ids] > 0)
+        instances = describe_instances(xyz, rgb, ids, up)
+        lap('describe')
+        timings['total'] = perf_counter() - start
+        return SceneResult(labels, instances, support_mask, features, timings,
+                           num_input=len(cloud), num_valid=len(index), num_working=len(working))
+
+    def _support_normal(self, xyz: np.ndarray, support: np.ndarray,
+                        on_instance: np.ndarray) -> np.ndarray | None:
+        """Normal of the support surface the instances stand on, or None.
+
+        Segmenters report support points, not planes, and the largest support plane may be a
+        wall behind the objects, so the plane is fitted to the support points near instances.
+        """
+        if not (support.any() and on_instance.any()):
+            return None
+        gap, _ = cKDTree(xyz[on_instance]).query(xyz[support], distance_upper_bound=_BASE_RADIUS)
+        plane, _ = fit_support_plane(xyz[support][np.isfinite(gap)], self.config.plane_distance,
+                                     self.config.plane_iterations, np.random.default_rng(0))
+        return None if plane is None else plane[:3]

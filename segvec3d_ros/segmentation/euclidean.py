@@ -1,0 +1,42 @@
+"""The PCL-style geometric baseline: remove the support planes, cluster what is left."""
+from __future__ import annotations
+
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from segvec3d_ros.segmentation.base import Segmentation
+from segvec3d_ros.segmentation.geometry import euclidean_clusters, support_surfaces
+
+if TYPE_CHECKING:
+    from segvec3d_ros.pipeline import PipelineConfig
+
+
+class EuclideanSegmenter:
+    """RANSAC support planes + Euclidean clustering of the points in front of them."""
+
+    name = 'euclidean'
+
+    def __init__(self, config: PipelineConfig, up: np.ndarray | None = None,
+                 seed: int = 0) -> None:
+        """Use `config`'s plane and cluster settings; `up`, when known, limits the planes' tilt."""
+        self.config = config
+        self.up = up
+        self.seed = seed
+
+    def segment(self, xyz: np.ndarray, rgb: np.ndarray | None) -> Segmentation:
+        """Label each finite point: support (mask), instance 1..K by size, or 0."""
+        cfg = self.config
+        pts = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+        start = perf_counter()
+        # A fresh generator per frame keeps the result a function of the frame alone.
+        support, rest = support_surfaces(pts, cfg.plane_distance, cfg.plane_iterations,
+                                         cfg.min_support_fraction, cfg.drop_below_support,
+                                         np.random.default_rng(self.seed), self.up)
+        planed = perf_counter()
+        ids = np.zeros(len(pts), dtype=np.int64)
+        # Size filtering is the caller's: it counts input points, not these working points.
+        ids[rest] = euclidean_clusters(pts[rest], cfg.cluster_tolerance)
+        return Segmentation(ids, support, None,
+                            {'plane': planed - start, 'cluster': perf_counter() - planed})
