@@ -1,0 +1,1 @@
+"""Instance segmentation metrics, evaluation datasets and the `segvec3d evaluate` report."""

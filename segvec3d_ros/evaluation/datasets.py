@@ -1,0 +1,110 @@
+"""Labelled evaluation scenes: real mOSD frames and a held-out split of synthetic tabletops.
+
+Ground truth per scene: object ids > 0, a support mask (table, floor, walls) and 0 elsewhere.
+Objects with fewer than MIN_GT_POINTS valid points become unlabelled (ignored), as ScanNet
+ignores ground-truth instances under 100 vertices: too few points to be an instance of the
+pipeline, whose default drops instances under 50 points.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from segvec3d_ros.cloud import Cloud
+from segvec3d_ros.data.scenes import Scene, generate_scene
+from segvec3d_ros.io.files import read_cloud
+
+DATASETS = ('mosd', 'synthetic')
+# mOSD learn frame numbers of each subset, from the dataset's description
+MOSD_SUBSETS: dict[str, range] = {'boxes': range(0, 17), 'stacked': range(17, 25),
+                                  'occluded': range(25, 33), 'cylinders': range(33, 45)}
+DEFAULT_MOSD_DIR = Path('../shared/data/mosd/learn')
+# Synthetic evaluation scenes use seeds from here on; training must use seeds below it.
+EVAL_SEED_BASE = 1_000_000
+SYNTHETIC_SUBSET = 'tabletop'
+MIN_GT_POINTS = 100
+
+
+class EvalScene(NamedTuple):
+    """One labelled frame."""
+
+    name: str
+    subset: str
+    cloud: Cloud
+    gt: np.ndarray          # (N,) int64 object id per point, 0 = none (support, unlabelled, invalid)
+    support: np.ndarray     # (N,) bool support-surface points
+
+
+def ignore_small(gt: np.ndarray, min_points: int = MIN_GT_POINTS) -> np.ndarray:
+    """`gt` with objects of fewer than `min_points` points set to 0 (unlabelled)."""
+    counts = np.bincount(gt)
+    return np.where(counts[gt] < min_points, 0, gt)
+
+
+def mosd_ground_truth(label: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-object ids and support mask from mOSD's per-point `label` field.
+
+    Labels 1-9 are the table, 20-29 object 1, 30-39 object 2 and so on (one decade per object,
+    its parts within it); a few frames label points that have no valid coordinates.
+    """
+    label = np.asarray(label, dtype=np.int64)
+    valid = np.asarray(valid, bool)
+    gt = np.where(valid & (label >= 20), label // 10 - 1, 0)
+    return ignore_small(gt), valid & (label >= 1) & (label <= 9)
+
+
+def mosd_frames(directory: str | Path = DEFAULT_MOSD_DIR) -> list[tuple[str, Path]]:
+    """(subset, path) of every mOSD learn frame; raises FileNotFoundError naming missing ones."""
+    directory = Path(directory)
+    frames = [(subset, directory / f'learn{n}.pcd')
+              for subset, numbers in MOSD_SUBSETS.items() for n in numbers]
+    missing = [path.name for _, path in frames if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f'{directory}: mOSD frames missing: {", ".join(missing[:5])}'
+                                f'{" ..." if len(missing) > 5 else ""}')
+    return frames
+
+
+def mosd_scene(subset: str, path: str | Path) -> EvalScene:
+    """One mOSD frame with its ground truth."""
+    cloud = read_cloud(path)
+    return EvalScene(Path(path).stem, subset, cloud,
+                     *mosd_ground_truth(cloud.extra['label'], cloud.valid))
+
+
+def iter_mosd(directory: str | Path = DEFAULT_MOSD_DIR) -> Iterator[EvalScene]:
+    """The 45 mOSD learn frames, read one at a time, in subset order.
+
+    Raises FileNotFoundError at once, not on the first frame, when frames are missing.
+    """
+    return (mosd_scene(subset, path) for subset, path in mosd_frames(directory))
+
+
+def synthetic_ground_truth(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+    """Object ids and support mask of a generated scene: its support instances are support."""
+    is_support = np.array([False] + [o.is_support for o in scene.objects])
+    valid = scene.cloud.valid
+    support = valid & is_support[scene.instance_ids]
+    gt = np.where(valid & ~support, scene.instance_ids, 0)
+    return ignore_small(gt), support
+
+
+def iter_synthetic(count: int, first_seed: int = EVAL_SEED_BASE) -> Iterator[EvalScene]:
+    """`count` held-out tabletop scenes, seeds first_seed, first_seed + 1, ..."""
+    for seed in range(first_seed, first_seed + count):
+        scene = generate_scene(seed, 'tabletop')
+        yield EvalScene(f'seed{seed}', SYNTHETIC_SUBSET, scene.cloud,
+                        *synthetic_ground_truth(scene))
+
+
+def iter_scenes(dataset: str, mosd_dir: str | Path = DEFAULT_MOSD_DIR,
+                synthetic_scenes: int = 30) -> Iterator[EvalScene]:
+    """The scenes of `dataset`, one of DATASETS."""
+    if dataset == 'mosd':
+        return iter_mosd(mosd_dir)
+    if dataset == 'synthetic':
+        return iter_synthetic(synthetic_scenes)
+    raise ValueError(f'unknown dataset {dataset!r}, expected one of {DATASETS}')
