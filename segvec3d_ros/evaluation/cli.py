@@ -1,0 +1,147 @@
+"""`segvec3d evaluate`: every segmenter through the same Pipeline on the same labelled scenes."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from segvec3d_ros.evaluation.datasets import (DATASETS, DEFAULT_MOSD_DIR, EVAL_SEED_BASE,
+                                              MIN_GT_POINTS, MOSD_SUBSETS, iter_scenes)
+from segvec3d_ros.evaluation.metrics import evaluate_scene, summarize
+from segvec3d_ros.evaluation.report import (LEARNED, SceneRecord, markdown_report, plot_summary,
+                                            summary_rows)
+from segvec3d_ros.pipeline import Pipeline, validate_field
+
+
+def _segmenter_list(text: str) -> list[str]:
+    """Comma-separated segmenter names, each one the pipeline knows."""
+    names = list(dict.fromkeys(name.strip() for name in text.split(',') if name.strip()))
+    for name in names:
+        problem = validate_field('segmenter', name)
+        if problem:
+            raise argparse.ArgumentTypeError(problem)
+    if not names:
+        raise argparse.ArgumentTypeError('no segmenter named')
+    return names
+
+
+def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `evaluate` subcommand; its `run` default is `run_evaluate`."""
+    parser = commands.add_parser(
+        'evaluate', help='instance segmentation metrics of the segmenters on labelled scenes',
+        description='Run each segmenter through the same pipeline on the mOSD learn frames '
+                    'and/or held-out synthetic tabletop scenes; write a markdown report of AP25, '
+                    'AP50, mAP, overlap P/R/F, %F>=0.75 and time per frame, and a bar plot. A '
+                    'segmenter that cannot be built (no model) is reported and skipped.')
+    parser.add_argument('--dataset', choices=(*DATASETS, 'both'), default='both')
+    parser.add_argument('--segmenters', type=_segmenter_list, default=['euclidean', LEARNED],
+                        metavar='NAMES', help=f'comma-separated (default: euclidean,{LEARNED})')
+    parser.add_argument('--params-file', metavar='YAML',
+                        help='ROS params file (e.g. config/segvec3d.yaml) setting the pipeline')
+    parser.add_argument('--model', '--model-path', dest='model', metavar='PATH',
+                        help='weights of the learned segmenter')
+    parser.add_argument('--synthetic-scenes', type=int, default=30, metavar='N',
+                        help=f'held-out synthetic scenes, seeds {EVAL_SEED_BASE} on (default 30)')
+    parser.add_argument('--mosd-dir', default=str(DEFAULT_MOSD_DIR), metavar='DIR',
+                        help='folder of learn0.pcd ... learn44.pcd (default: %(default)s)')
+    parser.add_argument('--out', default='docs/EVALUATION.md', metavar='MD')
+    parser.add_argument('--plot', default='docs/evaluation.png', metavar='PNG')
+    parser.set_defaults(run=run_evaluate)
+    return parser
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The `segvec3d evaluate` command that repeats this run, every option spelled out."""
+    words = ['segvec3d', 'evaluate', '--dataset', args.dataset,
+             '--segmenters', ','.join(args.segmenters)]
+    if args.params_file:
+        words += ['--params-file', args.params_file]
+    if args.model:
+        words += ['--model', args.model]
+    if args.dataset != 'synthetic':
+        words += ['--mosd-dir', args.mosd_dir]
+    if args.dataset != 'mosd':
+        words += ['--synthetic-scenes', str(args.synthetic_scenes)]
+    return shlex.join(words + ['--out', args.out, '--plot', args.plot])
+
+
+def _error(message: str) -> int:
+    print(f'segvec3d evaluate: error: {message}', file=sys.stderr)
+    return 2
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate, print progress per scene, write the report; 0 on success, 2 when nothing ran."""
+    from segvec3d_ros.tools.cli import pipeline_config  # here: tools.cli imports this module
+
+    if args.synthetic_scenes < 1:
+        return _error('--synthetic-scenes must be at least 1')
+    try:
+        config = pipeline_config(args.params_file, model_path=args.model)
+    except ValueError as error:
+        return _error(str(error))
+    pipelines: dict[str, Pipeline] = {}
+    skipped: dict[str, str] = {}
+    for name in args.segmenters:
+        try:
+            pipelines[name] = Pipeline(dataclasses.replace(config, segmenter=name))
+        except (ValueError, OSError, RuntimeError) as error:
+            skipped[name] = str(error)
+            print(f'segvec3d evaluate: {name} is NOT evaluated, it cannot be built: {error}',
+                  file=sys.stderr, flush=True)
+    if not pipelines:
+        return _error('no segmenter could be built')
+
+    datasets = DATASETS if args.dataset == 'both' else (args.dataset,)
+    counts = {'mosd': sum(map(len, MOSD_SUBSETS.values())), 'synthetic': args.synthetic_scenes}
+    try:
+        sources = {name: iter_scenes(name, args.mosd_dir, args.synthetic_scenes)
+                   for name in datasets}
+    except FileNotFoundError as error:
+        return _error(str(error))
+    records: list[SceneRecord] = []
+    for dataset, scenes in sources.items():
+        for index, scene in enumerate(scenes, start=1):
+            for name, pipeline in pipelines.items():
+                result = pipeline.process(scene.cloud)
+                metrics = evaluate_scene(result.labels, scene.gt, scene.cloud.valid,
+                                         scene.support)
+                records.append(SceneRecord(dataset, scene.subset, scene.name, name, metrics,
+                                           result.timings['total']))
+                one = summarize([metrics])
+                print(f'[{dataset} {index}/{counts[dataset]}] {scene.name} ({scene.subset}) '
+                      f'{name}: {one.num_pred} predicted / {one.num_gt} objects, '
+                      f'AP50 {one.ap50:.2f}, F {one.f_measure:.2f}, '
+                      f'{1000 * result.timings["total"]:.0f} ms', flush=True)
+
+    descriptions = {
+        'mosd': f'{counts["mosd"]} mOSD learn frames from {args.mosd_dir}, subsets '
+                + ', '.join(f'{s} (learn{r.start}-{r.stop - 1})' for s, r in MOSD_SUBSETS.items())
+                + '; objects = label // 10 - 1 for labels >= 20, labels 1-9 = support',
+        'synthetic': f'{args.synthetic_scenes} held-out generated tabletop scenes, seeds '
+                     f'{EVAL_SEED_BASE}-{EVAL_SEED_BASE + args.synthetic_scenes - 1} (training '
+                     f'uses seeds below {EVAL_SEED_BASE}); table, floor and wall = support'}
+    descriptions = {name: f'{descriptions[name]}; objects under {MIN_GT_POINTS} valid points '
+                          f'count as unlabelled' for name in datasets}
+    out, plot = Path(args.out), Path(args.plot)
+    for path in (out, plot):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    rows = summary_rows(records)
+    title = f'segvec3d evaluate: {", ".join(pipelines)}'
+    if LEARNED not in pipelines:
+        title += f' (baseline only, no {LEARNED})'
+    plot_summary(plot, rows, title)
+    # The plot is referenced relative to the report, wherever the two are written.
+    plot_ref = Path(os.path.relpath(plot.resolve(), out.resolve().parent)).as_posix()
+    out.write_text(markdown_report(records, command_line(args), skipped, descriptions, plot_ref))
+    for row in rows:
+        s = row.summary
+        print(f'{row.dataset:9} {row.subset:9} {row.segmenter:9} AP25 {s.ap25:.3f} '
+              f'AP50 {s.ap50:.3f} mAP {s.map:.3f} P {s.precision:.3f} R {s.recall:.3f} '
+              f'F {s.f_measure:.3f} F>=0.75 {s.good_fraction:.3f} '
+              f'{1000 * row.seconds:.0f} ms/frame')
+    print(f'wrote {out} and {plot}')
+    return 0
