@@ -1,0 +1,1 @@
+"""SegVec3D: the graph-attention instance-embedding network, its loss, clustering and export."""
