@@ -6,7 +6,10 @@ parameter descriptors from it, and the CLI and tests validate with `field_proble
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 
 def setting(default: Any, description: str, *, range: tuple[float, float] | None = None,
@@ -61,3 +64,36 @@ def validate(settings: Any) -> None:
         problem = field_problem(type(settings), field.name, getattr(settings, field.name))
         if problem:
             raise ValueError(problem)
+
+
+def settings_from_params_file(path: str | Path, node_name: str, settings_class: type) -> Any:
+    """Settings from a node's `ros__parameters` in a ROS 2 params YAML file, without ROS.
+
+    A section applies when its key names the node in any namespace (`node_name`,
+    `/**/node_name`, `/ns/node_name`) or is a wildcard (`/**`); sections apply in file order,
+    later values winning. Parameters that are not fields of `settings_class` (another part of
+    the node's parameters) are ignored. Raises ValueError naming the file when it cannot be
+    read, has no section for the node, or holds an invalid value.
+    """
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f'{path}: cannot read the params file: {exc}') from exc
+    if not isinstance(document, dict):
+        raise ValueError(f'{path}: not a params file (no mapping of node names)')
+    sections = [value['ros__parameters'] for key, value in document.items()
+                if str(key).rsplit('/', 1)[-1] in (node_name, '*', '**')
+                and isinstance(value, dict) and isinstance(value.get('ros__parameters'), dict)]
+    if not sections:
+        raise ValueError(f'{path}: no ros__parameters section for node {node_name!r}')
+    fields = {f.name: f for f in dataclasses.fields(settings_class)}
+    values = {name: value for section in sections for name, value in section.items()
+              if name in fields}
+    for name, value in values.items():
+        # `max_range: 0` in YAML is an int; the float field means 0.0, so take it as that.
+        if isinstance(default_value(fields[name]), float) and type(value) is int:
+            values[name] = value = float(value)
+        problem = field_problem(settings_class, name, value)
+        if problem:
+            raise ValueError(f'{path}: {problem}')
+    return settings_class(**values)
