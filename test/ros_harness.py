@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import subprocess
 import threading
@@ -19,12 +18,6 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / 'config' / 'segvec3d.yaml'
-
-
-def isolate_dds() -> None:
-    """Give this test session its own DDS domain on loopback, so parallel runs never mix."""
-    os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(1, 100)))
-    os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 
 
 def start_executable(name: str, *ros_args: str) -> subprocess.Popen:

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from ros_harness import (Client, isolate_dds, start_executable, stop_process, tabletop_points,
-                         wait_for)
+from ros_harness import Client, start_executable, stop_process, tabletop_points, wait_for
+from segvec3d_ros.tools.dds import isolate_dds
 
 isolate_dds()
 
