@@ -144,7 +144,7 @@ def plot_summary(path: str | Path, rows: Sequence[Row], title: str) -> None:
     value = {(r.dataset, r.subset, r.segmenter): r.summary for r in rows}
     width = 0.8 / len(segmenters)
     x = np.arange(len(groups))
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.3 * len(groups) * 2), 4.2), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.8 * len(groups)), 4.2), sharey=True)
     for ax, (label, metric) in zip(axes, (('overlap F-measure', 'f_measure'), ('AP50', 'ap50'))):
         for k, segmenter in enumerate(segmenters):
             heights = [100 * getattr(value[g + (segmenter,)], metric)
