@@ -32,7 +32,8 @@ class PipelineConfig:
                              'segvec3d (learned model)', choices=('euclidean', 'segvec3d'))
     device: str = setting('auto', 'torch device of the learned segmenter',
                           choices=('auto', 'cpu', 'cuda'))
-    model_path: str = setting('', 'weights file of the learned segmenter')
+    model_path: str = setting('', 'weights of the learned segmenter (.pt or .onnx); '
+                                         'empty = the bundled models/segvec3d.onnx')
     voxel_size: float = setting(0.01, 'working resolution in m; 0 = no voxel downsampling',
                                 range=(0.0, 0.5))
     max_points: int = setting(50000, 'cap on working points after voxelisation (seeded random '
@@ -42,6 +43,9 @@ class PipelineConfig:
                                        range=(1, 1_000_000))
     cluster_tolerance: float = setting(0.02, 'Euclidean clustering radius in m',
                                        range=(0.001, 1.0))
+    embedding_radius: float = setting(0.4, 'learned segmenter: k-NN neighbours closer than '
+                                      'this in embedding space join one instance',
+                                      range=(0.01, 2.0))
     plane_distance: float = setting(0.01, 'RANSAC inlier distance of the support surface in m',
                                     range=(0.001, 0.5))
     plane_iterations: int = setting(200, 'RANSAC hypotheses per support surface',
@@ -71,8 +75,9 @@ def make_segmenter(config: PipelineConfig) -> Segmenter:
     """The segmenter that `config.segmenter` names."""
     if config.segmenter == 'euclidean':
         return EuclideanSegmenter(config)
-    raise ValueError(f'segmenter {config.segmenter!r}: no learned model is available yet; '
-                     f'use segmenter=euclidean')
+    # Imported here so that euclidean-only users never load torch and onnxruntime.
+    from segvec3d_ros.model.segmenter import LearnedSegmenter
+    return LearnedSegmenter(config)
 
 
 @dataclass

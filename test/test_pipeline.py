@@ -284,9 +284,10 @@ def test_validate_field():
     assert 'unknown' in validate_field('no_such_field', 1)
 
 
-def test_learned_segmenter_is_not_available_yet():
-    with pytest.raises(ValueError, match='no learned model'):
-        Pipeline(PipelineConfig(segmenter='segvec3d'))
+def test_learned_segmenter_with_a_missing_model_names_the_path(tmp_path):
+    missing = tmp_path / 'nowhere.onnx'
+    with pytest.raises(FileNotFoundError, match='nowhere.onnx'):
+        Pipeline(PipelineConfig(segmenter='segvec3d', model_path=str(missing)))
 
 
 @pytest.mark.shared

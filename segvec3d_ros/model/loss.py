@@ -28,20 +28,28 @@ class PullPushLoss(nn.Module):
     """
 
     def __init__(self, margin: float = 1.0, positive_pairs: int = 4096,
-                 negative_pairs: int = 4096, label_fraction: float = 1.0) -> None:
-        """Push different instances `margin` apart; use only `label_fraction` of the labels."""
+                 negative_pairs: int = 4096, label_fraction: float = 1.0,
+                 edge_pairs: int = 0) -> None:
+        """Push different instances `margin` apart; use only `label_fraction` of the labels.
+
+        edge_pairs > 0 adds pairs drawn from the spatial k-NN edges: graph clustering cuts
+        exactly those edges, and uniformly drawn pairs almost never land on the boundary
+        between two touching objects, where the cut has to happen.
+        """
         super().__init__()
         self.margin = margin
         self.positive_pairs = positive_pairs
         self.negative_pairs = negative_pairs
         self.label_fraction = label_fraction
+        self.edge_pairs = edge_pairs
 
     def forward(self, embeddings: Tensor, instance_ids: Tensor, label_seed: int = 0,
-                generator: torch.Generator | None = None) -> Tensor:
+                generator: torch.Generator | None = None,
+                knn_index: Tensor | None = None) -> Tensor:
         """Scalar loss of (N, D) embeddings against (N,) int64 ids (0 = unlabelled).
 
         label_seed picks the labelled fraction (pass a per-scene seed); the CPU `generator`
-        draws the pairs.
+        draws the pairs; knn_index (N, k) is needed for edge pairs.
         """
         ids = sparse_labels(instance_ids, self.label_fraction, label_seed).cpu()
         points = torch.nonzero(ids > 0).squeeze(1)
@@ -74,6 +82,32 @@ class PullPushLoss(nn.Module):
             # The epsilon keeps the gradient of the distance finite for coincident embeddings.
             distance = torch.sqrt(diff.square().sum(dim=1) + 1e-12)
             loss = loss + torch.clamp(self.margin - distance, min=0).square().mean()
+
+        if self.edge_pairs > 0 and knn_index is not None and len(points) > 0:
+            loss = loss + self._edge_loss(embeddings, ids, knn_index.cpu(), generator)
+        return loss
+
+    def _edge_loss(self, embeddings: Tensor, ids: Tensor, knn_index: Tensor,
+                   generator: torch.Generator | None) -> Tensor:
+        """Pull-push over sampled k-NN edges between labelled points, each side averaged."""
+        labelled = ids > 0
+        rows = torch.nonzero(labelled).squeeze(1)
+        first = rows[torch.randint(len(rows), (self.edge_pairs,), generator=generator)]
+        # Column 0 is the point itself.
+        column = 1 + torch.randint(knn_index.shape[1] - 1, (self.edge_pairs,),
+                                   generator=generator)
+        second = knn_index[first, column]
+        keep = labelled[second] & (second != first)
+        first, second = first[keep], second[keep]
+        same = ids[first] == ids[second]
+        diff = embeddings[first.to(embeddings.device)] - embeddings[second.to(embeddings.device)]
+        distance = torch.sqrt(diff.square().sum(dim=1) + 1e-12)
+        same = same.to(embeddings.device)
+        loss = embeddings.sum() * 0.0
+        if same.any():
+            loss = loss + distance[same].square().mean()
+        if (~same).any():
+            loss = loss + torch.clamp(self.margin - distance[~same], min=0).square().mean()
         return loss
 
 

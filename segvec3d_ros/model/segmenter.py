@@ -16,12 +16,13 @@ from segvec3d_ros.model.features import input_features
 from segvec3d_ros.model.knn import knn_graph
 from segvec3d_ros.model.segvec3d import SegVec3DConfig, load_checkpoint
 from segvec3d_ros.segmentation.base import Segmentation
-from segvec3d_ros.segmentation.geometry import fit_support_plane
+from segvec3d_ros.segmentation.geometry import support_surfaces
 
 if TYPE_CHECKING:
     from segvec3d_ros.pipeline import PipelineConfig
 
 ONNX_SUFFIXES = ('.onnx',)
+BUNDLED_MODEL = 'segvec3d.onnx'
 TORCH_SUFFIXES = ('.pt', '.pth')
 _KINDS = ', '.join(TORCH_SUFFIXES + ONNX_SUFFIXES)
 
@@ -72,6 +73,18 @@ class _OnnxNetwork:
         return embeddings, point_features
 
 
+def bundled_model_path() -> Path:
+    """models/segvec3d.onnx of the source tree, else of the installed package's share folder."""
+    source_tree = Path(__file__).resolve().parents[2] / 'models' / BUNDLED_MODEL
+    if source_tree.is_file():
+        return source_tree
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory('segvec3d_ros')) / 'models' / BUNDLED_MODEL
+    except (ImportError, LookupError):
+        return source_tree
+
+
 def load_network(path: str | Path, device: str = 'auto') -> _TorchNetwork | _OnnxNetwork:
     """The network in a .pt/.pth checkpoint or .onnx export; raises naming `path` if unusable."""
     if device not in ('auto', 'cpu', 'cuda'):
@@ -89,24 +102,24 @@ def load_network(path: str | Path, device: str = 'auto') -> _TorchNetwork | _Onn
 
 
 class LearnedSegmenter:
-    """SegVec3D: RANSAC support surface, then connected components of the spatial k-NN edges
+    """SegVec3D: RANSAC support surfaces, then connected components of the spatial k-NN edges
     whose embeddings are closer than `embedding_radius`.
 
-    The support surface is the RANSAC plane's inliers (as in the geometric baseline), so the
-    table is one region however the embeddings split it; the instances are the clusters of the
-    points above it.
+    The support surfaces are found as in the geometric baseline, so the table is one region
+    however the embeddings split it; the instances are the clusters of the points in front.
     """
 
     name = 'segvec3d'
 
-    def __init__(self, config: PipelineConfig, up: np.ndarray | None = None, seed: int = 0,
-                 embedding_radius: float = 0.4) -> None:
-        """Load `config.model_path` on `config.device`; `up`, when known, limits the plane tilt."""
+    def __init__(self, config: PipelineConfig, up: np.ndarray | None = None,
+                 seed: int = 0) -> None:
+        """Load `config.model_path` (empty: the bundled model) on `config.device`; `up`, when
+        known, limits the plane tilt.
+        """
         self.config = config
         self.up = up
         self.seed = seed
-        self.embedding_radius = embedding_radius
-        self.network = load_network(config.model_path, config.device)
+        self.network = load_network(config.model_path or bundled_model_path(), config.device)
 
     def segment(self, xyz: np.ndarray, rgb: np.ndarray | None) -> Segmentation:
         """Label each finite point: support (mask), instance 1..K by size, or 0; F per point."""
@@ -126,13 +139,9 @@ class LearnedSegmenter:
         embedded = perf_counter()
 
         # A fresh generator per frame keeps the result a function of the frame alone.
-        plane, support = fit_support_plane(pts, cfg.plane_distance, cfg.plane_iterations,
-                                           np.random.default_rng(self.seed), self.up)
-        if support.sum() < cfg.min_support_fraction * len(pts):
-            plane, support = None, np.zeros(len(pts), dtype=bool)
-        rest = ~support
-        if plane is not None and cfg.drop_below_support:
-            rest &= pts @ plane[:3] + plane[3] > 0
+        support, rest = support_surfaces(pts, cfg.plane_distance, cfg.plane_iterations,
+                                         cfg.min_support_fraction, cfg.drop_below_support,
+                                         np.random.default_rng(self.seed), self.up)
         planed = perf_counter()
 
         # Edges leaving the clustered points become -1, which graph_clusters skips.
@@ -141,7 +150,7 @@ class LearnedSegmenter:
         ids = np.zeros(len(pts), dtype=np.int64)
         # Size filtering is the caller's: it counts input points, not these working points.
         ids[rest] = graph_clusters(embeddings[rest], local[knn_index.cpu().numpy()[rest]],
-                                   self.embedding_radius)
+                                   cfg.embedding_radius)
         return Segmentation(ids, support, point_features.astype(np.float32),
                             {'features': featured - start, 'knn': searched - featured,
                              'network': embedded - searched, 'plane': planed - embedded,
