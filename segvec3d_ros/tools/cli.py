@@ -3,6 +3,7 @@
     segvec3d segment FILE... --out-dir DIR [--params-file YAML] [--segmenter S]
                              [--model-path P] [--voxel-size M] [--topic T]
     segvec3d evaluate [--dataset mosd|synthetic|both] [--segmenters euclidean,segvec3d] ...
+    segvec3d train CONFIG --out-dir OUT [--device auto|cpu|cuda] [--resume] [--install DIR]
 
 A subcommand is an `add_<name>_parser(commands)` function, here or in its own module, that adds
 its parser and sets `run` to a function taking the parsed arguments and returning the exit code.
@@ -30,6 +31,7 @@ from segvec3d_ros.io.pointcloud2 import CloudDecodeError
 from segvec3d_ros.pipeline import Pipeline, PipelineConfig, SceneResult
 from segvec3d_ros.render import render_instances
 from segvec3d_ros.settings import settings_from_params_file
+from segvec3d_ros.training.cli import add_train_parser
 
 # The params-file section of the pipeline settings: segmentation_node.NODE_NAME, which is not
 # imported because that would make this tool need ROS.
@@ -157,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(metavar='COMMAND', required=True)
     add_segment_parser(commands)
     add_evaluate_parser(commands)
+    add_train_parser(commands)
     return parser
 
 
