@@ -117,7 +117,8 @@ class Pipeline:
 
         index = np.flatnonzero(cloud.valid)
         if cfg.max_range > 0:
-            index = index[np.linalg.norm(cloud.xyz[index], axis=1) <= cfg.max_range]
+            with np.errstate(over='ignore'):  # a norm beyond float32 is out of range anyway
+                index = index[np.linalg.norm(cloud.xyz[index], axis=1) <= cfg.max_range]
         xyz = cloud.xyz[index]
         rgb = None if cloud.rgb is None else cloud.rgb[index]
         lap('filter')
