@@ -118,3 +118,16 @@ def test_every_parameter_in_the_params_file_has_a_comment():
     for line in PARAMS_FILE.read_text().splitlines():
         if re.match(r'^\s{4}\w+:', line):
             assert '#' in line, line
+
+
+def test_readme_documents_every_parameter(declared_parameters):
+    readme = (REPO / 'README.md').read_text()
+    for name, declared in declared_parameters.items():
+        missing = {p for p in declared if f'| `{p}` |' not in readme}
+        assert not missing, f'{name}: parameters missing from README: {sorted(missing)}'
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / 'README.md').read_text()
+    ci = (REPO / '.ci' / 'run').read_text()
+    assert 'make test' in readme and 'make test' in ci
