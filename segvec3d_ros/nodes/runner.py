@@ -20,7 +20,8 @@ def run(*node_factories: Callable[[], Node], args: list[str] | None = None) -> N
     nodes: list[Node] = []
     exit_code = 0
     try:
-        nodes = [factory() for factory in node_factories]
+        for factory in node_factories:
+            nodes.append(factory())
         executor = MultiThreadedExecutor() if len(nodes) > 1 else SingleThreadedExecutor()
         for node in nodes:
             executor.add_node(node)
@@ -29,6 +30,11 @@ def run(*node_factories: Callable[[], Node], args: list[str] | None = None) -> N
         pass
     except StartupError:
         exit_code = 1
+    except Exception:
+        # Ctrl-C or SIGTERM while a node was still starting (loading a model takes seconds)
+        # shuts the context down under it, and its next call fails: that is a clean stop.
+        if rclpy.ok():
+            raise
     finally:
         for node in nodes:
             node.destroy_node()
