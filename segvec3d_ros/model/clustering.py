@@ -22,15 +22,20 @@ def graph_clusters(embeddings: Array, knn_index: Array, radius: float = 0.4,
     computed where the embeddings live (GPU tensors stay there); only the kept edges come back.
     A large flat region such as the table stays one component however big it is.
     """
-    emb = torch.as_tensor(embeddings)
-    index = torch.as_tensor(knn_index, device=emb.device).long()
-    num, k = index.shape
-    rows = torch.arange(num, device=emb.device).repeat_interleave(k)
-    cols = index.reshape(-1)
-    present = cols >= 0
-    rows, cols = rows[present], cols[present]
-    near = (emb[rows] - emb[cols]).norm(dim=1) < radius
-    graph = _adjacency(rows[near].cpu().numpy(), cols[near].cpu().numpy(), num)
+    num = len(knn_index)
+    if isinstance(embeddings, torch.Tensor) and embeddings.device.type != 'cpu':
+        index = torch.as_tensor(knn_index, device=embeddings.device).long()
+        diff = embeddings[index.clamp(min=0)] - embeddings.unsqueeze(1)
+        keep = (torch.einsum('nkd,nkd->nk', diff, diff) < radius**2) & (index >= 0)
+        rows, cols = torch.nonzero(keep)[:, 0].cpu().numpy(), index[keep].cpu().numpy()
+    else:
+        # numpy rather than torch on the CPU: a fifth of the time for these (N, k, D) differences.
+        emb, index = _numpy(embeddings), _numpy(knn_index).astype(np.int64, copy=False)
+        diff = emb[np.maximum(index, 0)]
+        diff -= emb[:, None]
+        keep = (np.einsum('nkd,nkd->nk', diff, diff) < radius**2) & (index >= 0)
+        rows, cols = np.nonzero(keep)[0], index[keep]
+    graph = _adjacency(rows, cols, num)
     return rank_labels(connected_components(graph, directed=False)[1] + 1, min_size)[0]
 
 

