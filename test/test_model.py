@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from segvec3d_ros.model.clustering import cluster_embeddings, graph_clusters
+from segvec3d_ros.model.clustering import absorb_fragments, cluster_embeddings, graph_clusters
 from segvec3d_ros.model.export import export_onnx
 from segvec3d_ros.model.features import input_features
 from segvec3d_ros.model.knn import knn_graph
@@ -323,8 +323,9 @@ def test_learned_segmenter_runs_end_to_end_from_torch_and_onnx(tmp_path: Path) -
     xyz, rgb = tabletop()
     results = []
     for name in ('model.pt', 'model.onnx'):
+        # The boxes are sampled sparser than a 1 cm voxel grid: widen the spatial edge cutoff.
         segmenter = LearnedSegmenter(PipelineConfig(model_path=str(tmp_path / name),
-                                                    device='cpu'))
+                                                    device='cpu', cluster_tolerance=0.1))
         assert segmenter.name == 'segvec3d'
         seg = segmenter.segment(xyz, rgb)
         assert seg.instance_ids.shape == (len(xyz),) and seg.instance_ids.dtype == np.int64
@@ -358,3 +359,11 @@ def test_missing_or_corrupt_model_files_raise_naming_the_path(tmp_path: Path) ->
     torch.save({'weights': torch.zeros(3)}, foreign)
     with pytest.raises(ValueError, match='foreign.pt'):
         load_network(foreign, 'cpu')
+
+
+def test_fragments_join_the_instance_they_touch_and_isolated_ones_stay_alone() -> None:
+    # a chain 0-1-2-3-4 (cluster 1 = points 0..2, a 2-point sliver = 3..4) and point 5 alone
+    labels = np.array([1, 1, 1, 2, 2, 3])
+    knn_index = np.array([[0, 1], [1, 0], [2, 1], [3, 2], [4, 3], [5, -1]])
+    out = absorb_fragments(labels, knn_index, min_size=3)
+    np.testing.assert_array_equal(out, [1, 1, 1, 1, 1, 0])

@@ -39,6 +39,33 @@ def graph_clusters(embeddings: Array, knn_index: Array, radius: float = 0.4,
     return rank_labels(connected_components(graph, directed=False)[1] + 1, min_size)[0]
 
 
+def absorb_fragments(labels: np.ndarray, knn_index: np.ndarray, min_size: int,
+                     rounds: int = 8) -> np.ndarray:
+    """Give the points of clusters under `min_size` to a neighbouring large cluster.
+
+    Boundary points between two objects get mixed embeddings and form slivers of their own;
+    they belong to one of the objects they touch, not to no object. Each round hands every
+    unassigned point the label of its nearest assigned k-NN neighbour (negative index = none).
+    """
+    counts = np.bincount(labels, minlength=1)
+    out = np.where(counts[labels] >= min_size, labels, 0)
+    out[labels == 0] = 0
+    pending = (labels > 0) & (out == 0)
+    index = np.asarray(knn_index)
+    for _ in range(rounds):
+        rows = np.flatnonzero(pending)
+        if len(rows) == 0:
+            break
+        neighbours = index[rows]
+        neighbour_labels = np.where(neighbours >= 0, out[np.maximum(neighbours, 0)], 0)
+        has = neighbour_labels > 0
+        first = has.argmax(axis=1)
+        found = has.any(axis=1)
+        out[rows[found]] = neighbour_labels[found, first[found]]
+        pending[rows[found]] = False
+    return rank_labels(out)[0]
+
+
 def dbscan_clusters(embeddings: Array, eps: float = 0.3, min_samples: int = 10,
                     min_size: int = 1) -> np.ndarray:
     """DBSCAN: points with >= min_samples points (self included) within eps are core; core points

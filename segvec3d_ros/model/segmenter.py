@@ -12,7 +12,7 @@ import onnx.numpy_helper
 import onnxruntime as ort
 import torch
 
-from segvec3d_ros.model.clustering import graph_clusters
+from segvec3d_ros.model.clustering import absorb_fragments, graph_clusters
 from segvec3d_ros.model.export import CONFIG_KEY, INPUTS, OUTPUTS
 from segvec3d_ros.model.features import input_features
 from segvec3d_ros.model.knn import knn_graph
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 ONNX_SUFFIXES = ('.onnx',)
 BUNDLED_MODEL = 'segvec3d.onnx'
+# Clusters of fewer working points are boundary slivers, merged into a neighbouring instance.
+FRAGMENT_POINTS = 15
 TORCH_SUFFIXES = ('.pt', '.pth')
 _NUMPY_TYPES = {torch.float32: np.float32, torch.int64: np.int64}
 _KINDS = ', '.join(TORCH_SUFFIXES + ONNX_SUFFIXES)
@@ -206,13 +208,20 @@ class LearnedSegmenter:
                                          np.random.default_rng(self.seed), self.up)
         planed = perf_counter()
 
-        # Edges leaving the clustered points become -1, which graph_clusters skips.
+        # Edges leaving the clustered points, or longer than the Euclidean clustering radius,
+        # become -1, which graph_clusters skips: the embeddings split what is spatially
+        # connected, and never join what a gap separates.
+        index = knn_index.cpu().numpy()
         local = np.full(len(pts), -1, dtype=np.int64)
         local[rest] = np.arange(int(rest.sum()))
+        edges = local[index[rest]]
+        too_long = np.linalg.norm(pts[index[rest]] - pts[rest][:, None], axis=2)
+        edges[too_long > cfg.cluster_tolerance] = -1
         ids = np.zeros(len(pts), dtype=np.int64)
-        # Size filtering is the caller's: it counts input points, not these working points.
-        ids[rest] = graph_clusters(embeddings[torch.from_numpy(rest).to(device)],
-                                   local[knn_index.cpu().numpy()[rest]], cfg.embedding_radius)
+        clusters = graph_clusters(embeddings[torch.from_numpy(rest).to(device)], edges,
+                                  cfg.embedding_radius)
+        # Size filtering of whole instances is the caller's: it counts input points.
+        ids[rest] = absorb_fragments(clusters, edges, FRAGMENT_POINTS)
         return Segmentation(ids, support, point_features.cpu().numpy(),
                             {'features': featured - start, 'knn': searched - featured,
                              'network': embedded - searched, 'plane': planed - embedded,
