@@ -12,7 +12,7 @@ import onnx.numpy_helper
 import onnxruntime as ort
 import torch
 
-from segvec3d_ros.model.clustering import absorb_fragments, graph_clusters
+from segvec3d_ros.model.clustering import Array, absorb_fragments, graph_clusters
 from segvec3d_ros.model.export import CONFIG_KEY, INPUTS, OUTPUTS
 from segvec3d_ros.model.features import input_features
 from segvec3d_ros.model.knn import knn_graph
@@ -136,6 +136,22 @@ def _einsums_as_matmuls(model: onnx.ModelProto) -> None:
     graph.node.extend(nodes)
 
 
+def cluster_edges(xyz: Array, knn_index: Array, members: Array, tolerance: float) -> Array:
+    """(M, k) k-NN edges of the M `members` points, as indices among them; -1 for no edge.
+
+    An edge is dropped where it leaves the members or is longer than `tolerance`: embeddings
+    split what is spatially connected, and never join what a gap separates. numpy arrays or
+    torch tensors (one kind for all), computed where they are.
+    """
+    local = members.cumsum(0) - 1      # a member's index among the members
+    local[~members] = -1
+    neighbours = knn_index[members]
+    edges = local[neighbours]
+    offsets = xyz[neighbours] - xyz[members][:, None]
+    edges[(offsets * offsets).sum(-1) ** 0.5 > tolerance] = -1
+    return edges
+
+
 def bundled_model_path() -> Path:
     """models/segvec3d.onnx of the source tree, else of the installed package's share folder."""
     source_tree = Path(__file__).resolve().parents[2] / 'models' / BUNDLED_MODEL
@@ -194,35 +210,46 @@ class LearnedSegmenter:
             return Segmentation(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool),
                                 np.zeros((0, net_cfg.channels), dtype=np.float32), {})
         device = self.network.device
+        timings: dict[str, float] = {}
+        tick = start
+
+        def lap(stage: str) -> None:
+            nonlocal tick
+            if device.type == 'cuda':
+                # GPU work is queued, not done: without waiting, its time would show up in
+                # whichever later stage first waits for it.
+                torch.cuda.synchronize(device)
+            now = perf_counter()
+            timings[stage], tick = now - tick, now
+
         features = torch.from_numpy(input_features(pts, rgb, net_cfg)).to(device)
-        featured = perf_counter()
+        lap('features')
         points = torch.from_numpy(pts).to(device)
         knn_index = knn_graph(points, net_cfg.k)
-        searched = perf_counter()
+        lap('knn')
         embeddings, point_features = self.network(features, points, knn_index)
-        embedded = perf_counter()
+        lap('network')
 
         # A fresh generator per frame keeps the result a function of the frame alone.
         support, rest = support_surfaces(pts, cfg.plane_distance, cfg.plane_iterations,
                                          cfg.min_support_fraction, cfg.drop_below_support,
                                          np.random.default_rng(self.seed), self.up)
-        planed = perf_counter()
+        lap('plane')
 
-        # Edges leaving the clustered points, or longer than the Euclidean clustering radius,
-        # become -1, which graph_clusters skips: the embeddings split what is spatially
-        # connected, and never join what a gap separates.
-        index = knn_index.cpu().numpy()
-        local = np.full(len(pts), -1, dtype=np.int64)
-        local[rest] = np.arange(int(rest.sum()))
-        edges = local[index[rest]]
-        too_long = np.linalg.norm(pts[index[rest]] - pts[rest][:, None], axis=2)
-        edges[too_long > cfg.cluster_tolerance] = -1
+        if device.type == 'cpu':
+            # numpy: on a busy CPU torch's threaded small indexing ops take several times
+            # longer than the work in them.
+            xyz, index, point_embeddings, members = (pts, knn_index.numpy(), embeddings.numpy(),
+                                                     rest)
+        else:
+            # torch where the network ran: only the kept edges come to the host.
+            xyz, index, point_embeddings, members = (points, knn_index, embeddings,
+                                                     torch.from_numpy(rest).to(device))
+        edges = cluster_edges(xyz, index, members, cfg.cluster_tolerance)
         ids = np.zeros(len(pts), dtype=np.int64)
-        clusters = graph_clusters(embeddings[torch.from_numpy(rest).to(device)], edges,
-                                  cfg.embedding_radius)
+        clusters = graph_clusters(point_embeddings[members], edges, cfg.embedding_radius)
         # Size filtering of whole instances is the caller's: it counts input points.
-        ids[rest] = absorb_fragments(clusters, edges, FRAGMENT_POINTS)
-        return Segmentation(ids, support, point_features.cpu().numpy(),
-                            {'features': featured - start, 'knn': searched - featured,
-                             'network': embedded - searched, 'plane': planed - embedded,
-                             'cluster': perf_counter() - planed})
+        ids[rest] = absorb_fragments(clusters, edges if isinstance(edges, np.ndarray)
+                                     else edges.cpu().numpy(), FRAGMENT_POINTS)
+        lap('cluster')
+        return Segmentation(ids, support, point_features.cpu().numpy(), timings)
