@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from segvec3d_ros.bench.cli import add_bench_parser
 from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.evaluation.cli import add_evaluate_parser
 from segvec3d_ros.instances import InstanceInfo
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_segment_parser(commands)
     add_evaluate_parser(commands)
     add_train_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 

@@ -1,0 +1,230 @@
+"""Benchmark frames and measurements, each configuration in a process of its own.
+
+A fresh process per configuration keeps one configuration's warm caches and allocator state
+out of the next one's timings and memory: `run_isolated` starts
+`python -m segvec3d_ros.bench.measure TASK.json`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import numpy as np
+
+from segvec3d_ros.cloud import Cloud
+from segvec3d_ros.grounding.query import Encoder, QueryEngine
+from segvec3d_ros.instances import InstanceInfo
+from segvec3d_ros.io.pointcloud2 import decode_pointcloud2, encode_pointcloud2
+
+# Stages in frame order: the node's decode and encode around Pipeline.process's own stages
+# (a stage the pipeline reports that is not listed here comes before encode).
+STAGES = ('decode', 'filter', 'downsample', 'features', 'knn', 'network', 'plane', 'cluster',
+          'upsample', 'describe', 'encode')
+TOTAL = 'total'
+VGA_PIXELS = 640 * 480
+BENCH_SENSOR = 'kinect_v1'      # a 640 x 480 camera, so that a full frame is exactly VGA
+
+
+class BenchError(RuntimeError):
+    """A measurement process failed; the message says why."""
+
+
+def bench_frame(num_points: int, seed: int = 0) -> Cloud:
+    """An organized tabletop frame of about `num_points` pixels, NaN holes included.
+
+    The scene generator's Kinect v1 at the resolution with that many pixels: the same scene,
+    seen by a coarser or finer sensor, rather than a subsample of one frame.
+    """
+    from segvec3d_ros.data.scenes import SceneConfig, generate_scene  # open3d: a slow import
+
+    scale = math.sqrt(num_points / VGA_PIXELS)
+    config = SceneConfig(sensors=(BENCH_SENSOR,), image_scale=scale)
+    return generate_scene(seed, 'tabletop', config).cloud
+
+
+def save_frame(cloud: Cloud, path: Path) -> None:
+    """Write an organized cloud for `load_frame`."""
+    np.savez(path, xyz=cloud.xyz, rgb=cloud.rgb, shape=np.array([cloud.height, cloud.width]))
+
+
+def load_frame(path: Path) -> Cloud:
+    """The cloud `save_frame` wrote."""
+    with np.load(path) as data:
+        height, width = data['shape']
+        return Cloud(data['xyz'], data['rgb'], height=int(height), width=int(width))
+
+
+def measure_pipeline(cloud: Cloud, config: dict[str, Any], warmup: int,
+                     repeats: int) -> dict[str, Any]:
+    """Seconds per stage and end to end for `repeats` frames after `warmup` frames.
+
+    End to end is the node's path without DDS: decode the sensor's message, process, encode
+    the labeled cloud.
+    """
+    from segvec3d_ros.pipeline import Pipeline, PipelineConfig
+
+    pipeline = Pipeline(PipelineConfig(**config))
+    message = encode_pointcloud2(cloud.xyz, cloud.rgb, height=cloud.height, width=cloud.width)
+    rss_before = _rss_bytes()
+    _reset_peak_rss()
+    seconds: dict[str, list[float]] = {}
+    for run in range(warmup + repeats):
+        start = perf_counter()
+        decoded = decode_pointcloud2(message)
+        decoded_at = perf_counter()
+        result = pipeline.process(decoded)
+        processed_at = perf_counter()
+        encode_pointcloud2(decoded.xyz, decoded.rgb, result.labels, height=decoded.height,
+                           width=decoded.width)
+        done = perf_counter()
+        if run < warmup:
+            continue
+        timings = dict(result.timings, decode=decoded_at - start, encode=done - processed_at)
+        timings[TOTAL] = done - start
+        for stage, value in timings.items():
+            seconds.setdefault(stage, []).append(value)
+    return {'seconds': seconds,
+            'num_points': len(cloud), 'height': cloud.height, 'width': cloud.width,
+            'num_valid': result.num_valid, 'num_working': result.num_working,
+            'num_instances': len(result.instances), 'rss_before': rss_before,
+            'peak_rss': _peak_rss_bytes(), 'gpu_peak': _gpu_peak_bytes(config['device'])}
+
+
+def synthetic_instances(count: int, seed: int = 0) -> list[InstanceInfo]:
+    """`count` instances of varied colour and size, as a segmented tabletop gives."""
+    rng = np.random.default_rng(seed)
+    instances = []
+    for index in range(1, count + 1):
+        size = rng.uniform(0.04, 0.3, 3)
+        centre = rng.uniform(-0.5, 0.5, 3)
+        colour = np.append(rng.uniform(0, 1, 3), 1.0)
+        instances.append(InstanceInfo(id=index, num_points=int(rng.integers(100, 5000)),
+                                      centroid=centre, bbox_center=centre,
+                                      bbox_quaternion=np.array([0.0, 0.0, 0.0, 1.0]),
+                                      bbox_size=size, mean_color=colour))
+    return instances
+
+
+def query_texts(count: int) -> list[str]:
+    """`count` distinct queries a user might type (up to 252)."""
+    words = [(size, colour, noun) for noun in ('box', 'can', 'bottle', 'bowl', 'mug', 'ball',
+                                                'book')
+             for colour in ('red', 'green', 'blue', 'yellow', 'orange', 'purple', 'pink',
+                            'white', 'black', 'gray', 'brown', 'beige')
+             for size in ('small', 'large', 'medium')]
+    if count > len(words):
+        raise ValueError(f'at most {len(words)} distinct queries, {count} asked for')
+    return [f'the {size} {colour} {noun}' for size, colour, noun in words[:count]]
+
+
+def measure_query(encoder: Encoder, instances: Sequence[InstanceInfo],
+                  repeats: int) -> dict[str, list[float]]:
+    """Seconds per QueryEngine.query: with every text embedding cached, and with a new text.
+
+    The cached figure is what a repeated query costs once the scene's captions and the text
+    are in the encoder's cache; the new-text figure adds one encoder pass over the query.
+    """
+    engine = QueryEngine(encoder)
+    texts = query_texts(2 * min(repeats, 126))
+    known, new = texts[::2], texts[1::2]
+    for text in known:
+        engine.query(text, instances, 5)
+    # A text is new only once, so there are at most as many new-text runs as new texts.
+    runs = [('cached', known[run % len(known)]) for run in range(repeats)]
+    runs += [('new_text', text) for text in new]
+    timed: dict[str, list[float]] = {'cached': [], 'new_text': []}
+    for kind, text in runs:
+        start = perf_counter()
+        result = engine.query(text, instances, 5)
+        timed[kind].append(perf_counter() - start)
+        if not result.success:
+            raise BenchError(f'query {text!r} failed: {result.message}')
+    return timed
+
+
+def run_isolated(task: dict[str, Any], folder: Path, timeout: float) -> dict[str, Any]:
+    """Run one task (see `main`) in a new Python process and return its result.
+
+    Raises BenchError with the end of the process's error output when it fails.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    number = len(list(folder.glob('task*.json')))
+    spec, out = folder / f'task{number}.json', folder / f'result{number}.json'
+    spec.write_text(json.dumps(dict(task, out=str(out))))
+    try:
+        done = subprocess.run([sys.executable, '-m', __name__, str(spec)], capture_output=True,
+                              text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as error:
+        raise BenchError(f'no result within {timeout:.0f} s') from error
+    if done.returncode != 0 or not out.is_file():
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise BenchError(lines[-1] if lines else f'exit code {done.returncode}')
+    return json.loads(out.read_text())
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the task in the JSON file argv[0] and write its result where the task says.
+
+    Tasks: {"kind": "pipeline", "frame": NPZ, "config": PipelineConfig fields, "warmup": W,
+    "repeats": R} and {"kind": "query", "instances": K, "repeats": R}.
+    """
+    task = json.loads(Path(argv[0]).read_text())
+    if task['kind'] == 'pipeline':
+        result = measure_pipeline(load_frame(Path(task['frame'])), task['config'],
+                                  task['warmup'], task['repeats'])
+    else:
+        from segvec3d_ros.grounding.text_encoder import TextEncoder
+        result = measure_query(TextEncoder(), synthetic_instances(task['instances']),
+                               task['repeats'])
+    Path(task['out']).write_text(json.dumps(result))
+    return 0
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory now (from /proc; elsewhere its peak so far)."""
+    try:
+        return int(Path('/proc/self/statm').read_text().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+    except (OSError, ValueError, IndexError):
+        return _peak_rss_bytes()
+
+
+def _reset_peak_rss() -> None:
+    """Restart the peak from the resident memory now (Linux; elsewhere the peak stays)."""
+    try:
+        Path('/proc/self/clear_refs').write_text('5')
+    except OSError:
+        pass
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident memory since `_reset_peak_rss`.
+
+    Linux's VmHWM, not ru_maxrss: that one keeps the forking parent's resident memory across
+    exec, so a child of a process holding torch would report torch's memory as its own.
+    """
+    try:
+        status = Path('/proc/self/status').read_text()
+        return int(status.split('VmHWM:')[1].split()[0]) * 1024
+    except (OSError, IndexError, ValueError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == 'darwin' else peak * 1024   # KiB on Linux
+
+
+def _gpu_peak_bytes(device: str) -> int | None:
+    """Peak CUDA memory of torch's allocator, or None off the GPU (or in onnxruntime's arena)."""
+    if device == 'cpu' or 'torch' not in sys.modules:
+        return None
+    import torch
+    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv[1:]))

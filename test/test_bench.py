@@ -1,0 +1,124 @@
+"""segvec3d bench: a tiny run end to end, and the pieces of its report."""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from segvec3d_ros.bench.measure import measure_query, synthetic_instances
+from segvec3d_ros.bench.report import (DDS_COLUMNS, Measurement, Setup, baseline_ratio,
+                                       stage_order)
+from segvec3d_ros.model.export import export_onnx
+from segvec3d_ros.model.segvec3d import SegVec3D, SegVec3DConfig, save_checkpoint
+from segvec3d_ros.tools.cli import main
+
+
+class HashEncoder:
+    """Unit vectors from a hash of each text; remembers the first text of every call."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.queries.append(texts[0])
+        seeds = [int(hashlib.sha256(t.encode()).hexdigest()[:8], 16) for t in texts]
+        vectors = np.stack([np.random.default_rng(s).normal(size=8) for s in seeds])
+        return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope='module')
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp('models')
+    torch.manual_seed(0)
+    model = SegVec3D(SegVec3DConfig(use_normals=True))
+    save_checkpoint(model, folder / 'segvec3d.pt')
+    export_onnx(model, folder / 'segvec3d.onnx', example_n=256)
+    return folder / 'segvec3d.pt', folder / 'segvec3d.onnx'
+
+
+def test_a_tiny_bench_writes_a_report_with_every_setup_and_stage(tmp_path, models):
+    dds = {key: 1 for key, _ in DDS_COLUMNS}
+    dds.update(segmenter='euclidean', command='python test/test_throughput.py --frames 9',
+               query={'calls': 3, 'instances': 4, 'median_ms': 5.0, 'p95_ms': 6.0})
+    (tmp_path / 'dds.json').write_text(json.dumps(dds))
+    out, plot = tmp_path / 'docs' / 'PERF.md', tmp_path / 'docs' / 'perf.png'
+    code = main(['bench', '--sizes', '1500', '--repeats', '2', '--warmup', '0',
+                 '--devices', 'cpu', '--model-pt', str(models[0]),
+                 '--model-onnx', str(models[1]), '--query-repeats', '0',
+                 '--dds', str(tmp_path / 'dds.json'), '--out', str(out), '--plot', str(plot)])
+    assert code == 0
+    assert plot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    report = out.read_text()
+    assert '--sizes 1500 --setups euclidean,torch,onnxruntime --devices cpu' in report
+    assert '- GPU: ' in report and '- Machine: ' in report
+    assert '(perf.png)' in report
+    rows = [line.split(' | ') for line in report.splitlines() if line.startswith('| 1,')]
+    end_to_end, stages = rows[:3], rows[3:]
+    assert [row[3] for row in end_to_end] == ['euclidean', 'segvec3d torch cpu',
+                                             'segvec3d onnxruntime cpu']
+    assert [row[1] for row in stages] == [row[3] for row in end_to_end]
+    ratios = [row[7] for row in end_to_end]
+    assert ratios[0] == '1.00' and all(float(r) > 0 for r in ratios[1:])
+    # The learned setups time every stage, the baseline has no features, k-NN or network.
+    assert stages[0][5:8] == ['–', '–', '–'] and '–' not in ' '.join(stages[1][2:])
+    assert '## Through the real node over DDS' in report
+    assert 'python test/test_throughput.py --frames 9' in report
+    assert '## Text queries' not in report
+
+
+def test_a_missing_model_is_reported_not_measured(tmp_path, models):
+    out = tmp_path / 'PERF.md'
+    code = main(['bench', '--sizes', '1200', '--repeats', '1', '--warmup', '0',
+                 '--setups', 'euclidean,torch', '--devices', 'cpu',
+                 '--model-pt', str(tmp_path / 'none.pt'), '--query-repeats', '0',
+                 '--out', str(out), '--plot', str(tmp_path / 'perf.png')])
+    assert code == 0
+    report = out.read_text()
+    assert f'- Not measured: segvec3d torch cpu: no model file {tmp_path / "none.pt"}' in report
+    assert '| segvec3d torch cpu |' not in report
+
+
+def test_bad_options_are_refused(capsys):
+    for bad in (['--sizes', '10'], ['--setups', 'magic'], ['--repeats', '0'],
+                ['--devices', 'tpu']):
+        with pytest.raises(SystemExit):
+            main(['bench', *bad])
+    assert 'choose from euclidean, torch, onnxruntime' in capsys.readouterr().err
+
+
+def test_query_timing_repeats_warm_texts_and_asks_each_new_text_once():
+    encoder = HashEncoder()
+    timed = measure_query(encoder, synthetic_instances(20), repeats=40)
+    assert len(timed['cached']) == 40 and len(timed['new_text']) == 40
+    assert all(seconds > 0 for seconds in timed['cached'] + timed['new_text'])
+    warm, cached, new = encoder.queries[:40], encoder.queries[40:80], encoder.queries[80:]
+    assert len(set(warm)) == len(set(new)) == 40 and not set(warm) & set(new)
+    assert cached == warm
+
+
+def test_ratio_is_against_the_baseline_on_the_same_frame():
+    def measured(setup: Setup, size: int, seconds: list[float]) -> Measurement:
+        return Measurement(setup, size, {'seconds': {'total': seconds}})
+    base = Setup('euclidean', 'numpy', 'cpu')
+    learned = Setup('segvec3d', 'onnxruntime', 'cpu')
+    rows = [measured(base, 10, [0.1, 0.2, 0.3]), measured(learned, 10, [0.4, 0.4, 1.0]),
+            measured(learned, 20, [1.0])]
+    assert rows[1].median_ms('total') == pytest.approx(400)
+    assert rows[1].p95_ms('total') == pytest.approx(940)
+    assert baseline_ratio(rows[1], rows) == pytest.approx(2.0)
+    assert np.isnan(baseline_ratio(rows[2], rows))
+    assert np.isnan(rows[0].median_ms('network'))
+
+
+def test_stages_come_in_frame_order_with_new_ones_before_encode():
+    def measured(*stages: str) -> Measurement:
+        return Measurement(Setup('euclidean', 'numpy', 'cpu'), 1,
+                           {'seconds': {stage: [0.1] for stage in stages}})
+    rows = [measured('decode', 'plane', 'describe', 'ground', 'encode', 'total'),
+            measured('decode', 'network', 'plane', 'encode', 'total')]
+    assert stage_order(rows) == ['decode', 'network', 'plane', 'describe', 'ground', 'encode']
