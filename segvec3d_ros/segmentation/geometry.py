@@ -13,8 +13,11 @@ _MAX_PACKED_KEY = 2.0**62
 # RANSAC scores hypotheses on a random sample of this many points: enough to rank planes by
 # inlier fraction (a 10 % plane has ~400 +- 20 sampled inliers) at a fraction of the cost.
 _RANSAC_SCORE_POINTS = 4096
-# Hypotheses are scored in batches of at most this many distances, to bound memory.
-_RANSAC_BATCH_ELEMENTS = 4_000_000
+# Hypotheses are scored in batches whose (points x 3) @ (3 x hypotheses) products stay under
+# OpenBLAS's threading threshold (m * n * k < 4 * 65536): threaded, a 4096 x 3 x 200 product
+# waits ~10 ms for a descheduled thread whenever other processes keep the cores busy, 20 times
+# its single-threaded cost. Small batches also bound the memory.
+_RANSAC_BATCH_PRODUCT = 4 * 65536
 
 
 @dataclass
@@ -94,7 +97,7 @@ def fit_support_plane(xyz: np.ndarray, distance: float, iterations: int,
     if len(pts) > _RANSAC_SCORE_POINTS:
         scored = centered[rng.integers(0, len(pts), size=_RANSAC_SCORE_POINTS)]
     scores = np.empty(len(normals), dtype=np.int64)
-    batch = max(1, _RANSAC_BATCH_ELEMENTS // len(scored))
+    batch = max(1, (_RANSAC_BATCH_PRODUCT - 1) // (3 * len(scored)))
     for start in range(0, len(normals), batch):
         dist = scored @ normals[start:start + batch].T
         dist += offsets[start:start + batch]
