@@ -180,7 +180,13 @@ class Pipeline:
         """
         if not (support.any() and on_instance.any()):
             return None
-        gap, _ = cKDTree(xyz[on_instance]).query(xyz[support], distance_upper_bound=_BASE_RADIUS)
-        plane, _ = fit_support_plane(xyz[support][np.isfinite(gap)], self.config.plane_distance,
+        objects, candidates = xyz[on_instance], xyz[support]
+        # Only support points in the instances' box grown by the radius can be that close; the
+        # box test is far cheaper than the search it spares (floor and walls, mostly).
+        in_box = ((candidates >= objects.min(axis=0) - _BASE_RADIUS)
+                  & (candidates <= objects.max(axis=0) + _BASE_RADIUS)).all(axis=1)
+        candidates = candidates[in_box]
+        gap, _ = cKDTree(objects).query(candidates, distance_upper_bound=_BASE_RADIUS)
+        plane, _ = fit_support_plane(candidates[np.isfinite(gap)], self.config.plane_distance,
                                      self.config.plane_iterations, np.random.default_rng(0))
         return None if plane is None else plane[:3]
