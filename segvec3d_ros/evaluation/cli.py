@@ -45,6 +45,11 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.Argume
                         help='weights of the learned segmenter')
     parser.add_argument('--synthetic-scenes', type=int, default=30, metavar='N',
                         help=f'held-out synthetic scenes, seeds {EVAL_SEED_BASE} on (default 30)')
+    parser.add_argument('--synthetic-first-seed', type=int, default=EVAL_SEED_BASE, metavar='S',
+                        help='first synthetic seed (default %(default)s; a different range, '
+                             'e.g. 2000000, is a validation split for tuning)')
+    parser.add_argument('--embedding-radius', type=float, metavar='R',
+                        help='override the learned segmenter\'s embedding_radius')
     parser.add_argument('--mosd-dir', default=str(DEFAULT_MOSD_DIR), metavar='DIR',
                         help='folder of learn0.pcd ... learn44.pcd (default: %(default)s)')
     parser.add_argument('--out', default='docs/EVALUATION.md', metavar='MD')
@@ -65,6 +70,10 @@ def command_line(args: argparse.Namespace) -> str:
         words += ['--mosd-dir', args.mosd_dir]
     if args.dataset != 'mosd':
         words += ['--synthetic-scenes', str(args.synthetic_scenes)]
+        if args.synthetic_first_seed != EVAL_SEED_BASE:
+            words += ['--synthetic-first-seed', str(args.synthetic_first_seed)]
+    if args.embedding_radius is not None:
+        words += ['--embedding-radius', str(args.embedding_radius)]
     return shlex.join(words + ['--out', args.out, '--plot', args.plot])
 
 
@@ -79,8 +88,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.synthetic_scenes < 1:
         return _error('--synthetic-scenes must be at least 1')
+    if args.synthetic_first_seed < EVAL_SEED_BASE:
+        return _error(f'--synthetic-first-seed below {EVAL_SEED_BASE} would evaluate on '
+                      'training scenes')
     try:
-        config = pipeline_config(args.params_file, model_path=args.model)
+        config = pipeline_config(args.params_file, model_path=args.model,
+                                 embedding_radius=args.embedding_radius)
     except ValueError as error:
         return _error(str(error))
     pipelines: dict[str, Pipeline] = {}
@@ -98,7 +111,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     datasets = DATASETS if args.dataset == 'both' else (args.dataset,)
     counts = {'mosd': sum(map(len, MOSD_SUBSETS.values())), 'synthetic': args.synthetic_scenes}
     try:
-        sources = {name: iter_scenes(name, args.mosd_dir, args.synthetic_scenes)
+        sources = {name: iter_scenes(name, args.mosd_dir, args.synthetic_scenes,
+                                     args.synthetic_first_seed)
                    for name in datasets}
     except FileNotFoundError as error:
         return _error(str(error))
@@ -122,7 +136,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 + ', '.join(f'{s} (learn{r.start}-{r.stop - 1})' for s, r in MOSD_SUBSETS.items())
                 + '; objects = label // 10 - 1 for labels >= 20, labels 1-9 = support',
         'synthetic': f'{args.synthetic_scenes} held-out generated tabletop scenes, seeds '
-                     f'{EVAL_SEED_BASE}-{EVAL_SEED_BASE + args.synthetic_scenes - 1} (training '
+                     f'{args.synthetic_first_seed}-'
+                     f'{args.synthetic_first_seed + args.synthetic_scenes - 1} (training '
                      f'uses seeds below {EVAL_SEED_BASE}); table, floor and wall = support'}
     descriptions = {name: f'{descriptions[name]}; objects under {MIN_GT_POINTS} valid points '
                           f'count as unlabelled' for name in datasets}

@@ -101,10 +101,11 @@ def iter_synthetic(count: int, first_seed: int = EVAL_SEED_BASE) -> Iterator[Eva
 
 
 def iter_scenes(dataset: str, mosd_dir: str | Path = DEFAULT_MOSD_DIR,
-                synthetic_scenes: int = 30) -> Iterator[EvalScene]:
+                synthetic_scenes: int = 30,
+                synthetic_first_seed: int = EVAL_SEED_BASE) -> Iterator[EvalScene]:
     """The scenes of `dataset`, one of DATASETS."""
     if dataset == 'mosd':
         return iter_mosd(mosd_dir)
     if dataset == 'synthetic':
-        return iter_synthetic(synthetic_scenes)
+        return iter_synthetic(synthetic_scenes, synthetic_first_seed)
     raise ValueError(f'unknown dataset {dataset!r}, expected one of {DATASETS}')
