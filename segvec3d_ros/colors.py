@@ -45,7 +45,7 @@ def instance_colors(instance_ids: np.ndarray) -> np.ndarray:
     return (table[inverse.reshape(-1)] * 255.0).round().astype(np.uint8)
 
 
-def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """Convert (N, 3) sRGB in [0, 1] to CIE L*a*b* (D65), where distances match perception."""
     linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
     to_xyz = np.array([[0.4124, 0.3576, 0.1805],
@@ -58,13 +58,18 @@ def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
 
 
 _NAMES = tuple(NAMED_COLORS)
-_NAMED_LAB = _srgb_to_lab(np.array([NAMED_COLORS[n] for n in _NAMES], dtype=np.float64) / 255.0)
+_NAMED_LAB = srgb_to_lab(np.array([NAMED_COLORS[n] for n in _NAMES], dtype=np.float64) / 255.0)
+
+
+def color_distances(rgb: np.ndarray) -> np.ndarray:
+    """(N, len(NAMED_COLORS)) L*a*b* distances of (N, 3) colours (uint8 0..255 or float 0..1)
+    to the references, in NAMED_COLORS order."""
+    rgb = np.asarray(rgb, dtype=np.float64).reshape(-1, 3)
+    if rgb.size and rgb.max() > 1.0:
+        rgb = rgb / 255.0
+    return np.linalg.norm(srgb_to_lab(rgb)[:, None, :] - _NAMED_LAB[None], axis=2)
 
 
 def color_names(rgb: np.ndarray) -> list[str]:
     """Name each (N, 3) colour (uint8 0..255 or float 0..1) by its nearest reference in L*a*b*."""
-    rgb = np.asarray(rgb, dtype=np.float64).reshape(-1, 3)
-    if rgb.size and rgb.max() > 1.0:
-        rgb = rgb / 255.0
-    distances = np.linalg.norm(_srgb_to_lab(rgb)[:, None, :] - _NAMED_LAB[None], axis=2)
-    return [_NAMES[i] for i in distances.argmin(axis=1)]
+    return [_NAMES[i] for i in color_distances(rgb).argmin(axis=1)]
