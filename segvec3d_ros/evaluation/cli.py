@@ -52,8 +52,15 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.Argume
                         help='override the learned segmenter\'s embedding_radius')
     parser.add_argument('--mosd-dir', default=str(DEFAULT_MOSD_DIR), metavar='DIR',
                         help='folder of learn0.pcd ... learn44.pcd (default: %(default)s)')
-    parser.add_argument('--out', default='docs/EVALUATION.md', metavar='MD')
-    parser.add_argument('--plot', default='docs/evaluation.png', metavar='PNG')
+    parser.add_argument('--out', metavar='MD', help='default: docs/EVALUATION.md, with '
+                        '--grounding docs/GROUNDING.md (its results block)')
+    parser.add_argument('--plot', metavar='PNG', help='default: docs/evaluation.png, with '
+                        '--grounding docs/grounding_confusion.png')
+    parser.add_argument('--grounding', action='store_true',
+                        help='instead: language queries with unique answers and zero-shot '
+                             'labels on the held-out synthetic scenes (learned segmenter)')
+    parser.add_argument('--grounding-model', metavar='PATH',
+                        help='with --grounding: the grounding head (default: bundled)')
     parser.set_defaults(run=run_evaluate)
     return parser
 
@@ -88,6 +95,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     if args.synthetic_scenes < 1:
         return _error('--synthetic-scenes must be at least 1')
+    if args.grounding:
+        from segvec3d_ros.grounding.cli import run_grounding_evaluation
+        return run_grounding_evaluation(args)
+    args.out = args.out or 'docs/EVALUATION.md'
+    args.plot = args.plot or 'docs/evaluation.png'
     if args.synthetic_first_seed < EVAL_SEED_BASE:
         return _error(f'--synthetic-first-seed below {EVAL_SEED_BASE} would evaluate on '
                       'training scenes')

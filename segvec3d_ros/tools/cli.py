@@ -4,6 +4,7 @@
                              [--model-path P] [--voxel-size M] [--topic T]
     segvec3d evaluate [--dataset mosd|synthetic|both] [--segmenters euclidean,segvec3d] ...
     segvec3d train CONFIG --out-dir OUT [--device auto|cpu|cuda] [--resume] [--install DIR]
+    segvec3d train-grounding CONFIG --out-dir OUT [--backbone PATH] [--install DIR]
 
 A subcommand is an `add_<name>_parser(commands)` function, here or in its own module, that adds
 its parser and sets `run` to a function taking the parsed arguments and returning the exit code.
@@ -25,6 +26,7 @@ import numpy as np
 from segvec3d_ros.bench.cli import add_bench_parser
 from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.evaluation.cli import add_evaluate_parser
+from segvec3d_ros.grounding.cli import add_train_grounding_parser
 from segvec3d_ros.instances import InstanceInfo
 from segvec3d_ros.io.bags import BagError, is_bag, iter_bag_clouds
 from segvec3d_ros.io.files import SUPPORTED_SUFFIXES, CloudFileError, read_cloud
@@ -162,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(commands)
     add_train_parser(commands)
     add_bench_parser(commands)
+    add_train_grounding_parser(commands)
     return parser
 
 

@@ -1,0 +1,74 @@
+"""Training captions for the 3D-text alignment, built from the generator's instance attributes.
+
+A caption is a phrasing of optional size, colour and material words and a noun ("the small red
+mug", "cylinder", "a metal can", "the blue one"). Which instances it is true of follows from
+its words alone, so one table `truth[caption, category, colour, size]` gives every positive and
+negative pair of a batch, including the many instances that share a caption.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from segvec3d_ros.data.scenes import CATEGORIES, OBJECT_COLOURS
+
+SIZE_WORDS = ('', 'small', 'large')     # index 0: the generator's '' (neither)
+# Nouns and the categories they name: names, synonyms, shapes and generic words.
+NOUNS: dict[str, tuple[str, ...]] = {
+    'box': ('box',), 'carton': ('box',), 'package': ('box',), 'cardboard box': ('box',),
+    'can': ('can',), 'tin': ('can',), 'tin can': ('can',), 'soda can': ('can',),
+    'bottle': ('bottle',), 'water bottle': ('bottle',), 'flask': ('bottle',),
+    'bowl': ('bowl',), 'salad bowl': ('bowl',), 'dish': ('bowl',),
+    'mug': ('mug',), 'cup': ('mug',), 'coffee mug': ('mug',), 'coffee cup': ('mug',),
+    'ball': ('ball',), 'sphere': ('ball',), 'toy ball': ('ball',),
+    'book': ('book',), 'notebook': ('book',), 'novel': ('book',),
+    'cylinder': ('can', 'bottle'), 'block': ('box', 'book'), 'container': ('box', 'can',
+                                                                            'bottle', 'bowl', 'mug'),
+    'object': CATEGORIES, 'thing': CATEGORIES, 'item': CATEGORIES, 'one': CATEGORIES,
+}
+# Material words the categories imply (the generator draws no materials).
+MATERIALS: dict[str, tuple[str, ...]] = {
+    'cardboard': ('box',), 'metal': ('can',), 'aluminium': ('can',), 'plastic': ('bottle',),
+    'glass': ('bottle',), 'ceramic': ('bowl', 'mug'), 'rubber': ('ball',), 'paper': ('book',),
+}
+TEMPLATES = ('{}', 'a {}', 'the {}', 'this {}', 'pick up the {}', 'the {} on the table')
+
+
+@dataclass
+class CaptionBank:
+    """Every training caption, and which (category, colour, size) instances it is true of."""
+
+    texts: list[str]
+    truth: np.ndarray       # (M, len(CATEGORIES), len(OBJECT_COLOURS), len(SIZE_WORDS)) bool
+
+
+def _truth(noun_categories: tuple[str, ...], colour: str, size: str,
+           material_categories: tuple[str, ...]) -> np.ndarray:
+    category = np.isin(CATEGORIES, noun_categories) & np.isin(CATEGORIES, material_categories)
+    colours = np.array([not colour or c == colour for c in OBJECT_COLOURS])
+    sizes = np.array([not size or s == size for s in SIZE_WORDS])
+    return category[:, None, None] & colours[None, :, None] & sizes[None, None, :]
+
+
+def caption_bank(seed: int = 0, templates_per_phrase: int = 2) -> CaptionBank:
+    """Every noun with every colour and size word (none included), a material word on a
+    quarter of them, each phrase in `templates_per_phrase` random templates."""
+    rng = np.random.default_rng(seed)
+    texts: list[str] = []
+    truth: list[np.ndarray] = []
+    for noun, categories in NOUNS.items():
+        fitting = [m for m, of in MATERIALS.items() if set(of) & set(categories)]
+        for colour in ('', *OBJECT_COLOURS):
+            for size in SIZE_WORDS:
+                material = ''
+                if fitting and rng.random() < 0.25:
+                    material = fitting[rng.integers(len(fitting))]
+                words = ' '.join(w for w in (size, colour, material, noun) if w)
+                if words in ('one', 'thing', 'item'):
+                    continue    # "the one" alone describes nothing
+                of = MATERIALS[material] if material else CATEGORIES
+                for template in rng.choice(TEMPLATES, templates_per_phrase, replace=False):
+                    texts.append(template.format(words))
+                    truth.append(_truth(categories, colour, size, of))
+    return CaptionBank(texts, np.stack(truth))

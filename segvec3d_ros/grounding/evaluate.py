@@ -1,0 +1,287 @@
+"""`segvec3d evaluate --grounding`: queries with unique answers on held-out synthetic scenes.
+
+Each scene goes through the product pipeline (learned segmenter and grounding head); queries
+are generated from its ground truth, only where the answer is unique and clear, and are
+answered by the QueryEngine over the predicted instances (as the query node does) and over
+the ground-truth masks. A query counts as answered when the top instance overlaps the target
+object with IoU > 0.5. Baselines: a random instance, and the label-text rule (the instance
+whose zero-shot label's sentence embedding is nearest the query's).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segvec3d_ros.data.scenes import CATEGORIES, generate_scene
+from segvec3d_ros.evaluation.datasets import EVAL_SEED_BASE
+from segvec3d_ros.evaluation.report import machine_description
+from segvec3d_ros.grounding.dataset import GroundedScene, InstanceSet, ground_scene
+from segvec3d_ros.grounding.query import QueryEngine
+from segvec3d_ros.grounding.step import Encoder, Grounder
+from segvec3d_ros.grounding.vocabulary import OTHER
+from segvec3d_ros.pipeline import Pipeline
+
+QUERY_TYPES = ('category', 'colour', 'attribute', 'relation', 'camera')
+SYSTEMS = ('segvec3d (predicted instances)', 'segvec3d (ground-truth masks)',
+           'random instance', 'label-text rule')
+# m: a relation holds when a centre is this much beyond the anchor's (and fails when as much
+# short of it), so that small localisation errors do not decide a query
+_CLEAR = 0.05
+_SIZE_RATIO = 1.5
+BEGIN, END = '<!-- grounding-evaluation:begin -->', '<!-- grounding-evaluation:end -->'
+
+
+@dataclass
+class Query:
+    """One generated query and the index (into GroundedScene.objects) of its answer."""
+
+    kind: str
+    text: str
+    target: int
+
+
+def _horizontal(grounded: GroundedScene) -> tuple[np.ndarray, np.ndarray]:
+    """(G,) positions of the objects along the camera's horizontal right and forward axes."""
+    up = grounded.up
+    right = np.array([1.0, 0.0, 0.0]) - up[0] * up
+    right /= np.linalg.norm(right)
+    forward = np.cross(up, right)
+    return grounded.centers @ right, grounded.centers @ forward
+
+
+def generate_queries(grounded: GroundedScene) -> list[Query]:
+    """Unambiguous queries about the objects visible as ground-truth masks."""
+    visible = [int(o) for o in grounded.ground_truth.objects]
+    objects = grounded.objects
+    category = {i: objects[i].category for i in visible}
+    counts = Counter(category.values())
+    queries = [Query('category', f'the {c}', i) for i, c in category.items() if counts[c] == 1]
+    colours = Counter(objects[i].color_name for i in visible)
+    queries += [Query('colour', f'the {objects[i].color_name} one', i) for i in visible
+                if colours[objects[i].color_name] == 1]
+    pairs = Counter((objects[i].color_name, category[i]) for i in visible)
+    queries += [Query('attribute', f'the {objects[i].color_name} {category[i]}', i)
+                for i in visible if counts[category[i]] > 1
+                and pairs[objects[i].color_name, category[i]] == 1]
+    volume = {i: float(np.prod(objects[i].size)) for i in visible}
+    for name in counts:
+        same = sorted((i for i in visible if category[i] == name), key=volume.get)
+        if len(same) > 1 and volume[same[-1]] > _SIZE_RATIO * volume[same[-2]]:
+            queries.append(Query('attribute', f'the largest {name}', same[-1]))
+        if len(same) > 1 and volume[same[1]] > _SIZE_RATIO * volume[same[0]]:
+            queries.append(Query('attribute', f'the smallest {name}', same[0]))
+
+    across, depth = _horizontal(grounded)
+    position = dict(zip(range(len(objects)), zip(across, depth)))
+    tests = {'left of': lambda t, a: position[a][0] - position[t][0],
+             'right of': lambda t, a: position[t][0] - position[a][0],
+             'behind': lambda t, a: position[t][1] - position[a][1],
+             'in front of': lambda t, a: position[a][1] - position[t][1]}
+    for anchor in (i for i in visible if counts[category[i]] == 1):
+        for relation, margin in tests.items():
+            for name in counts:
+                same = [i for i in visible if category[i] == name and i != anchor]
+                if len(same) < 2:
+                    continue
+                holds = [i for i in same if margin(i, anchor) > _CLEAR]
+                if len(holds) == 1 and all(margin(i, anchor) < -_CLEAR
+                                           for i in same if i != holds[0]):
+                    queries.append(Query('relation', f'the {name} {relation} the '
+                                                     f'{category[anchor]}', holds[0]))
+    index = {o.instance_id: k for k, o in enumerate(objects)}
+    for i in visible:
+        base = index.get(objects[i].on_top_of, -1)
+        if base in category and counts[category[base]] == 1 and sum(
+                1 for j in visible if category[j] == category[i]
+                and index.get(objects[j].on_top_of, -1) == base) == 1:
+            queries.append(Query('relation', f'the {category[i]} on the {category[base]}', i))
+    distance = {i: float(np.linalg.norm(grounded.centers[i])) for i in visible}
+    ranked = sorted(visible, key=distance.get)
+    if len(ranked) > 1 and distance[ranked[1]] - distance[ranked[0]] > _CLEAR:
+        queries.append(Query('camera', 'the object closest to the camera', ranked[0]))
+    if len(ranked) > 1 and distance[ranked[-1]] - distance[ranked[-2]] > _CLEAR:
+        queries.append(Query('camera', 'the object farthest from the camera', ranked[-1]))
+    return queries
+
+
+@dataclass
+class Outcome:
+    """Top-1 success of each system on one query, and the engine's latency."""
+
+    kind: str
+    hits: dict[str, float]      # system -> 1/0 (random: probability of a hit)
+    seconds: float
+
+
+def _label_rule(text: str, instances: InstanceSet, encoder: Encoder) -> int:
+    """Index of the instance whose label text is nearest the query text (first on ties)."""
+    labels = [i.label for i in instances.instances]
+    vectors = encoder.encode([text, *labels])
+    return int(np.argmax(vectors[1:] @ vectors[0]))
+
+
+def answer_queries(grounded: GroundedScene, queries: Sequence[Query], engine: QueryEngine,
+                   encoder: Encoder) -> list[Outcome]:
+    """Every system's top-1 hit per query; the engine is timed on its second call (cached
+    text embeddings, as a repeated query in the node)."""
+    outcomes = []
+    sets = {SYSTEMS[0]: grounded.predicted, SYSTEMS[1]: grounded.ground_truth}
+    for query in queries:
+        hits: dict[str, float] = {}
+        seconds = 0.0
+        for system, instances in sets.items():
+            if not instances.instances:
+                hits[system] = 0.0
+                continue
+            engine.query(query.text, instances.instances, 1)
+            start = time.perf_counter()
+            result = engine.query(query.text, instances.instances, 1)
+            if system == SYSTEMS[0]:
+                seconds = time.perf_counter() - start
+            hits[system] = float(result.success
+                                 and instances.objects[result.order[0]] == query.target)
+        predicted = grounded.predicted
+        found = predicted.objects == query.target
+        hits[SYSTEMS[2]] = float(found.sum() / max(len(found), 1))
+        hits[SYSTEMS[3]] = float(bool(predicted.instances) and predicted.objects[
+            _label_rule(query.text, predicted, encoder)] == query.target)
+        outcomes.append(Outcome(query.kind, hits, seconds))
+    return outcomes
+
+
+@dataclass
+class GroundingReport:
+    """Everything the evaluation measured."""
+
+    outcomes: list[Outcome]
+    labels: dict[str, list[tuple[str, str]]]   # instance set -> (true category, label) pairs
+    scenes: int
+    seconds_per_scene: float
+
+    def accuracy(self, system: str, kind: str) -> tuple[float, int]:
+        """Top-1 accuracy of `system` on queries of `kind` ('all' for every one) and count."""
+        hits = [o.hits[system] for o in self.outcomes if kind in ('all', o.kind)]
+        return (float(np.mean(hits)) if hits else float('nan')), len(hits)
+
+    def label_accuracy(self, source: str) -> tuple[float, int]:
+        """Zero-shot label accuracy of the matched instances of `source`."""
+        pairs = self.labels[source]
+        return (float(np.mean([t == p for t, p in pairs])) if pairs else float('nan')), len(pairs)
+
+
+def evaluate_grounding(pipeline: Pipeline, engine: QueryEngine, encoder: Encoder,
+                       scenes: int, first_seed: int = EVAL_SEED_BASE,
+                       progress: Callable[[str], None] = print) -> GroundingReport:
+    """Run the pipeline (segmenter wrapped in a RecordingSegmenter, grounder loaded) on the
+    held-out tabletop scenes and answer their queries."""
+    grounder: Grounder | None = pipeline.grounder
+    if grounder is None:
+        raise ValueError(f'the pipeline has no grounding head: {pipeline.grounding_status}')
+    outcomes: list[Outcome] = []
+    labels: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    started = time.monotonic()
+    for number, seed in enumerate(range(first_seed, first_seed + scenes), start=1):
+        grounded = ground_scene(pipeline, generate_scene(seed, 'tabletop'))
+        truth = grounded.ground_truth
+        grounder.apply(truth.instances, truth.point_inputs, truth.point_index)
+        for source, instances in (('predicted', grounded.predicted), ('gt', truth)):
+            labels[source] += [(grounded.objects[o].category, i.label)
+                               for i, o in zip(instances.instances, instances.objects) if o >= 0]
+        scene_outcomes = answer_queries(grounded, generate_queries(grounded), engine, encoder)
+        outcomes += scene_outcomes
+        progress(f'[{number}/{scenes}] seed {seed}: {len(grounded.predicted.instances)} '
+                 f'instances, {len(scene_outcomes)} queries, '
+                 f'{sum(o.hits[SYSTEMS[0]] for o in scene_outcomes):.0f} answered')
+    return GroundingReport(outcomes, dict(labels), scenes,
+                           (time.monotonic() - started) / max(scenes, 1))
+
+
+def plot_confusion(path: str | Path, pairs: Sequence[tuple[str, str]],
+                   vocabulary: Sequence[str], title: str) -> None:
+    """Row-normalised confusion matrix: true category (rows) against zero-shot label."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    columns = list(dict.fromkeys([*vocabulary, OTHER]))
+    counts = np.zeros((len(CATEGORIES), len(columns)))
+    for true, label in pairs:
+        counts[CATEGORIES.index(true), columns.index(label)] += 1
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    figure, axis = plt.subplots(figsize=(1.0 + 0.5 * len(columns), 4.2))
+    axis.imshow(shares, cmap='Blues', vmin=0.0, vmax=1.0)
+    for (row, column), share in np.ndenumerate(shares):
+        if counts[row, column]:
+            axis.text(column, row, f'{share:.2f}', ha='center', va='center', fontsize=7,
+                      color='white' if share > 0.6 else 'black')
+    axis.set_xticks(range(len(columns)), columns, rotation=45, ha='right')
+    axis.set_yticks(range(len(CATEGORIES)),
+                    [f'{c} ({int(n)})' for c, n in zip(CATEGORIES, counts.sum(axis=1))])
+    axis.set_xlabel('zero-shot label')
+    axis.set_ylabel('true category (instances)')
+    axis.set_title(title, fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _pct(value: float) -> str:
+    return '-' if np.isnan(value) else f'{100 * value:.1f}'
+
+
+def markdown_section(report: GroundingReport, command: str, plot: str) -> str:
+    """The results block of docs/GROUNDING.md, between its markers."""
+    header = ('| system | ' + ' | '.join(QUERY_TYPES) + ' | all |\n|'
+              + ' --- |' * (len(QUERY_TYPES) + 2))
+    rows = []
+    for system in SYSTEMS:
+        cells = [_pct(report.accuracy(system, kind)[0]) for kind in (*QUERY_TYPES, 'all')]
+        rows.append(f'| {system} | ' + ' | '.join(cells) + ' |')
+    counts = ' | '.join(str(report.accuracy(SYSTEMS[0], k)[1]) for k in (*QUERY_TYPES, 'all'))
+    latency = np.array([o.seconds for o in report.outcomes]) * 1000
+    labels = {source: report.label_accuracy(source) for source in report.labels}
+    return '\n'.join([
+        BEGIN,
+        f'Command: `{command}`',
+        '',
+        f'{report.scenes} held-out tabletop scenes (seeds {EVAL_SEED_BASE} on); '
+        f'{machine_description()}; {report.seconds_per_scene:.1f} s per scene for '
+        f'segmentation, grounding and all queries.',
+        '',
+        'Top-1 accuracy (%) of the query service\'s answer; a hit is the instance that '
+        'overlaps the target object with IoU > 0.5 (random: expected accuracy).',
+        '',
+        header, *rows, f'| queries | {counts} |',
+        '',
+        'Zero-shot labels (default vocabulary, `other` counts as wrong): '
+        + ', '.join(f'{_pct(acc)} % of {n} {source} instances matched to an object'
+                    for source, (acc, n) in labels.items()) + '.',
+        '',
+        f'Query latency (cached text embeddings, {len(latency)} queries over predicted '
+        f'instances): median {np.median(latency):.2f} ms, 95th percentile '
+        f'{np.percentile(latency, 95):.2f} ms.' if len(latency) else 'No queries.',
+        '',
+        f'![zero-shot labels against the true categories]({plot})',
+        END])
+
+
+def write_section(path: str | Path, section: str) -> None:
+    """Replace the block between the markers in `path` (or append it)."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else '# Grounding\n'
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip('\n') + '\n\n' + section + '\n'
+    path.write_text(text)
+
+
+def plot_reference(plot: str | Path, out: str | Path) -> str:
+    """The plot's path relative to the markdown file's folder."""
+    return Path(os.path.relpath(Path(plot).resolve(), Path(out).resolve().parent)).as_posix()

@@ -1,0 +1,228 @@
+"""The shared 3D-text space of the paper's section 4 (Eq. 9-12): W3D, Wtxt and InfoNCE.
+
+The paper's instance descriptor is u_X = mean_i F_i over the instance's point features,
+L2-normalised (Eq. 9); v_X = W3D u_X (Eq. 10); a text with the frozen sentence embedding t has
+v_T = Wtxt t (Eq. 11); both are L2-normalised, and the symmetric InfoNCE of Eq. 12 over all
+instance-caption pairs of a batch pulls true pairs together.
+
+Here u_X = normalise(mean_i phi(F_i, g_i)) ++ b_X. phi is a trainable point-wise layer over
+the frozen backbone features F_i and each point's place g_i in its instance's box (the cheap
+stand-in for fine-tuning the backbone's last layers: the backbone is trained to separate
+instances, and its mean feature alone tells categories apart poorly); b_X is the box term,
+the log sorted box extents and the mean colour in CIE L*a*b* / 100, which size and colour
+words name directly. With phi the identity on F_i and no box term, this is Eq. 9.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from scipy.spatial.transform import Rotation
+
+from segvec3d_ros.colors import srgb_to_lab
+from segvec3d_ros.instances import InstanceInfo
+
+BOX_CHANNELS = 6        # log sorted box extents (3) and mean colour in L*a*b* / 100 (3)
+GEOMETRY_CHANNELS = 7   # a point's place in its instance's box, relative and in metres
+_MIN_EXTENT = 1e-3      # m; keeps the log of a degenerate (flat) box finite
+
+
+@dataclass
+class GroundingConfig:
+    """Shapes of the grounding head, saved with its weights."""
+
+    feature_dim: int = 64       # C, the backbone's point feature width
+    use_backbone: bool = True   # phi sees F_i
+    use_geometry: bool = True   # phi sees g_i
+    point_hidden: int = 128     # phi: hidden and output width
+    use_box: bool = True        # append the box term b_X to u_X
+    hidden: int = 256           # W3D hidden width; 0 = W3D is one linear map
+    embed_dim: int = 128        # the shared space
+    text_dim: int = 384         # all-MiniLM-L6-v2
+    temperature: float = 0.07   # tau, the initial value when learnable
+    learn_temperature: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.use_backbone or self.use_geometry):
+            raise ValueError('GroundingConfig: phi needs use_backbone or use_geometry')
+
+    @property
+    def input_dim(self) -> int:
+        """Width of u_X as W3D sees it."""
+        return self.point_hidden + BOX_CHANNELS * self.use_box
+
+
+class W3D(nn.Module):
+    """Projects instance descriptors u_X into the shared space (Eq. 10)."""
+
+    def __init__(self, input_dim: int, embed_dim: int, hidden: int) -> None:
+        """A linear map, or a one-hidden-layer MLP when `hidden` > 0."""
+        super().__init__()
+        self.net = (nn.Linear(input_dim, embed_dim) if hidden == 0 else
+                    nn.Sequential(nn.Linear(input_dim, hidden), nn.GELU(),
+                                  nn.Linear(hidden, embed_dim)))
+
+    def forward(self, u: Tensor) -> Tensor:
+        """(B, embed_dim) unit vectors v_X."""
+        return F.normalize(self.net(u), dim=-1)
+
+
+class Wtxt(nn.Module):
+    """Projects frozen sentence embeddings t into the shared space (Eq. 11)."""
+
+    def __init__(self, text_dim: int, embed_dim: int) -> None:
+        """One linear map, as in the paper."""
+        super().__init__()
+        self.linear = nn.Linear(text_dim, embed_dim)
+
+    def forward(self, t: Tensor) -> Tensor:
+        """(B, embed_dim) unit vectors v_T of (B, text_dim) embeddings (normalised here)."""
+        return F.normalize(self.linear(F.normalize(t, dim=-1)), dim=-1)
+
+
+class InfoNCELoss(nn.Module):
+    """Symmetric InfoNCE over all instance-text pairs of a batch (Eq. 12), multi-positive.
+
+    `positives[i, j]` says caption j is true of instance i. Several instances of a batch can
+    share a true caption ("a mug" of every mug), so each direction maximises the softmax mass
+    on all positives; rows without any positive (negative captions) only act as negatives.
+    """
+
+    def __init__(self, temperature: float = 0.07, learnable: bool = True) -> None:
+        """tau starts at `temperature`; learned in log space when `learnable`."""
+        super().__init__()
+        log_tau = torch.tensor(float(np.log(temperature)))
+        if learnable:
+            self.log_tau = nn.Parameter(log_tau)
+        else:
+            self.register_buffer('log_tau', log_tau)
+
+    @property
+    def temperature(self) -> float:
+        """Current tau."""
+        return float(self.log_tau.detach().exp())
+
+    def forward(self, v3d: Tensor, vtxt: Tensor, positives: Tensor) -> Tensor:
+        """Mean of the instance-to-text and text-to-instance losses."""
+        # tau below 0.01 makes logits of 100 and the softmax a hard max: no gradient left.
+        logits = v3d @ vtxt.T / self.log_tau.clamp(min=np.log(0.01)).exp()
+        return 0.5 * (_multi_positive_nll(logits, positives)
+                      + _multi_positive_nll(logits.T, positives.T))
+
+
+def _multi_positive_nll(logits: Tensor, positives: Tensor) -> Tensor:
+    """Mean over rows with a positive of -log(softmax mass on the row's positives)."""
+    has = positives.any(dim=1)
+    if not has.any():
+        return logits.sum() * 0.0
+    logits, positives = logits[has], positives[has]
+    positive = torch.logsumexp(logits.masked_fill(~positives, float('-inf')), dim=1)
+    return (torch.logsumexp(logits, dim=1) - positive).mean()
+
+
+def point_geometry(xyz: np.ndarray, index: np.ndarray,
+                   instances: list[InstanceInfo]) -> np.ndarray:
+    """(M, GEOMETRY_CHANNELS) float32: where each point lies in the box of instances[index].
+
+    Box coordinates x, y, z (z is the support normal when the box stands on a plane) as
+    |x|/hx, |y|/hy, z/hz, |x|, |y|, z in metres and the distance from the box's z axis over
+    the half footprint diagonal: invariant to the box's yaw and mirror symmetry.
+    """
+    if len(xyz) == 0:
+        return np.zeros((0, GEOMETRY_CHANNELS), np.float32)
+    axes = Rotation.from_quat(np.array([i.bbox_quaternion for i in instances])).as_matrix()
+    centres = np.array([i.bbox_center for i in instances], dtype=np.float64)
+    half = np.maximum(np.array([i.bbox_size for i in instances]) / 2, _MIN_EXTENT)[index]
+    local = np.einsum('mk,mkj->mj', np.asarray(xyz, np.float64) - centres[index], axes[index])
+    radial = np.hypot(local[:, 0], local[:, 1]) / np.hypot(half[:, 0], half[:, 1])
+    folded = np.column_stack([np.abs(local[:, :2]), local[:, 2]])
+    return np.column_stack([folded / half, folded, radial]).astype(np.float32)
+
+
+def box_term(instances: list[InstanceInfo]) -> np.ndarray:
+    """(K, BOX_CHANNELS) float32: log sorted box extents and mean colour in L*a*b* / 100."""
+    if not instances:
+        return np.zeros((0, BOX_CHANNELS), np.float32)
+    extents = np.sort(np.array([i.bbox_size for i in instances], dtype=np.float64), axis=1)
+    colours = np.array([i.mean_color[:3] for i in instances], dtype=np.float64)
+    return np.column_stack([np.log(np.maximum(extents, _MIN_EXTENT)),
+                            srgb_to_lab(colours) / 100.0]).astype(np.float32)
+
+
+class GroundingHead(nn.Module):
+    """phi, W3D, Wtxt and the InfoNCE temperature: the trained part of the grounding."""
+
+    def __init__(self, config: GroundingConfig) -> None:
+        """Freshly initialised weights of the shapes `config` gives."""
+        super().__init__()
+        self.config = config
+        columns = (list(range(config.feature_dim)) * config.use_backbone
+                   + list(range(config.feature_dim, config.feature_dim + GEOMETRY_CHANNELS))
+                   * config.use_geometry)
+        self.register_buffer('columns', torch.tensor(columns, dtype=torch.int64),
+                             persistent=False)
+        self.phi = nn.Sequential(nn.Linear(len(columns), config.point_hidden), nn.GELU(),
+                                 nn.Linear(config.point_hidden, config.point_hidden), nn.GELU())
+        self.w3d = W3D(config.input_dim, config.embed_dim, config.hidden)
+        self.wtxt = Wtxt(config.text_dim, config.embed_dim)
+        self.loss = InfoNCELoss(config.temperature, config.learn_temperature)
+
+    def instance_vectors(self, point_inputs: Tensor, point_index: Tensor, box: Tensor) -> Tensor:
+        """(K, embed_dim) v_X from (P, C + GEOMETRY_CHANNELS) point rows of K instances.
+
+        point_index (P,) names each row's instance; box is the (K, BOX_CHANNELS) box term.
+        """
+        per_point = self.phi(point_inputs[:, self.columns])
+        sums = torch.zeros((len(box), per_point.shape[1]), dtype=per_point.dtype,
+                           device=per_point.device).index_add_(0, point_index, per_point)
+        counts = torch.bincount(point_index, minlength=len(box)).clamp(min=1)
+        u = F.normalize(sums / counts[:, None], dim=-1)
+        if self.config.use_box:
+            u = torch.cat([u, box], dim=1)
+        return self.w3d(u)
+
+    def embed_instances(self, point_inputs: np.ndarray, point_index: np.ndarray,
+                        instances: list[InstanceInfo]) -> np.ndarray:
+        """(K, embed_dim) float32 v_X of `instances` from their points' rows (see
+        `instance_vectors`)."""
+        with torch.inference_mode():
+            return self.instance_vectors(
+                torch.from_numpy(np.asarray(point_inputs, np.float32)),
+                torch.from_numpy(np.asarray(point_index, np.int64)),
+                torch.from_numpy(box_term(instances))).numpy()
+
+    def embed_texts(self, text_embeddings: np.ndarray) -> np.ndarray:
+        """(M, embed_dim) float32 v_T of (M, text_dim) sentence embeddings."""
+        with torch.inference_mode():
+            return self.wtxt(torch.from_numpy(np.asarray(text_embeddings, np.float32))).numpy()
+
+
+def save_grounding(head: GroundingHead, path: str | Path, metadata: dict[str, Any]) -> None:
+    """Write the config, the state dict and `metadata` (backbone fingerprint, training run)."""
+    torch.save({'config': asdict(head.config), 'state_dict': head.state_dict(),
+                'metadata': metadata}, path)
+
+
+def load_grounding(path: str | Path) -> tuple[GroundingHead, dict[str, Any]]:
+    """The head and metadata `save_grounding` wrote, in eval mode.
+
+    Raises FileNotFoundError for a missing file and ValueError naming the file for any other.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'grounding model {path} does not exist')
+    try:
+        stored = torch.load(path, map_location='cpu', weights_only=True)
+        head = GroundingHead(GroundingConfig(**stored['config']))
+        head.load_state_dict(stored['state_dict'])
+        metadata = dict(stored.get('metadata', {}))
+    # Truncated, foreign or mismatched files fail in many ways (unpickling, key, type, shape).
+    except Exception as error:
+        raise ValueError(f'{path} is not a grounding model: {error}') from error
+    return head.eval(), metadata

@@ -1,0 +1,159 @@
+"""The pipeline's grounding step: shared-space vectors and zero-shot labels per instance."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from segvec3d_ros.grounding.model import GroundingHead, load_grounding, point_geometry
+from segvec3d_ros.grounding.vocabulary import OTHER, PROMPTS
+from segvec3d_ros.instances import InstanceInfo
+from segvec3d_ros.segmentation.base import Segmenter
+
+if TYPE_CHECKING:
+    from segvec3d_ros.grounding.text_encoder import TextEncoder
+    from segvec3d_ros.pipeline import PipelineConfig
+
+GROUNDING_FILE = 'grounding.pt'
+# Relative deviation of the probe features above which a backbone is not the one trained with.
+_PROBE_TOLERANCE = 1e-2
+
+
+class Encoder(Protocol):
+    """Anything that embeds texts into unit vectors (the TextEncoder, or a test double)."""
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+@lru_cache(maxsize=2)
+def shared_text_encoder(device: str = 'cpu') -> TextEncoder:
+    """One TextEncoder per device and process: pipelines are rebuilt on parameter changes."""
+    from segvec3d_ros.grounding.text_encoder import TextEncoder
+    return TextEncoder(device=device)
+
+
+def bundled_grounding_path() -> Path:
+    """models/grounding.pt beside the bundled segmentation model."""
+    from segvec3d_ros.model.segmenter import bundled_model_path
+    return bundled_model_path().with_name(GROUNDING_FILE)
+
+
+def grounding_inputs(xyz: np.ndarray, features: np.ndarray, ids: np.ndarray,
+                     instances: list[InstanceInfo]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows [F_i, g_i] of the working points with an instance, and each row's index into
+    `instances`; `ids` are per point, with 0 = none and k = the instance whose id is k."""
+    slot = np.full(int(max(np.max(ids, initial=0), max((i.id for i in instances), default=0)))
+                   + 1, -1, dtype=np.int64)
+    slot[[i.id for i in instances]] = np.arange(len(instances))
+    index = slot[np.asarray(ids, dtype=np.int64)]
+    rows = np.flatnonzero(index >= 0)
+    inputs = np.concatenate([np.asarray(features, np.float32)[rows],
+                             point_geometry(np.asarray(xyz)[rows], index[rows], instances)],
+                            axis=1)
+    return inputs, index[rows]
+
+
+def probe_cloud() -> tuple[np.ndarray, np.ndarray]:
+    """A fixed small scene (a box on a plane, sensor frame) whose mean point feature
+    identifies a backbone's weights, whatever file format holds them."""
+    rng = np.random.default_rng(12345)
+    plane = np.column_stack([rng.uniform(-0.3, 0.3, 600), np.full(600, 0.2),
+                             rng.uniform(0.6, 1.0, 600)])
+    box = np.array([0.0, 0.15, 0.8]) + rng.uniform(-0.05, 0.05, (300, 3))
+    xyz = np.concatenate([plane, box]).astype(np.float32)
+    rgb = np.concatenate([np.full((600, 3), 150), np.tile([200, 40, 40], (300, 1))])
+    return xyz, rgb.astype(np.uint8)
+
+
+def backbone_probe(segmenter: Segmenter) -> np.ndarray:
+    """(C,) mean point feature of `segmenter` on the probe cloud."""
+    features = segmenter.segment(*probe_cloud()).features
+    if features is None:
+        raise ValueError(f'the {segmenter.name} segmenter gives no point features')
+    return features.mean(axis=0)
+
+
+class Grounder:
+    """Embeds a frame's instances and labels each by its nearest vocabulary word."""
+
+    def __init__(self, head: GroundingHead, vocabulary: Sequence[str], threshold: float,
+                 encoder: Encoder) -> None:
+        """Embed the vocabulary once (its prompts averaged in the shared space)."""
+        self.head = head
+        self.vocabulary = list(vocabulary)
+        self.threshold = threshold
+        texts = [prompt.format(word) for word in self.vocabulary for prompt in PROMPTS]
+        vectors = head.embed_texts(encoder.encode(texts)).reshape(len(self.vocabulary),
+                                                                  len(PROMPTS), -1).mean(axis=1)
+        self.label_vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def label(self, embeddings: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Zero-shot label ('other' below the threshold) and its cosine score per vector."""
+        scores = np.asarray(embeddings) @ self.label_vectors.T
+        best = scores.argmax(axis=1) if len(self.vocabulary) else np.zeros(len(scores), int)
+        top = scores[np.arange(len(scores)), best] if len(self.vocabulary) else \
+            np.zeros(len(scores))
+        return ([self.vocabulary[b] if s >= self.threshold else OTHER for b, s in zip(best, top)],
+                top.astype(np.float32))
+
+    def ground(self, instances: list[InstanceInfo], xyz: np.ndarray, features: np.ndarray,
+               ids: np.ndarray) -> None:
+        """Set embedding, label and label_score of `instances` from their working points."""
+        self.apply(instances, *grounding_inputs(xyz, features, ids, instances))
+
+    def apply(self, instances: list[InstanceInfo], inputs: np.ndarray,
+              index: np.ndarray) -> None:
+        """Set embedding, label and label_score of `instances` from `grounding_inputs` rows."""
+        if not instances:
+            return
+        embeddings = self.head.embed_instances(inputs, index, instances)
+        labels, scores = self.label(embeddings)
+        for instance, vector, label, score in zip(instances, embeddings, labels, scores):
+            instance.embedding = vector
+            instance.label = label
+            instance.label_score = float(score)
+
+
+def load_grounder(config: PipelineConfig, segmenter: Segmenter
+                  ) -> tuple[Grounder | None, str]:
+    """The grounding step for `segmenter`, or None, and a line saying which and why.
+
+    An explicit `grounding_model_path` that is missing or was trained on another backbone is
+    a ValueError; the bundled head is skipped (with the reason) when either is the case.
+    """
+    path = Path(config.grounding_model_path or bundled_grounding_path())
+    explicit = bool(config.grounding_model_path)
+    try:
+        head, metadata = load_grounding(path)
+        _check_backbone(metadata, segmenter, path)
+    except (OSError, ValueError) as error:
+        if explicit:
+            raise ValueError(str(error)) from error
+        return None, f'no grounding: {error}'
+    grounder = Grounder(head, config.label_vocabulary, config.label_threshold,
+                        shared_text_encoder(_text_device(config.device)))
+    return grounder, (f'grounding with {path} ({len(grounder.vocabulary)} labels, '
+                      f'threshold {config.label_threshold})')
+
+
+def _text_device(device: str) -> str:
+    import torch
+    return 'cuda' if device == 'cuda' or (device == 'auto' and torch.cuda.is_available()) \
+        else 'cpu'
+
+
+def _check_backbone(metadata: dict[str, Any], segmenter: Segmenter, path: Path) -> None:
+    """Raise ValueError unless `segmenter` computes the features the head was trained on."""
+    stored = metadata.get('backbone_probe')
+    if stored is None:
+        raise ValueError(f'{path} does not record the backbone it was trained on')
+    probe = backbone_probe(segmenter)
+    stored = np.asarray(stored, dtype=np.float32)
+    if probe.shape != stored.shape or (np.linalg.norm(probe - stored)
+                                       > _PROBE_TOLERANCE * np.linalg.norm(stored)):
+        raise ValueError(f'{path} was trained on another segmentation model '
+                         f'({metadata.get("backbone", "unknown")}); retrain it with '
+                         f'segvec3d train-grounding')
