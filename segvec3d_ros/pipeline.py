@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from segvec3d_ros.cloud import Cloud
+from segvec3d_ros.grounding.vocabulary import DEFAULT_VOCABULARY
 from segvec3d_ros.instances import InstanceInfo, describe_instances
 from segvec3d_ros.segmentation.base import Segmenter
 from segvec3d_ros.segmentation.euclidean import EuclideanSegmenter
@@ -19,6 +20,9 @@ from segvec3d_ros.segmentation.geometry import (VoxelGrid, fit_support_plane, gr
                                                 nearest_labels, rank_labels, voxel_downsample)
 from segvec3d_ros import settings
 from segvec3d_ros.settings import setting
+
+if TYPE_CHECKING:
+    from segvec3d_ros.grounding.step import Grounder
 
 # m: support points this close to an instance belong to the surface it stands on.
 _BASE_RADIUS = 0.05
@@ -57,6 +61,12 @@ class PipelineConfig:
                                        'surface from the sensor (cloud in the sensor frame)')
     max_range: float = setting(0.0, 'drop points farther than this from the sensor in m '
                                '(0 = keep all)', range=(0.0, 1000.0))
+    grounding_model_path: str = setting('', 'grounding head of the learned segmenter (.pt); '
+                                        'empty = the bundled models/grounding.pt')
+    label_vocabulary: list[str] = setting(DEFAULT_VOCABULARY, 'zero-shot instance labels '
+                                          '(learned segmenter with a grounding head)')
+    label_threshold: float = setting(0.3, 'an instance whose best label scores below this '
+                                     'cosine is labelled other', range=(-1.0, 1.0))
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid field and why."""
@@ -102,6 +112,12 @@ class Pipeline:
         config.validate()
         self.config = config
         self.segmenter = make_segmenter(config) if segmenter is None else segmenter
+        self.grounder: Grounder | None = None
+        self.grounding_status = f'no grounding: the {config.segmenter} segmenter has no features'
+        if config.segmenter == 'segvec3d':
+            # Imported here: grounding needs torch, which euclidean-only users never load.
+            from segvec3d_ros.grounding.step import load_grounder
+            self.grounder, self.grounding_status = load_grounder(config, self.segmenter)
 
     def process(self, cloud: Cloud) -> SceneResult:
         """Segment `cloud`; never raises on NaN, empty or degenerate content."""
@@ -167,6 +183,10 @@ class Pipeline:
                                   new_id[seg.instance_ids] > 0)
         instances = describe_instances(xyz, rgb, ids, up)
         lap('describe')
+        if self.grounder is not None and seg.features is not None:
+            self.grounder.ground(instances, grid.xyz[working], seg.features,
+                                 new_id[seg.instance_ids])
+            lap('ground')
         timings['total'] = perf_counter() - start
         return SceneResult(labels, instances, support_mask, features, timings,
                            num_input=len(cloud), num_valid=len(index), num_working=len(working))
