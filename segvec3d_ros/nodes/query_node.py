@@ -11,9 +11,8 @@ from std_msgs.msg import Header
 
 from segvec3d_msgs.msg import InstanceArray
 from segvec3d_msgs.srv import QueryInstance
-from segvec3d_ros.grounding.query import QueryEngine
+from segvec3d_ros.grounding.query import make_query_engine
 from segvec3d_ros.grounding.scene_store import SceneStore
-from segvec3d_ros.grounding.text_encoder import TextEncoder
 from segvec3d_ros.io.pointcloud2 import CloudDecodeError, decode_pointcloud2, encode_pointcloud2
 from segvec3d_ros.nodes.conversions import instance_info, pointcloud2_msg
 from segvec3d_ros.nodes.params import check_parameters, declare_settings, read_settings
@@ -33,6 +32,9 @@ class QueryNodeSettings:
         range=(0.0, 86400.0))
     text_device: str = setting(
         'cpu', 'device of the frozen text encoder', choices=('cpu', 'cuda'), read_only=True)
+    grounding_model_path: str = setting(
+        '', 'grounding head that maps text into the instances\' embedding space; empty = the '
+        'bundled models/grounding.pt', read_only=True)
 
 
 def _frame_key(header: Header) -> tuple[int, int, str]:
@@ -48,7 +50,8 @@ class QueryNode(Node):
         self._settings: QueryNodeSettings = read_settings(self, QueryNodeSettings)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         # Loading the encoder takes seconds: pay it at start-up, not in the first query.
-        self._engine = QueryEngine(TextEncoder(device=self._settings.text_device))
+        self._engine, engine_status = make_query_engine(self._settings.grounding_model_path,
+                                                        self._settings.text_device)
         self._scenes = SceneStore()
         # Best effort matches publishers of either reliability.
         scene_qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.BEST_EFFORT)
@@ -57,7 +60,7 @@ class QueryNode(Node):
         self._points_sub = self.create_subscription(
             PointCloud2, 'segvec3d/labeled_points', self._on_points, scene_qos)
         self._service = self.create_service(QueryInstance, 'segvec3d/query', self._on_query)
-        self.get_logger().info(f'answering queries on {self._service.srv_name}')
+        self.get_logger().info(f'answering queries on {self._service.srv_name}; {engine_status}')
 
     def _on_set_parameters(self, parameters):
         result = check_parameters(parameters, (QueryNodeSettings,))
@@ -97,7 +100,8 @@ class QueryNode(Node):
                                  f'(max_scene_age {max_age:.1f} s)')
             return response
         try:
-            result = self._engine.query(request.text, scene.instances, request.top_k)
+            result = self._engine.query(request.text, scene.instances, request.top_k,
+                                        scene.header.frame_id)
         except Exception as error:  # noqa: BLE001 - a query must never take the node down
             self.get_logger().error(f'query failed: {type(error).__name__}: {error}')
             response.success, response.message = False, f'internal error: {error}'
