@@ -1,7 +1,14 @@
-"""Shared fixtures: the ../shared data folder (skips when absent)."""
+"""Shared fixtures: the ../shared data folder (skips when absent) and a running segvec3d-up."""
+from __future__ import annotations
+
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from ros_harness import UpClient
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / 'shared'
 
@@ -12,3 +19,17 @@ def shared_dir() -> Path:
     if not (SHARED_DIR / 'data').is_dir():
         pytest.skip('../shared/data is absent')
     return SHARED_DIR
+
+
+@pytest.fixture(scope='module')
+def system() -> Iterator[UpClient]:
+    """segvec3d-up answering from scenes of any age, and a client recording its outputs."""
+    # Imported here: only the real-DDS tests need rclpy and the built messages.
+    from ros_harness import UpClient
+    try:
+        up = UpClient('-p', 'max_scene_age:=0.0')
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    yield up
+    _, output = up.stop()
+    assert 'Traceback' not in output, output

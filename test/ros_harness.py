@@ -1,30 +1,87 @@
 """Real-DDS test harness: runs segvec3d executables as processes and talks to them with rclpy."""
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import Parameter as ParameterMsg, SetParametersResult
+from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.serialization import deserialize_message, serialize_message
+from sensor_msgs.msg import PointCloud2
+from std_msgs.msg import Header
+from visualization_msgs.msg import MarkerArray
+
+from segvec3d_msgs.msg import InstanceArray
+from segvec3d_msgs.srv import QueryInstance
+from segvec3d_ros.io.pointcloud2 import encode_pointcloud2
+from segvec3d_ros.nodes.conversions import pointcloud2_msg
+from segvec3d_ros.tools.dds import isolate_dds
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / 'config' / 'segvec3d.yaml'
+FRAME = 'camera_depth_optical_frame'
+OUTPUT_TOPICS = ('segvec3d/labeled_points', 'segvec3d/instances', 'segvec3d/markers')
 
 
-def start_executable(name: str, *ros_args: str) -> subprocess.Popen:
-    """Start an installed segvec3d executable with the repo's params file."""
+# Fast DDS's default shared-memory segment is 512 KiB, and a best-effort message that does not
+# fit is silently lost (ros2/rmw_fastrtps#739), as is one in more pieces than the receiver's port
+# queue holds: processes that exchange clouds of many MB over best-effort QoS need both larger.
+# UDP stays on loopback like the rest of the tests.
+LARGE_CLOUDS_FASTDDS_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
+<profiles xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">
+  <transport_descriptors>
+    <transport_descriptor>
+      <transport_id>shm_large_clouds</transport_id>
+      <type>SHM</type>
+      <segment_size>268435456</segment_size>
+      <port_queue_capacity>4096</port_queue_capacity>
+    </transport_descriptor>
+    <transport_descriptor>
+      <transport_id>udp_loopback</transport_id>
+      <type>UDPv4</type>
+      <interfaceWhiteList><address>127.0.0.1</address></interfaceWhiteList>
+    </transport_descriptor>
+  </transport_descriptors>
+  <participant profile_name="segvec3d_large_clouds" is_default_profile="true">
+    <rtps>
+      <userTransports>
+        <transport_id>shm_large_clouds</transport_id>
+        <transport_id>udp_loopback</transport_id>
+      </userTransports>
+      <useBuiltinTransports>false</useBuiltinTransports>
+    </rtps>
+  </participant>
+</profiles>
+"""
+
+
+def large_clouds_env(folder: Path) -> dict[str, str]:
+    """Environment giving a new process's DDS participants room for clouds of many MB."""
+    profile = folder / 'fastdds_large_clouds.xml'
+    profile.write_text(LARGE_CLOUDS_FASTDDS_PROFILE)
+    return {'FASTRTPS_DEFAULT_PROFILES_FILE': str(profile)}
+
+
+def start_executable(name: str, *ros_args: str,
+                     env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    """Start an installed segvec3d executable with the repo's params file (and extra `env`)."""
     command = [name, '--ros-args', '--params-file', str(PARAMS_FILE), *ros_args]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED='1'))
+                            env=dict(os.environ, PYTHONUNBUFFERED='1', **(env or {})))
 
 
 def stop_process(process: subprocess.Popen, sig: int = signal.SIGINT,
@@ -94,6 +151,191 @@ class Client:
         """Shut the client's context down and join its thread."""
         self.context.try_shutdown()
         self._thread.join(timeout=5.0)
+
+
+class UpClient(Client):
+    """segvec3d-up in its own process, and a Client recording its outputs and /diagnostics.
+
+    The node's stdout and stderr are read continuously into `output`, so that a long run can
+    never block on a full pipe and a test can look for a log line while the node runs.
+    """
+
+    def __init__(self, *ros_args: str, name: str = 'segvec3d_test_client',
+                 env: Mapping[str, str] | None = None, startup_timeout: float = 60.0) -> None:
+        isolate_dds()
+        self.process = start_executable('segvec3d-up', *ros_args, env=env)
+        self.output: list[str] = []
+        self._readers = [threading.Thread(target=self._collect, args=(stream,), daemon=True)
+                         for stream in (self.process.stdout, self.process.stderr)]
+        for reader in self._readers:
+            reader.start()
+        super().__init__(name)
+        self.record(PointCloud2, 'segvec3d/labeled_points')
+        self.record(InstanceArray, 'segvec3d/instances')
+        self.record(MarkerArray, 'segvec3d/markers')
+        self.record(DiagnosticArray, '/diagnostics')
+        self.points_pub = self.node.create_publisher(PointCloud2, 'points',
+                                                     qos_profile_sensor_data)
+        self.query = self.node.create_client(QueryInstance, 'segvec3d/query')
+        started = wait_for(lambda: self.process.poll() is not None
+                           or self.query.wait_for_service(timeout_sec=0.5), startup_timeout)
+        if not started or self.process.poll() is not None:
+            code, output = self.stop()
+            raise RuntimeError(f'segvec3d-up did not come up (exit code {code}):\n{output}')
+
+    def _collect(self, stream: IO[str]) -> None:
+        for line in stream:
+            self.output.append(line)
+
+    @property
+    def output_text(self) -> str:
+        """Everything the node printed so far."""
+        return ''.join(self.output)
+
+    def memory_bytes(self, key: str = 'VmRSS') -> int:
+        """A memory figure of the node from /proc/<pid>/status: VmRSS, VmHWM (peak), RssAnon."""
+        for line in Path(f'/proc/{self.process.pid}/status').read_text().splitlines():
+            if line.startswith(key + ':'):
+                return int(line.split()[1]) * 1024  # reported in kB
+        raise KeyError(f'{key} not in /proc/{self.process.pid}/status')
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 15.0) -> tuple[int, str]:
+        """Close the client, signal the node and return (exit code, everything it printed)."""
+        self.close()
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        for reader in self._readers:
+            reader.join(timeout=5.0)
+        return self.process.returncode, self.output_text
+
+
+class ChildPublisher:
+    """Publishes clouds on `points` from a separate process started with `env`.
+
+    Fast DDS reads its transport settings once per process, so clouds too big for this
+    process's defaults go out from a child with other settings (see `large_clouds_env`).
+    """
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        spawn = multiprocessing.get_context('spawn')  # a fresh process, not a copy of this one
+        self._queue = spawn.Queue()
+        self._process = spawn.Process(target=_publish_from_queue,
+                                      args=(dict(env), self._queue), daemon=True)
+        self._process.start()
+
+    def publish(self, msg: PointCloud2) -> None:
+        """Hand a cloud to the child, which publishes it once a subscriber has matched."""
+        self._queue.put(serialize_message(msg))
+
+    def stop(self) -> None:
+        """End the child."""
+        self._queue.put(None)
+        self._process.join(timeout=15.0)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+
+
+def _publish_from_queue(env: dict[str, str], queue: Any) -> None:
+    os.environ.update(env)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = Node('segvec3d_test_child_publisher', context=context)
+    publisher = node.create_publisher(PointCloud2, 'points', qos_profile_sensor_data)
+    # Best effort: what goes out before the subscription has matched is lost.
+    wait_for(publisher.get_subscription_count, timeout=30.0)
+    while (raw := queue.get()) is not None:
+        publisher.publish(deserialize_message(raw, PointCloud2))
+    node.destroy_node()
+    context.try_shutdown()
+
+
+def make_header(frame_id: str = FRAME, sec: int = 0) -> Header:
+    """A header stamped now (or at `sec`), unique to the nanosecond."""
+    header = Header(frame_id=frame_id)
+    header.stamp.sec = sec or int(time.time())
+    header.stamp.nanosec = int(time.time_ns() % 1_000_000_000)
+    return header
+
+
+def header_of(msg: Any) -> Header | None:
+    """The header of an output message; a MarkerArray's is its first marker's."""
+    if isinstance(msg, MarkerArray):
+        return msg.markers[0].header if msg.markers else None
+    return msg.header
+
+
+def outputs_for(client: Client, header: Header, timeout: float = 30.0) -> dict[str, Any] | None:
+    """Wait for all three outputs stamped with this header (re-publishing is the caller's job)."""
+    def find() -> dict[str, Any] | None:
+        found = {}
+        for topic in OUTPUT_TOPICS:
+            match = [m for m in client.received[topic] if header_of(m) == header]
+            if not match:
+                return None
+            found[topic] = match[-1]
+        return found
+    return wait_for(find, timeout)
+
+
+def publish_msg_until_answered(client: UpClient, msg: PointCloud2, timeout: float = 60.0,
+                               period: float = 2.0,
+                               publish: Callable[[PointCloud2], None] | None = None
+                               ) -> dict[str, Any] | None:
+    """Publish `msg` every `period` s until all its outputs arrive; None at the timeout.
+
+    Sensor-data QoS is best effort, so a message can be lost; a repeat is harmless because the
+    node processes only the latest frame. `publish` defaults to the client's publisher.
+    """
+    publish = publish or client.points_pub.publish
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        publish(msg)
+        found = outputs_for(client, msg.header, timeout=min(period, deadline - time.monotonic()))
+        if found:
+            return found
+    return None
+
+
+def publish_until_answered(client: UpClient, xyz: np.ndarray, rgb: np.ndarray | None,
+                           header: Header, height: int = 1,
+                           timeout: float = 60.0) -> dict[str, Any] | None:
+    """Encode and publish a cloud until all its outputs arrive; None at the timeout."""
+    msg = pointcloud2_msg(header, encode_pointcloud2(xyz, rgb, height=height))
+    return publish_msg_until_answered(client, msg, timeout)
+
+
+def query(client: UpClient, text: str, top_k: int = 1) -> QueryInstance.Response:
+    """Ask the query service and wait for its answer."""
+    return client.call(client.query, QueryInstance.Request(text=text, top_k=top_k))
+
+
+def pipeline_diagnostics(client: Client) -> dict[str, str] | None:
+    """Key values of the latest pipeline status on /diagnostics, or None before the first."""
+    for array in reversed(client.received.get('/diagnostics', [])):
+        for status in array.status:
+            if status.name.endswith('pipeline'):
+                return {kv.key: kv.value for kv in status.values}
+    return None
+
+
+def set_parameter(client: Client, node: str, name: str, value: Any) -> SetParametersResult:
+    """Set one parameter of a running node through its set_parameters service."""
+    service = client.node.create_client(SetParameters, f'{node}/set_parameters')
+    request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
+    return client.call(service, request).results[0]
+
+
+def get_parameter(client: Client, node: str, name: str) -> Any:
+    """The current value of one parameter of a running node."""
+    service = client.node.create_client(GetParameters, f'{node}/get_parameters')
+    value = client.call(service, GetParameters.Request(names=[name])).values[0]
+    return Parameter.from_parameter_msg(ParameterMsg(name=name, value=value)).value
 
 
 def tabletop_points(seed: int = 0, n_objects: int = 3) -> tuple[np.ndarray, np.ndarray,

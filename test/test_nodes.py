@@ -7,100 +7,22 @@ import time
 import numpy as np
 import pytest
 
-from ros_harness import Client, start_executable, stop_process, tabletop_points, wait_for
+from ros_harness import (make_header, pipeline_diagnostics, publish_until_answered, query,
+                         start_executable, stop_process, tabletop_points, wait_for)
 from segvec3d_ros.tools.dds import isolate_dds
 
 isolate_dds()
 
 rclpy = pytest.importorskip('rclpy')
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import PointCloud2  # noqa: E402
-from std_msgs.msg import Header  # noqa: E402
-from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
+from visualization_msgs.msg import Marker  # noqa: E402
 
-from segvec3d_msgs.msg import InstanceArray  # noqa: E402
-from segvec3d_msgs.srv import QueryInstance  # noqa: E402
 from segvec3d_ros.io.files import read_cloud  # noqa: E402
 from segvec3d_ros.io.pointcloud2 import decode_pointcloud2, encode_pointcloud2  # noqa: E402
 from segvec3d_ros.nodes.conversions import pointcloud2_msg  # noqa: E402
 
 pytestmark = pytest.mark.ros
-FRAME = 'camera_depth_optical_frame'
-OUTPUT_TOPICS = ('segvec3d/labeled_points', 'segvec3d/instances', 'segvec3d/markers')
-
-
-@pytest.fixture(scope='module')
-def system():
-    """segvec3d-up running in its own process, and a client that records every output."""
-    process = start_executable('segvec3d-up', '-p', 'max_scene_age:=0.0')
-    client = Client()
-    client.record(PointCloud2, 'segvec3d/labeled_points')
-    client.record(InstanceArray, 'segvec3d/instances')
-    client.record(MarkerArray, 'segvec3d/markers')
-    client.record(DiagnosticArray, '/diagnostics')
-    client.points_pub = client.node.create_publisher(PointCloud2, 'points',
-                                                     qos_profile_sensor_data)
-    client.query = client.node.create_client(QueryInstance, 'segvec3d/query')
-    if not wait_for(lambda: process.poll() is not None
-                    or client.query.wait_for_service(timeout_sec=0.5), timeout=60.0) \
-            or process.poll() is not None:
-        _, out, err = stop_process(process)
-        pytest.fail(f'segvec3d-up did not come up:\n{out}\n{err}')
-    yield client
-    client.close()
-    code, out, err = stop_process(process)
-    assert 'Traceback' not in err, err
-
-
-def make_header(frame_id: str = FRAME, sec: int = 0) -> Header:
-    header = Header(frame_id=frame_id)
-    header.stamp.sec = sec or int(time.time())
-    header.stamp.nanosec = int(time.time_ns() % 1_000_000_000)
-    return header
-
-
-def send(client: Client, xyz: np.ndarray, rgb: np.ndarray | None, header: Header,
-         height: int = 1) -> None:
-    msg = pointcloud2_msg(header, encode_pointcloud2(xyz, rgb, height=height))
-    # Sensor-data QoS is best effort: repeat until the node has seen it (it drops duplicates by
-    # processing only the latest), bounded in time.
-    client.points_pub.publish(msg)
-
-
-def _header_of(msg: object) -> Header | None:
-    if isinstance(msg, MarkerArray):
-        return msg.markers[0].header if msg.markers else None
-    return msg.header
-
-
-def outputs_for(client: Client, header: Header, timeout: float = 30.0) -> dict[str, object]:
-    """Wait for all three outputs stamped with this header (re-publishing is the caller's job)."""
-    def find() -> dict[str, object] | None:
-        found = {}
-        for topic in OUTPUT_TOPICS:
-            match = [m for m in client.received[topic] if _header_of(m) == header]
-            if not match:
-                return None
-            found[topic] = match[-1]
-        return found
-    return wait_for(find, timeout)
-
-
-def publish_until_answered(client: Client, xyz, rgb, header, height=1, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        send(client, xyz, rgb, header, height)
-        found = outputs_for(client, header, timeout=2.0)
-        if found:
-            return found
-    return None
-
-
-def query(client: Client, text: str, top_k: int = 1) -> QueryInstance.Response:
-    return client.call(client.query, QueryInstance.Request(text=text, top_k=top_k))
 
 
 def test_query_before_any_scene_fails_clearly(system):
@@ -191,15 +113,8 @@ def test_bad_clouds_are_rejected_and_counted_and_the_next_good_one_is_processed(
     no_frame = make_header(frame_id='')
     system.points_pub.publish(pointcloud2_msg(no_frame, encode_pointcloud2(
         np.zeros((10, 3), np.float32))))
-
-    def rejected_count() -> int:
-        for array in reversed(system.received['/diagnostics']):
-            for status in array.status:
-                values = {kv.key: kv.value for kv in status.values}
-                if 'frames_rejected' in values:
-                    return int(values['frames_rejected'])
-        return 0
-    assert wait_for(lambda: rejected_count() >= 1, timeout=10.0)
+    assert wait_for(lambda: int((pipeline_diagnostics(system) or {}).get('frames_rejected', 0))
+                    >= 1, timeout=10.0)
 
     xyz, rgb, _ = tabletop_points(seed=4)
     assert publish_until_answered(system, xyz, rgb, make_header())
@@ -234,13 +149,7 @@ def test_invalid_parameters_are_rejected_with_a_reason_and_the_old_value_kept(sy
 
 
 def test_diagnostics_report_rates_and_latency(system):
-    def latest_values():
-        for array in reversed(system.received['/diagnostics']):
-            for status in array.status:
-                if status.name.endswith('pipeline'):
-                    return {kv.key: kv.value for kv in status.values}
-        return None
-    values = wait_for(latest_values, timeout=10.0)
+    values = wait_for(lambda: pipeline_diagnostics(system), timeout=10.0)
     assert values
     for key in ('input_rate_hz', 'latency_median_ms', 'latency_p95_ms', 'frames_dropped',
                 'frames_processed'):
