@@ -122,7 +122,8 @@ def decode_pointcloud2(msg: Any, max_points: int | None = None) -> Cloud:
     float64 coordinates beyond float32 range become Inf, hence invalid). A colour field `rgb` or
     `rgba` with 4-byte elements becomes `Cloud.rgb`; other count == 1 fields of known datatype go
     to `Cloud.extra`; fields of unknown datatype are skipped. An empty message (height * width
-    == 0) is an empty Cloud. `max_points` refuses larger messages outright (no downsampling).
+    == 0) is an empty Cloud, with empty arrays for the extra fields it declares. `max_points`
+    refuses larger messages outright (no downsampling).
     """
     try:
         height, width = int(msg.height), int(msg.width)
@@ -137,7 +138,12 @@ def decode_pointcloud2(msg: Any, max_points: int | None = None) -> Cloud:
         raise CloudDecodeError('negative height, width, point_step or row_step')
     n = height * width
     if n == 0:
-        return Cloud(np.empty((0, 3), np.float32), height=height, width=width)
+        # No bytes to misread, so no layout checks; the scalar fields still come back (empty),
+        # so that an empty labeled cloud has its labels like any other.
+        extra = {f.name: np.empty(0, POINT_FIELD_TYPES[f.datatype]) for f in fields
+                 if f.count == 1 and f.datatype in POINT_FIELD_TYPES
+                 and f.name not in XYZ + COLOUR_FIELDS}
+        return Cloud(np.empty((0, 3), np.float32), height=height, width=width, extra=extra)
     if max_points is not None and n > max_points:
         raise CloudDecodeError(f'{n} points exceeds the limit of {max_points}')
     if point_step == 0:

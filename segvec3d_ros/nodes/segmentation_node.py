@@ -87,11 +87,13 @@ class SegmentationNode(Node):
         try:
             return Pipeline(config)
         except (ValueError, OSError) as error:
+            # One line, though torch's unpickling errors span several: logs stay greppable.
+            reason = ' '.join(str(error).split())
             if not self._settings.fallback_to_euclidean or config.segmenter == 'euclidean':
-                self.get_logger().fatal(f'cannot start the {config.segmenter} segmenter: {error}')
-                raise StartupError(str(error)) from error
+                self.get_logger().fatal(f'cannot start the {config.segmenter} segmenter: {reason}')
+                raise StartupError(reason) from error
             self.get_logger().warning(
-                f'cannot start the {config.segmenter} segmenter ({error}); '
+                f'cannot start the {config.segmenter} segmenter ({reason}); '
                 'falling back to the euclidean segmenter')
             config.segmenter = 'euclidean'
             self.set_parameters([Parameter('segmenter', value='euclidean')])
