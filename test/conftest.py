@@ -1,4 +1,5 @@
-"""Shared fixtures: the ../shared data folder (skips when absent) and a running segvec3d-up."""
+"""Shared fixtures and options: ../shared data (skips when absent), a running segvec3d-up, the
+long soak run."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -11,6 +12,19 @@ if TYPE_CHECKING:
     from ros_harness import UpClient
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / 'shared'
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """--soak-seconds: the long soak run, which also writes docs/RELIABILITY.md."""
+    parser.addoption('--soak-seconds', type=float, default=None,
+                     help='run test_soak.py this long and write its figures into '
+                          'docs/RELIABILITY.md (default: a short run that writes nothing)')
+
+
+@pytest.fixture
+def soak_seconds(request: pytest.FixtureRequest) -> float | None:
+    """The --soak-seconds option, None for the short CI run."""
+    return request.config.getoption('--soak-seconds')
 
 
 @pytest.fixture(scope='session')
