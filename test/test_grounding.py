@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
+from segvec3d_ros.colors import color_names
 from segvec3d_ros.data.scenes import CATEGORIES, OBJECT_COLOURS
 from segvec3d_ros.grounding import step
 from segvec3d_ros.grounding.captions import caption_bank
@@ -255,11 +256,12 @@ def _scene() -> list[InstanceInfo]:
 
 
 def _learned_engine(instances: list[InstanceInfo]) -> QueryEngine:
-    """An engine whose instances lie at their label's text vector in the shared space."""
+    """An engine whose instances lie at their caption's text vector in the shared space."""
     head = make_head()
     encoder = BagOfWords()
     for instance in instances:
-        instance.embedding = head.embed_texts(encoder.encode([instance.label]))[0]
+        caption = f'{color_names(instance.mean_color[None, :3])[0]} {instance.label}'
+        instance.embedding = head.embed_texts(encoder.encode([caption]))[0]
     return QueryEngine(encoder, head)
 
 
@@ -285,7 +287,7 @@ def test_message_states_the_interpretation():
     instances = _scene()
     result = _learned_engine(instances).query('the red mug left of the bowl', instances, 1)
     assert "category 'mug' (learned)" in result.message
-    assert "colour 'red' (mean colour)" in result.message
+    assert "colour 'red' (learned)" in result.message
     assert "relation 'left of' anchor 'bowl'" in result.message
 
 

@@ -62,10 +62,12 @@ class GroundedScene:
     up: np.ndarray                  # (3,) world up in the camera frame
 
 
-def camera_frame(scene: Scene, world: np.ndarray) -> np.ndarray:
-    """(N, 3) world points in the scene's camera (optical) frame."""
+def scene_truth(scene: Scene) -> tuple[list[SceneObject], np.ndarray, np.ndarray]:
+    """The non-support objects, their box centres and the world's up, in the camera frame."""
     pose = scene.camera_pose
-    return (np.asarray(world, dtype=np.float64) - pose[:3, 3]) @ pose[:3, :3]
+    objects = [o for o in scene.objects if not o.is_support]
+    world = np.array([o.center for o in objects], dtype=np.float64).reshape(-1, 3)
+    return objects, (world - pose[:3, 3]) @ pose[:3, :3], pose[2, :3].copy()
 
 
 def _instance_set(instances: list[InstanceInfo], xyz: np.ndarray, features: np.ndarray,
@@ -83,7 +85,7 @@ def ground_scene(pipeline: Pipeline, scene: Scene) -> GroundedScene:
         raise ValueError(f'the {pipeline.segmenter.name} segmenter gives no point features')
     gt, support = synthetic_ground_truth(scene)
     valid = scene.cloud.valid
-    objects = [o for o in scene.objects if not o.is_support]
+    objects, centers, up = scene_truth(scene)
     object_index = np.full(len(scene.objects) + 1, -1, dtype=np.int64)
     object_index[[o.instance_id for o in objects]] = np.arange(len(objects))
 
@@ -101,13 +103,11 @@ def ground_scene(pipeline: Pipeline, scene: Scene) -> GroundedScene:
                               result.labels[valid][nearest].astype(np.int64), match)
     working_gt = gt[valid][nearest]
     present = np.intersect1d(gt_ids, np.unique(working_gt))
-    up = scene.camera_pose[:3, :3].T @ np.array([0.0, 0.0, 1.0])
     described = describe_instances(scene.cloud.xyz[valid],
                                    None if scene.cloud.rgb is None else scene.cloud.rgb[valid],
                                    np.where(np.isin(gt[valid], present), gt[valid], 0), up)
     ground_truth = _instance_set(described, xyz, segmentation.features, working_gt,
                                  object_index[present])
-    centers = camera_frame(scene, np.array([o.center for o in objects]).reshape(-1, 3))
     return GroundedScene(scene, predicted, ground_truth, objects, centers, up)
 
 

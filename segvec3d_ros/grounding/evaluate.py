@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segvec3d_ros.data.scenes import CATEGORIES, generate_scene
+from segvec3d_ros.data.scenes import CATEGORIES, SceneObject, generate_scene
 from segvec3d_ros.evaluation.datasets import EVAL_SEED_BASE
 from segvec3d_ros.evaluation.report import machine_description
 from segvec3d_ros.grounding.dataset import GroundedScene, InstanceSet, ground_scene
@@ -46,19 +46,18 @@ class Query:
     target: int
 
 
-def _horizontal(grounded: GroundedScene) -> tuple[np.ndarray, np.ndarray]:
-    """(G,) positions of the objects along the camera's horizontal right and forward axes."""
-    up = grounded.up
+def _horizontal(centers: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions along the camera's horizontal right and forward axes."""
     right = np.array([1.0, 0.0, 0.0]) - up[0] * up
     right /= np.linalg.norm(right)
-    forward = np.cross(up, right)
-    return grounded.centers @ right, grounded.centers @ forward
+    return centers @ right, centers @ np.cross(up, right)
 
 
-def generate_queries(grounded: GroundedScene) -> list[Query]:
-    """Unambiguous queries about the objects visible as ground-truth masks."""
-    visible = [int(o) for o in grounded.ground_truth.objects]
-    objects = grounded.objects
+def generate_queries(objects: Sequence[SceneObject], visible: Sequence[int],
+                     centers: np.ndarray, up: np.ndarray) -> list[Query]:
+    """Unambiguous queries about the `visible` objects (indices into `objects`), whose box
+    centres `centers` and the world's `up` are in the camera (optical) frame."""
+    visible = [int(i) for i in visible]
     category = {i: objects[i].category for i in visible}
     counts = Counter(category.values())
     queries = [Query('category', f'the {c}', i) for i, c in category.items() if counts[c] == 1]
@@ -77,7 +76,7 @@ def generate_queries(grounded: GroundedScene) -> list[Query]:
         if len(same) > 1 and volume[same[1]] > _SIZE_RATIO * volume[same[0]]:
             queries.append(Query('attribute', f'the smallest {name}', same[0]))
 
-    across, depth = _horizontal(grounded)
+    across, depth = _horizontal(centers, up)
     position = dict(zip(range(len(objects)), zip(across, depth)))
     tests = {'left of': lambda t, a: position[a][0] - position[t][0],
              'right of': lambda t, a: position[t][0] - position[a][0],
@@ -101,7 +100,7 @@ def generate_queries(grounded: GroundedScene) -> list[Query]:
                 1 for j in visible if category[j] == category[i]
                 and index.get(objects[j].on_top_of, -1) == base) == 1:
             queries.append(Query('relation', f'the {category[i]} on the {category[base]}', i))
-    distance = {i: float(np.linalg.norm(grounded.centers[i])) for i in visible}
+    distance = {i: float(np.linalg.norm(centers[i])) for i in visible}
     ranked = sorted(visible, key=distance.get)
     if len(ranked) > 1 and distance[ranked[1]] - distance[ranked[0]] > _CLEAR:
         queries.append(Query('camera', 'the object closest to the camera', ranked[0]))
@@ -193,7 +192,9 @@ def evaluate_grounding(pipeline: Pipeline, engine: QueryEngine, encoder: Encoder
         for source, instances in (('predicted', grounded.predicted), ('gt', truth)):
             labels[source] += [(grounded.objects[o].category, i.label)
                                for i, o in zip(instances.instances, instances.objects) if o >= 0]
-        scene_outcomes = answer_queries(grounded, generate_queries(grounded), engine, encoder)
+        queries = generate_queries(grounded.objects, truth.objects, grounded.centers,
+                                   grounded.up)
+        scene_outcomes = answer_queries(grounded, queries, engine, encoder)
         outcomes += scene_outcomes
         progress(f'[{number}/{scenes}] seed {seed}: {len(grounded.predicted.instances)} '
                  f'instances, {len(scene_outcomes)} queries, '

@@ -26,6 +26,7 @@ from scipy.spatial.transform import Rotation
 from segvec3d_ros.colors import NAMED_COLORS, color_distances, color_names
 from segvec3d_ros.grounding.model import GroundingHead, load_grounding
 from segvec3d_ros.grounding.step import Encoder, bundled_grounding_path, shared_text_encoder
+from segvec3d_ros.grounding.vocabulary import DEFAULT_VOCABULARY
 from segvec3d_ros.instances import InstanceInfo
 
 MAX_TEXT_CHARS = 1000
@@ -72,6 +73,9 @@ _NEAR = 0.1             # m of free space at which 'next to' has fallen to 1/e
 _COLOUR_SCALE = 8.0     # L*a*b* distance units
 _RANK_WEIGHT = 5.0      # log-score cost per likely candidate that beats a superlative
 _FLOOR = 1e-6
+_CAPTION_TEMPERATURE = 0.05
+_COLOUR_PROMPT = '{} object'
+_SYNONYM_COSINE = 0.8   # label words this close to the query's noun in the shared space
 _TEXT_CACHE_SIZE = 4096
 
 
@@ -281,34 +285,46 @@ class QueryEngine:
             self._text_cache[text] = vector
         return vector
 
+    def _learned_class(self, head: GroundingHead, instances: Sequence[InstanceInfo], word: str,
+                       competitors: Sequence[str], prompt: str = '{}') -> np.ndarray:
+        """(K,) log P(word | instance) over `word` and the competitors that are no synonym of
+        it, with the trained temperature."""
+        query = self._text_vector(prompt.format(word))
+        others = np.array([self._text_vector(prompt.format(c)) for c in competitors])
+        classes = np.vstack([query, others[others @ query < _SYNONYM_COSINE]])
+        logits = np.array([i.embedding for i in instances]) @ classes.T \
+            / head.loss.temperature
+        return logits[:, 0] - np.logaddexp.reduce(logits, axis=1)
+
     def _phrase_scores(self, phrase: Phrase, instances: Sequence[InstanceInfo],
-                       geometry: _Geometry, learned: bool, parts: list[str]) -> np.ndarray:
+                       geometry: _Geometry, head: GroundingHead | None,
+                       parts: list[str]) -> np.ndarray:
         """(K,) log-membership of each instance in `phrase`; appends what was used to parts."""
         scores = np.zeros(len(instances))
-        if phrase.noun:
-            if self._head is not None and learned:
-                similarity = np.array([i.embedding for i in instances]) @ \
-                    self._text_vector(phrase.noun)
-                scores += (similarity - similarity.max()) / self._head.loss.temperature
-                parts.append(f"category '{phrase.noun}' (learned)")
-            else:
-                captions = describe_for_text(instances)
-                vectors = self._encoder.encode([phrase.noun, *captions])
-                similarity = vectors[1:] @ vectors[0]
-                scores += (similarity - similarity.max()) / 0.05
-                parts.append(f"category '{phrase.noun}' (caption similarity, no learned "
-                             f"embeddings)")
-        if phrase.colour:
-            colours = np.array([i.mean_color[:3] for i in instances])
-            names = list(NAMED_COLORS)
-            log_p = -color_distances(colours) / _COLOUR_SCALE
+        if phrase.noun and head is not None:
+            # Membership, not rank: P(noun | instance) against the label words it is not a
+            # synonym of, so that every mug fits 'mug' and colour or relation decide among them.
+            scores += self._learned_class(head, instances, phrase.noun, DEFAULT_VOCABULARY)
+            parts.append(f"category '{phrase.noun}' (learned)")
+        elif phrase.noun:
+            captions = describe_for_text(instances)
+            vectors = self._encoder.encode([phrase.noun, *captions])
+            similarity = vectors[1:] @ vectors[0]
+            scores += (similarity - similarity.max()) / _CAPTION_TEMPERATURE
+            parts.append(f"category '{phrase.noun}' (caption similarity, no learned embeddings)")
+        if phrase.colour and head is not None:
+            # Learned colour words see through the scene's shading, which mean colours do not.
+            scores += self._learned_class(head, instances, phrase.colour, list(NAMED_COLORS),
+                                          _COLOUR_PROMPT)
+            parts.append(f"colour '{phrase.colour}' (learned)")
+        elif phrase.colour and all(i.mean_color[3] > 0 for i in instances):
+            log_p = -color_distances(np.array([i.mean_color[:3] for i in instances])) \
+                / _COLOUR_SCALE
             log_p -= np.logaddexp.reduce(log_p, axis=1, keepdims=True)
-            fit = log_p[:, names.index(phrase.colour)]
-            if not all(i.mean_color[3] > 0 for i in instances):
-                parts.append(f"colour '{phrase.colour}' ignored (the cloud has no colour)")
-            else:
-                scores += fit - fit.max()
-                parts.append(f"colour '{phrase.colour}' (mean colour)")
+            scores += log_p[:, list(NAMED_COLORS).index(phrase.colour)]
+            parts.append(f"colour '{phrase.colour}' (mean colour)")
+        elif phrase.colour:
+            parts.append(f"colour '{phrase.colour}' ignored (the cloud has no colour)")
         if phrase.size:
             measure, sign = SIZE_WORDS[phrase.size]
             values = np.log(geometry.volume) if measure == 'volume' else \
@@ -325,18 +341,19 @@ class QueryEngine:
             return QueryResult(False, problem)
         if not instances:
             return QueryResult(False, 'the latest scene has no instances')
-        learned = self._head is not None and all(
-            len(i.embedding) == self._head.config.embed_dim for i in instances)
+        # Instances from the euclidean segmenter, or another head, carry no usable vectors.
+        head = self._head if self._head is not None and all(
+            len(i.embedding) == self._head.config.embed_dim for i in instances) else None
         parsed = parse_query(clean)
         geometry = _geometry(instances, frame_id)
         parts: list[str] = []
         if not (parsed.target.colour or parsed.target.size or parsed.relation or parsed.unary):
             # Nothing structural understood (another language, a bare noun): the whole text.
             parsed.target = Phrase(noun=parsed.target.noun or clean)
-        scores = self._phrase_scores(parsed.target, instances, geometry, learned, parts)
+        scores = self._phrase_scores(parsed.target, instances, geometry, head, parts)
         if parsed.relation and parsed.anchor is not None:
             anchor_parts: list[str] = []
-            anchor = np.exp(self._phrase_scores(parsed.anchor, instances, geometry, learned,
+            anchor = np.exp(self._phrase_scores(parsed.anchor, instances, geometry, head,
                                                 anchor_parts))
             fits = relation_matrix(parsed.relation, geometry) * anchor[None, :]
             np.fill_diagonal(fits, 0.0)

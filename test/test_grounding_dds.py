@@ -1,0 +1,98 @@
+"""The query service as a grasp planner calls it: segvec3d-up over DDS, learned segmenter and
+grounding head, a held-out synthetic scene, and queries whose answer the ground truth knows."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+
+from ros_harness import Client, start_executable, stop_process, wait_for
+from segvec3d_ros.tools.dds import isolate_dds
+
+isolate_dds()
+
+rclpy = pytest.importorskip('rclpy')
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from sensor_msgs.msg import PointCloud2  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
+
+from segvec3d_msgs.msg import InstanceArray  # noqa: E402
+from segvec3d_msgs.srv import QueryInstance  # noqa: E402
+from segvec3d_ros.data.scenes import generate_scene  # noqa: E402
+from segvec3d_ros.evaluation.datasets import EVAL_SEED_BASE, synthetic_ground_truth  # noqa: E402
+from segvec3d_ros.grounding.dataset import scene_truth  # noqa: E402
+from segvec3d_ros.grounding.evaluate import generate_queries  # noqa: E402
+from segvec3d_ros.io.pointcloud2 import decode_pointcloud2, encode_pointcloud2  # noqa: E402
+from segvec3d_ros.nodes.conversions import pointcloud2_msg  # noqa: E402
+
+pytestmark = pytest.mark.ros
+MODELS = Path(__file__).resolve().parents[1] / 'models'
+# A held-out scene with a unique-category query and a relation query among its answers.
+SEED = EVAL_SEED_BASE + 3
+FRAME = 'camera_color_optical_frame'
+
+
+@pytest.fixture(scope='module')
+def system():
+    """segvec3d-up with the bundled learned segmenter and grounding head."""
+    if not ((MODELS / 'segvec3d.onnx').is_file() and (MODELS / 'grounding.pt').is_file()):
+        pytest.skip('models/segvec3d.onnx and models/grounding.pt are not both there')
+    process = start_executable('segvec3d-up', '-p', 'segmenter:=segvec3d', '-p',
+                               'fallback_to_euclidean:=false', '-p', 'max_scene_age:=0.0')
+    client = Client('segvec3d_grasp_planner')
+    client.record(InstanceArray, 'segvec3d/instances')
+    client.points_pub = client.node.create_publisher(PointCloud2, 'points',
+                                                     qos_profile_sensor_data)
+    client.query = client.node.create_client(QueryInstance, 'segvec3d/query')
+    if not wait_for(lambda: process.poll() is not None
+                    or client.query.wait_for_service(timeout_sec=0.5), timeout=90.0) \
+            or process.poll() is not None:
+        _, out, err = stop_process(process)
+        pytest.fail(f'segvec3d-up did not come up:\n{out}\n{err}')
+    yield client
+    client.close()
+    _, _, err = stop_process(process)
+    assert 'Traceback' not in err, err
+
+
+def _iou(response_points: PointCloud2, target: np.ndarray) -> float:
+    """Overlap of the answer's points with the target object's points (same coordinates)."""
+    answer = decode_pointcloud2(response_points).xyz
+    if len(answer) == 0:
+        return 0.0
+    gap, _ = cKDTree(target).query(answer, distance_upper_bound=1e-6)
+    shared = int(np.isfinite(gap).sum())
+    return shared / (len(answer) + len(target) - shared)
+
+
+def test_category_and_relation_queries_return_the_right_instance(system):
+    scene = generate_scene(SEED, 'tabletop')
+    objects, centers, up = scene_truth(scene)
+    gt, _ = synthetic_ground_truth(scene)
+    visible = [k for k, o in enumerate(objects) if (gt == o.instance_id).any()]
+    queries = generate_queries(objects, visible, centers, up)
+    chosen = [next(q for q in queries if q.kind == kind) for kind in ('category', 'relation')]
+
+    header = Header(frame_id=FRAME)
+    header.stamp.sec = int(time.time())
+    msg = pointcloud2_msg(header, encode_pointcloud2(scene.cloud.xyz, scene.cloud.rgb,
+                                                     height=scene.cloud.height,
+                                                     width=scene.cloud.width))
+
+    def segmented() -> bool:
+        system.points_pub.publish(msg)
+        return any(m.header == header for m in system.received['segvec3d/instances'])
+    assert wait_for(segmented, timeout=120.0, interval=2.0), 'the scene was not segmented'
+    instances = next(m for m in system.received['segvec3d/instances'] if m.header == header)
+    time.sleep(1.0)     # the labeled points, which the answer carries, follow the instances
+    assert all(i.label and len(i.embedding) for i in instances.instances)
+
+    for query in chosen:
+        response = system.call(system.query, QueryInstance.Request(text=query.text, top_k=3))
+        assert response.success, response.message
+        assert response.header == header
+        target = scene.cloud.xyz[gt == objects[query.target].instance_id]
+        assert _iou(response.points, target) > 0.5, (query.text, response.message)
