@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from segvec3d_ros.bench.measure import measure_query, synthetic_instances
+from segvec3d_ros.bench.measure import measure_query, query_texts
+from segvec3d_ros.grounding.query import QueryEngine
+from segvec3d_ros.instances import InstanceInfo
 from segvec3d_ros.bench.report import (DDS_COLUMNS, Measurement, Setup, baseline_ratio,
                                        stage_order)
 from segvec3d_ros.model.export import export_onnx
@@ -91,14 +93,22 @@ def test_bad_options_are_refused(capsys):
     assert 'choose from euclidean, torch, onnxruntime' in capsys.readouterr().err
 
 
-def test_query_timing_repeats_warm_texts_and_asks_each_new_text_once():
+def test_query_timing_asks_each_text_once_then_repeats_them():
     encoder = HashEncoder()
-    timed = measure_query(encoder, synthetic_instances(20), repeats=40)
-    assert len(timed['cached']) == 40 and len(timed['new_text']) == 40
-    assert all(seconds > 0 for seconds in timed['cached'] + timed['new_text'])
-    warm, cached, new = encoder.queries[:40], encoder.queries[40:80], encoder.queries[80:]
-    assert len(set(warm)) == len(set(new)) == 40 and not set(warm) & set(new)
-    assert cached == warm
+    rng = np.random.default_rng(0)
+    instances = [InstanceInfo(id=i, num_points=100, centroid=rng.uniform(-1, 1, 3),
+                              bbox_center=rng.uniform(-1, 1, 3),
+                              bbox_quaternion=np.array([0.0, 0.0, 0.0, 1.0]),
+                              bbox_size=rng.uniform(0.05, 0.3, 3),
+                              mean_color=np.append(rng.uniform(0, 1, 3), 1.0))
+                 for i in range(1, 21)]
+    timed = measure_query(QueryEngine(encoder), instances, repeats=30)
+    assert len(timed['first_time']) == len(timed['cached']) == 30
+    assert all(seconds > 0 for seconds in timed['first_time'] + timed['cached'])
+    assert encoder.queries     # the engine did embed text
+    assert len(set(query_texts(252))) == 252
+    with pytest.raises(ValueError):
+        query_texts(253)
 
 
 def test_ratio_is_against_the_baseline_on_the_same_frame():

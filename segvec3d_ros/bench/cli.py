@@ -11,13 +11,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from segvec3d_ros.bench.measure import BenchError, bench_frame, run_isolated, save_frame
+from segvec3d_ros.bench.measure import (VGA_PIXELS, BenchError, bench_frame, run_isolated,
+                                        save_frame)
 from segvec3d_ros.bench.report import Measurement, Setup, markdown_report, plot_stages
 
 DEFAULT_SIZES = (20_000, 50_000, 200_000, 307_200)
 SETUPS = ('euclidean', 'torch', 'onnxruntime')
 DEVICES = ('cpu', 'cuda')
-QUERY_INSTANCES = 20
+QUERY_OBJECTS = 20
 
 
 def _sizes(text: str) -> list[int]:
@@ -80,7 +81,8 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
                         help='ROS params file (e.g. config/segvec3d.yaml) setting the pipeline')
     parser.add_argument('--seed', type=int, default=0, help='scene of the generated frames')
     parser.add_argument('--query-repeats', type=_at_least(0), default=200, metavar='R',
-                        help=f'timed text queries over {QUERY_INSTANCES} instances; 0 = none')
+                        help=f'timed text queries on a 640 x 480 frame of {QUERY_OBJECTS} '
+                             'objects, with the query node\'s engine; 0 = none')
     parser.add_argument('--dds', action='append', default=[], metavar='JSON',
                         help='a result of `python test/test_throughput.py --out JSON` to '
                              'include (repeatable)')
@@ -194,10 +196,19 @@ def run_bench(args: argparse.Namespace) -> int:
                       f'{measurement.median_ms("total"):7.1f} ms  p95 '
                       f'{measurement.p95_ms("total"):7.1f} ms', flush=True)
         if args.query_repeats > 0:
+            frame = folder / 'query_frame.npz'
+            save_frame(bench_frame(VGA_PIXELS, args.seed, QUERY_OBJECTS), frame)
+            # The scene's instances come from the learned segmenter where it can run, as
+            # in the product; its grounding head then gives them their embeddings.
+            learned = next((s for s in setups if s.backend == 'onnxruntime'), None)
+            segmenter = {'segmenter': 'segvec3d', 'model_path': learned.model_path,
+                         'device': learned.device} if learned else {'segmenter': 'euclidean'}
             try:
-                query = run_isolated({'kind': 'query', 'instances': QUERY_INSTANCES,
-                                      'repeats': args.query_repeats}, folder, args.timeout)
-                query['instances'] = QUERY_INSTANCES
+                query = run_isolated({'kind': 'query', 'frame': str(frame),
+                                      'repeats': args.query_repeats,
+                                      'config': dict(dataclasses.asdict(config), **segmenter)},
+                                     folder, args.timeout)
+                query['segmenter'] = learned.name if learned else 'euclidean'
             except BenchError as error:
                 skipped['text queries'] = str(error)
     if not measurements:

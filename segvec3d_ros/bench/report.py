@@ -134,11 +134,12 @@ def markdown_report(measurements: Sequence[Measurement], *, command: str, softwa
         lines += ['', f'![Median time per stage against frame size, per setup]({plot})']
     if query:
         lines += ['', '## Text queries', '',
-                  f'`QueryEngine.query` (top 5) over {query["instances"]} instances with the '
-                  'all-MiniLM-L6-v2 text encoder on the CPU, in one process:', '',
+                  f'`QueryEngine.query` (top 5), the query node\'s engine ({query["engine"]}), '
+                  f'on the {query["instances"]} instances {query["segmenter"]} finds in a '
+                  '640 × 480 frame of 20 objects, text encoder on the CPU, no DDS:', '',
                   '| query | runs | median ms | p95 ms |', '| --- | --- | --- | --- |']
-        for kind, label in (('cached', 'text and captions cached'),
-                            ('new_text', 'new text (one encoder pass), captions cached')):
+        for kind, label in (('cached', 'text asked before (embeddings cached)'),
+                            ('first_time', 'first time of each text')):
             values = 1e3 * np.asarray(query[kind])
             lines.append(f'| {label} | {len(values)} | {_ms(float(np.median(values)))} | '
                          f'{_ms(float(np.percentile(values, 95)))} |')
