@@ -1,4 +1,5 @@
-"""Latest-frame-only hand-off and frame statistics (ROS-free; the segmentation node uses them)."""
+"""Latest-frame-only hand-off, frame statistics and missed-frame counting (ROS-free; the
+segmentation node uses them)."""
 from __future__ import annotations
 
 import threading
@@ -45,6 +46,28 @@ class LatestSlot(Generic[T]):
         with self._condition:
             self._closed = True
             self._condition.notify_all()
+
+
+class SequenceGaps:
+    """Counts the messages a publisher sent that never arrived, from its sequence numbers.
+
+    Best-effort DDS drops silently when the subscription queue overflows or a packet is lost;
+    the publisher numbers its messages 1, 2, 3..., so a jump is the number missed. Numbers of
+    several publishers interleave and cannot be told apart, so those are not counted.
+    """
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+        self.missed = 0
+
+    def observe(self, sequence: int | None, single_publisher: bool) -> None:
+        """Note one arrival; `sequence` is None where the middleware does not number them."""
+        if sequence is None or not single_publisher:
+            self._last = None
+            return
+        if self._last is not None and sequence > self._last:
+            self.missed += sequence - self._last - 1
+        self._last = sequence  # a lower number: a restarted publisher, counted afresh
 
 
 @dataclass

@@ -15,7 +15,7 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
 from segvec3d_msgs.msg import InstanceArray
-from segvec3d_ros.frame_flow import FrameStats, LatestSlot
+from segvec3d_ros.frame_flow import FrameStats, LatestSlot, SequenceGaps
 from segvec3d_ros.io.pointcloud2 import CloudDecodeError, decode_pointcloud2
 from segvec3d_ros.nodes.conversions import (instance_array_msg, labeled_cloud_msg,
                                             marker_array_msg)
@@ -72,6 +72,7 @@ class SegmentationNode(Node):
 
         self._slot: LatestSlot[PointCloud2] = LatestSlot()
         self._stats = FrameStats()
+        self._missed = SequenceGaps()
         self._subscription = self.create_subscription(
             PointCloud2, 'points', self._on_cloud, qos_profile_sensor_data)
         self._diagnostics_timer = self.create_timer(
@@ -113,8 +114,10 @@ class SegmentationNode(Node):
         self._settings = read_settings(self, SegmentationNodeSettings, parameters)
         return result
 
-    def _on_cloud(self, msg: PointCloud2) -> None:
+    def _on_cloud(self, msg: PointCloud2, info: dict) -> None:
         self._stats.on_received()
+        self._missed.observe(info.get('publication_sequence_number'),
+                             self._subscription.get_publisher_count() == 1)
         self._slot.put(msg)
 
     def _work(self) -> None:
@@ -170,6 +173,7 @@ class SegmentationNode(Node):
             'frames_received': str(report.received),
             'frames_processed': str(report.processed),
             'frames_dropped': str(report.dropped),
+            'frames_missed': str(self._missed.missed),
             'frames_rejected': str(report.rejected),
             'frames_failed': str(report.failed),
             'last_problem': report.last_problem,
