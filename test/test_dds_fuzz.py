@@ -15,6 +15,7 @@ import pytest
 
 from ros_harness import (get_parameter, make_header, pipeline_diagnostics,
                          publish_msg_until_answered, tabletop_points, wait_for)
+from segvec3d_ros.frame_flow import SequenceGaps
 from segvec3d_ros.tools.dds import isolate_dds
 
 isolate_dds()
@@ -32,7 +33,7 @@ MALFORMED_PER_VALID = 7
 MALFORMED_GAP_S = 0.005    # at most 200 malformed messages a second
 FIELD_NAMES = ['x', 'y', 'z', 'rgb', 'rgba', 'label', 'X', '', 'x ']
 COUNTERS = ('frames_received', 'frames_processed', 'frames_rejected', 'frames_dropped',
-            'frames_failed')
+            'frames_missed', 'frames_failed')
 
 
 def base_clouds() -> list[PackedCloud]:
@@ -129,7 +130,8 @@ def test_malformed_and_valid_clouds_interleaved(system, messages: int) -> None:
     for index in range(messages):
         base = bases[index % len(bases)]
         msg = pointcloud2_msg(stamped(index), base)
-        if index % (MALFORMED_PER_VALID + 1) == 0:
+        # Valid frames come last in each group, so the run ends on an answered one.
+        if (index + 1) % (MALFORMED_PER_VALID + 1) == 0:
             valid += 1
             found = publish_msg_until_answered(system, msg, timeout=30.0, publish=publish)
             if not found:
@@ -153,24 +155,36 @@ def test_malformed_and_valid_clouds_interleaved(system, messages: int) -> None:
     delta = {key: value - before[key]
              for key, value in counters(pipeline_diagnostics(system)).items()}
     warnings = system.output_text.count('rejected a cloud:')
-    # Sensor-data QoS keeps 5 messages: when the executor falls behind a burst, the oldest are
-    # replaced before the node sees them, and DDS reports no loss for that.
-    before_node = sends - delta['frames_received']
     print(f'DDS fuzz: {messages} messages ({sends} sends) in {elapsed:.0f} s: {valid} valid, '
           f'{lost_valid} of them lost; {malformed} malformed, {expected_rejected} of which the '
-          f'codec rejects; {before_node} replaced in the subscription queue; node counts '
-          f'{delta}; {warnings} rejection warnings; mutations {mutations_seen}')
+          f'codec rejects; node counts {delta}; {warnings} rejection warnings; '
+          f'mutations {mutations_seen}')
 
     assert lost_valid == 0
     assert delta['frames_failed'] == 0
-    # Every frame the node took is accounted for exactly once.
+    # Every frame sent is accounted for exactly once: missed before the node (a full 5-deep
+    # sensor-data queue), or taken and then segmented, rejected or dropped as stale.
+    assert sends == delta['frames_missed'] + delta['frames_received']
     assert delta['frames_received'] == (delta['frames_processed'] + delta['frames_rejected']
                                         + delta['frames_dropped'])
-    assert 0 <= before_node < 0.1 * sends
-    # A malformed frame is rejected unless a later one replaced it first, in the node (a
-    # counted drop) or in the subscription queue.
-    assert (expected_rejected - delta['frames_dropped'] - before_node <= delta['frames_rejected']
-            <= expected_rejected)
+    assert delta['frames_missed'] < 0.1 * sends
+    # A malformed frame is rejected unless a later one replaced it first.
+    assert (expected_rejected - delta['frames_dropped'] - delta['frames_missed']
+            <= delta['frames_rejected'] <= expected_rejected)
     assert valid <= delta['frames_processed'] <= valid + malformed - expected_rejected
     # Throttled to one warning per 2 s, however many frames are rejected.
     assert 1 <= warnings <= elapsed / 2.0 + 2
+
+
+def test_sequence_gaps_count_what_one_publisher_sent_but_never_arrived() -> None:
+    gaps = SequenceGaps()
+    for sequence in [4, 5, 8, 9, 12]:   # the first sets the baseline
+        gaps.observe(sequence, single_publisher=True)
+    assert gaps.missed == 4
+    gaps.observe(1, single_publisher=True)      # a restarted publisher counts afresh
+    gaps.observe(3, single_publisher=True)
+    assert gaps.missed == 5
+    gaps.observe(10, single_publisher=False)    # interleaved numbers: not counted
+    gaps.observe(None, single_publisher=True)   # a middleware without numbers
+    gaps.observe(20, single_publisher=True)
+    assert gaps.missed == 5

@@ -143,7 +143,8 @@ def test_soak_frames_at_sensor_rate_with_queries(system, soak_seconds: float | N
     # every segmented one reached the client.
     assert delta['frames_received'] == delta['frames_processed'] + delta['frames_dropped']
     assert len(latency) == delta['frames_processed'] > 0
-    assert figures['lost_before_node'] <= 0.01 * len(sent_at)
+    # Frames the 5-deep sensor-data queue overflowed on are counted by the node as missed.
+    assert figures['lost_before_node'] == delta['frames_missed'] < 0.05 * len(sent_at)
     assert not failed_queries, failed_queries[:5]
     assert len(query_latency) >= QUERY_HZ * (duration - WARM_UP_S) / 2
     # A leak of even one 20k-point frame per second would add ~20 MiB a minute.
@@ -164,7 +165,8 @@ def write_report(figures: dict, soak_seconds: float) -> None:
         ('Segmented (all outputs at the client) / dropped as stale (counted)',
          f'{f["frames_processed"]} / {f["frames_dropped"]}'),
         ('Rejected / failed / crashes', f'{f["frames_rejected"]} / {f["frames_failed"]} / 0'),
-        ('Lost before the node (subscription queue)', str(f['lost_before_node'])),
+        ('Missed before the node (full subscription queue; counted)',
+         f'{f["frames_missed"]} ({100 * f["frames_missed"] / f["frames_sent"]:.1f} %)'),
         ('Latency publish -> instances at the client, median / p95',
          '{:.0f} / {:.0f} ms'.format(*f['latency_ms'])),
         ('Node latency (arrival -> published, last 5 s), median / p95',
