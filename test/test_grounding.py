@@ -177,6 +177,7 @@ def test_zero_shot_labels_fall_back_to_other_below_the_threshold():
     labels, scores = grounder.label(vectors)
     assert labels == ['mug', OTHER]
     assert scores[0] == pytest.approx(1.0, abs=1e-5) and abs(scores[1]) < 0.5
+    assert Grounder(head, [], 0.5, encoder).label(vectors)[0] == [OTHER, OTHER]
 
 
 def test_pipeline_labels_instances_with_a_matching_head_and_rejects_a_foreign_one(

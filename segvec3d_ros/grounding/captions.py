@@ -23,8 +23,8 @@ NOUNS: dict[str, tuple[str, ...]] = {
     'mug': ('mug',), 'cup': ('mug',), 'coffee mug': ('mug',), 'coffee cup': ('mug',),
     'ball': ('ball',), 'sphere': ('ball',), 'toy ball': ('ball',),
     'book': ('book',), 'notebook': ('book',), 'novel': ('book',),
-    'cylinder': ('can', 'bottle'), 'block': ('box', 'book'), 'container': ('box', 'can',
-                                                                            'bottle', 'bowl', 'mug'),
+    'cylinder': ('can', 'bottle'), 'block': ('box', 'book'),
+    'container': ('box', 'can', 'bottle', 'bowl', 'mug'),
     'object': CATEGORIES, 'thing': CATEGORIES, 'item': CATEGORIES, 'one': CATEGORIES,
 }
 # Material words the categories imply (the generator draws no materials).

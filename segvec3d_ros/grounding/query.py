@@ -330,7 +330,7 @@ class QueryEngine:
             values = np.log(geometry.volume) if measure == 'volume' else \
                 np.log(np.maximum(2 * geometry.half[:, 2], 1e-3))
             scores += _rank_term(sign * values, np.exp(scores), _SIZE_SCALE)
-            parts.append(f"size '{phrase.size}' ({'box volume' if measure == 'volume' else 'height'})")
+            parts.append(f"size '{phrase.size}' (box {measure})")
         return scores
 
     def query(self, text: str, instances: Sequence[InstanceInfo], top_k: int,

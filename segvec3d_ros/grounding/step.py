@@ -86,16 +86,18 @@ class Grounder:
         self.vocabulary = list(vocabulary)
         self.threshold = threshold
         texts = [prompt.format(word) for word in self.vocabulary for prompt in PROMPTS]
-        vectors = head.embed_texts(encoder.encode(texts)).reshape(len(self.vocabulary),
-                                                                  len(PROMPTS), -1).mean(axis=1)
-        self.label_vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        vectors = head.embed_texts(encoder.encode(texts)).reshape(
+            len(self.vocabulary), len(PROMPTS), head.config.embed_dim).mean(axis=1)
+        self.label_vectors = vectors / np.maximum(
+            np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
     def label(self, embeddings: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Zero-shot label ('other' below the threshold) and its cosine score per vector."""
+        if not self.vocabulary:
+            return [OTHER] * len(embeddings), np.zeros(len(embeddings), np.float32)
         scores = np.asarray(embeddings) @ self.label_vectors.T
-        best = scores.argmax(axis=1) if len(self.vocabulary) else np.zeros(len(scores), int)
-        top = scores[np.arange(len(scores)), best] if len(self.vocabulary) else \
-            np.zeros(len(scores))
+        best = scores.argmax(axis=1)
+        top = scores[np.arange(len(scores)), best]
         return ([self.vocabulary[b] if s >= self.threshold else OTHER for b, s in zip(best, top)],
                 top.astype(np.float32))
 

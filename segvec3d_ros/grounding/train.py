@@ -214,9 +214,10 @@ def _train_head(config: GroundingTrainConfig, table: InstanceTable, text: np.nda
         rows = torch.from_numpy(rng.choice(len(a), batch, replace=False))
         # One true caption per instance, drawn uniformly among its true ones
         draw = torch.rand(true_of.shape[0], batch).masked_fill(~true_of[:, rows], -1.0)
-        captions = torch.cat([draw.argmax(dim=0),
-                              torch.from_numpy(rng.integers(0, len(text), config.negative_captions))])
-        picks = torch.from_numpy(rng.random((batch, points.shape[1])).argsort(axis=1)[:, :per_step])
+        negatives = rng.integers(0, len(text), config.negative_captions)
+        captions = torch.cat([draw.argmax(dim=0), torch.from_numpy(negatives)])
+        picks = torch.from_numpy(
+            rng.random((batch, points.shape[1])).argsort(axis=1)[:, :per_step])
         sampled = torch.gather(points[rows], 1, picks[..., None].expand(-1, -1, points.shape[2]))
         v3d = head.instance_vectors(sampled.reshape(-1, points.shape[2]).float(), index, box[rows])
         vtxt = head.wtxt(text_t[captions])
