@@ -47,7 +47,7 @@ class PipelineConfig:
                                        range=(1, 1_000_000))
     cluster_tolerance: float = setting(0.02, 'Euclidean clustering radius in m',
                                        range=(0.001, 1.0))
-    embedding_radius: float = setting(0.4, 'learned segmenter: k-NN neighbours closer than '
+    embedding_radius: float = setting(0.3, 'learned segmenter: k-NN neighbours closer than '
                                       'this in embedding space join one instance',
                                       range=(0.01, 2.0))
     plane_distance: float = setting(0.01, 'RANSAC inlier distance of the support surface in m',

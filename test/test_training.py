@@ -10,8 +10,8 @@ import yaml
 from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.model.segvec3d import load_checkpoint
 from segvec3d_ros.tools.cli import main as cli_main
-from segvec3d_ros.training.dataset import majority_labels, working_sample
-from segvec3d_ros.training.train import TrainConfig, train
+from segvec3d_ros.training.dataset import Sample, majority_labels, working_sample
+from segvec3d_ros.training.train import TrainConfig, texture, train
 
 
 def test_majority_labels_pick_the_most_frequent_label_per_voxel():
@@ -74,3 +74,16 @@ def test_train_command_installs_the_weights(tmp_path):
     bad = tmp_path / 'bad.yaml'
     bad.write_text('stepz: 3\n')
     assert cli_main(['train', str(bad), '--out-dir', str(tmp_path / 'x')]) == 2
+
+
+def test_texture_paints_only_chosen_instances_and_varies_colour_within_them():
+    rng = np.random.default_rng(0)
+    xyz = rng.uniform(0, 0.3, (2000, 3)).astype(np.float32)
+    ids = np.r_[np.ones(1000), np.full(1000, 2)].astype(np.int64)
+    plain = np.full((2000, 3), 100, np.uint8)
+    sample = Sample(xyz, plain, ids)
+    untouched = texture(sample, 0.0, rng)
+    np.testing.assert_array_equal(untouched, plain)
+    painted = texture(sample, 1.0, rng)
+    for instance in (1, 2):
+        assert painted[ids == instance].std(axis=0).min() > 5.0

@@ -17,7 +17,8 @@ from segvec3d_ros.model.export import export_onnx
 from segvec3d_ros.model.features import input_features
 from segvec3d_ros.model.knn import knn_graph
 from segvec3d_ros.model.loss import PullPushLoss
-from segvec3d_ros.model.segvec3d import SegVec3D, SegVec3DConfig, save_checkpoint
+from segvec3d_ros.model.segvec3d import (SegVec3D, SegVec3DConfig, load_checkpoint,
+                                         save_checkpoint)
 from segvec3d_ros.training.dataset import Sample, SceneCache
 
 CHECKPOINT = 'last.pt'
@@ -44,6 +45,8 @@ class TrainConfig:
     edge_pairs: int = 8192
     label_fraction: float = 1.0         # weak supervision: share of points whose id is used
     augment: bool = True
+    texture_prob: float = 0.0           # share of instances given a random blotchy texture
+    init_weights: str = ''              # start from this SegVec3D checkpoint (fine-tuning)
     checkpoint_every: int = 200
     cache_dir: str = '.cache/segvec3d/scenes'
     model: dict[str, Any] = field(default_factory=dict)    # SegVec3DConfig fields
@@ -62,8 +65,29 @@ class TrainConfig:
         return SegVec3DConfig(**self.model)
 
 
-def augment(sample: Sample, rng: np.random.Generator) -> Sample:
-    """Small sensor-frame rotations, scale and colour changes, and point dropout.
+def texture(sample: Sample, probability: float, rng: np.random.Generator) -> np.ndarray:
+    """Colours with a random blotchy texture on about `probability` of the instances.
+
+    The generator paints every object in one colour, so a colour edge would always mean an
+    instance boundary; real objects carry prints and labels. Random cells of 1-6 cm in
+    random colours, blended over the base colour, break that shortcut.
+    """
+    rgb = sample.rgb.astype(np.float64)
+    ids = sample.instance_ids
+    chosen = np.flatnonzero(rng.random(int(ids.max(initial=0)) + 1) < probability)
+    for instance in chosen[chosen > 0]:
+        members = np.flatnonzero(ids == instance)
+        cell = rng.uniform(0.01, 0.06)
+        keys = np.floor(sample.xyz[members] / cell).astype(np.int64)
+        _, cells = np.unique(keys, axis=0, return_inverse=True)
+        palette = rng.integers(0, 256, size=(int(cells.max(initial=0)) + 1, 3))
+        blend = rng.uniform(0.3, 0.9)
+        rgb[members] = (1 - blend) * rgb[members] + blend * palette[cells.reshape(-1)]
+    return rgb
+
+
+def augment(sample: Sample, rng: np.random.Generator, texture_prob: float = 0.0) -> Sample:
+    """Small sensor-frame rotations, scale and colour changes, textures, and point dropout.
 
     Rotations stay small and about the sensor so that normals still face the sensor and the
     support plane stays where a camera would see it.
@@ -76,7 +100,7 @@ def augment(sample: Sample, rng: np.random.Generator) -> Sample:
                 @ np.array([[cp, 0, sp], [0, 1, 0], [-sp, 0, cp]]))
     xyz = (sample.xyz @ rotation.T * rng.uniform(0.92, 1.08)).astype(np.float32)
     gain = rng.uniform(0.7, 1.3) * rng.uniform(0.9, 1.1, size=3)
-    rgb = sample.rgb * gain + rng.normal(0.0, 4.0, size=sample.rgb.shape)
+    rgb = texture(sample, texture_prob, rng) * gain + rng.normal(0.0, 4.0, size=sample.rgb.shape)
     keep = rng.random(len(xyz)) >= rng.uniform(0.0, 0.2)
     return Sample(xyz[keep], np.clip(rgb, 0, 255).astype(np.uint8)[keep],
                   sample.instance_ids[keep])
@@ -124,8 +148,10 @@ def train(config: TrainConfig, out_dir: str | Path, device: str = 'auto',
     out.mkdir(parents=True, exist_ok=True)
     torch_device = pick_device(device)
     torch.manual_seed(config.seed)
-    network = config.network_config()
-    model = SegVec3D(network).to(torch_device)
+    # Fine-tuning keeps the architecture of the checkpoint it starts from.
+    model = (load_checkpoint(config.init_weights) if config.init_weights
+             else SegVec3D(config.network_config())).to(torch_device).train()
+    network = model.config
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
                                   weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _learning_rate_factor(config))
@@ -163,7 +189,7 @@ def train(config: TrainConfig, out_dir: str | Path, device: str = 'auto',
             drawn = [d for d in drawn if len(np.unique(d[1].instance_ids)) > 1] or drawn
             seeds, samples = [d[0] for d in drawn], [d[1] for d in drawn]
             if config.augment:
-                samples = [augment(s, rng) for s in samples]
+                samples = [augment(s, rng, config.texture_prob) for s in samples]
             features, xyz, knn, batch, ranges = _batch(samples, network, torch_device)
             embeddings, _ = model(features, xyz, knn, batch)
             loss = sum(
