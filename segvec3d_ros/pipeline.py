@@ -65,7 +65,7 @@ class PipelineConfig:
                                         'empty = the bundled models/grounding.pt')
     label_vocabulary: list[str] = setting(DEFAULT_VOCABULARY, 'zero-shot instance labels '
                                           '(learned segmenter with a grounding head)')
-    label_threshold: float = setting(0.3, 'an instance whose best label scores below this '
+    label_threshold: float = setting(0.1, 'an instance whose best label scores below this '
                                      'cosine is labelled other', range=(-1.0, 1.0))
 
     def validate(self) -> None:
