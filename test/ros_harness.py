@@ -69,6 +69,12 @@ LARGE_CLOUDS_FASTDDS_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
 """
 
 
+def separate_domain_env() -> dict[str, str]:
+    """A DDS domain of its own for a second system beside the module's (isolate_dds() domains
+    are 1-100), so that neither hears the other."""
+    return {'ROS_DOMAIN_ID': str(int(os.environ['ROS_DOMAIN_ID']) + 100)}
+
+
 def large_clouds_env(folder: Path) -> dict[str, str]:
     """Environment giving a new process's DDS participants room for clouds of many MB."""
     profile = folder / 'fastdds_large_clouds.xml'
@@ -98,22 +104,26 @@ def stop_process(process: subprocess.Popen, sig: int = signal.SIGINT,
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    """Poll until predicate() is truthy; return its value, or None at the timeout."""
+    """Poll until predicate() is truthy; return its value, or None at the timeout.
+
+    The predicate is asked at least once, so a timeout of 0 is a plain check.
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         value = predicate()
         if value:
             return value
+        if time.monotonic() >= deadline:
+            return None
         time.sleep(interval)
-    return None
 
 
 class Client:
     """A test-side rclpy node spinning in a background thread, recording what it receives."""
 
-    def __init__(self, name: str = 'segvec3d_test_client') -> None:
+    def __init__(self, name: str = 'segvec3d_test_client', domain_id: int | None = None) -> None:
         self.context = rclpy.Context()
-        rclpy.init(context=self.context)
+        rclpy.init(context=self.context, domain_id=domain_id)
         self.node = Node(name, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -162,6 +172,7 @@ class UpClient(Client):
 
     def __init__(self, *ros_args: str, name: str = 'segvec3d_test_client',
                  env: Mapping[str, str] | None = None, startup_timeout: float = 60.0) -> None:
+        """Start segvec3d-up with `ros_args` and extra `env`, which may set its ROS_DOMAIN_ID."""
         isolate_dds()
         self.process = start_executable('segvec3d-up', *ros_args, env=env)
         self.output: list[str] = []
@@ -169,7 +180,8 @@ class UpClient(Client):
                          for stream in (self.process.stdout, self.process.stderr)]
         for reader in self._readers:
             reader.start()
-        super().__init__(name)
+        domain = (env or {}).get('ROS_DOMAIN_ID')
+        super().__init__(name, None if domain is None else int(domain))
         self.record(PointCloud2, 'segvec3d/labeled_points')
         self.record(InstanceArray, 'segvec3d/instances')
         self.record(MarkerArray, 'segvec3d/markers')
@@ -302,12 +314,17 @@ def publish_msg_until_answered(client: UpClient, msg: PointCloud2, timeout: floa
     return None
 
 
+def cloud_msg(header: Header, xyz: np.ndarray, rgb: np.ndarray | None = None,
+              height: int = 1) -> PointCloud2:
+    """The PointCloud2 the codec writes for these points."""
+    return pointcloud2_msg(header, encode_pointcloud2(xyz, rgb, height=height))
+
+
 def publish_until_answered(client: UpClient, xyz: np.ndarray, rgb: np.ndarray | None,
                            header: Header, height: int = 1,
                            timeout: float = 60.0) -> dict[str, Any] | None:
     """Encode and publish a cloud until all its outputs arrive; None at the timeout."""
-    msg = pointcloud2_msg(header, encode_pointcloud2(xyz, rgb, height=height))
-    return publish_msg_until_answered(client, msg, timeout)
+    return publish_msg_until_answered(client, cloud_msg(header, xyz, rgb, height), timeout)
 
 
 def query(client: UpClient, text: str, top_k: int = 1) -> QueryInstance.Response:
@@ -322,6 +339,11 @@ def pipeline_diagnostics(client: Client) -> dict[str, str] | None:
             if status.name.endswith('pipeline'):
                 return {kv.key: kv.value for kv in status.values}
     return None
+
+
+def diagnostics_count(client: Client, key: str) -> int:
+    """A counter of the latest pipeline diagnostics, e.g. frames_rejected; 0 before the first."""
+    return int((pipeline_diagnostics(client) or {}).get(key, 0))
 
 
 def set_parameter(client: Client, node: str, name: str, value: Any) -> SetParametersResult:

@@ -16,36 +16,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ros_harness import (ChildPublisher, Client, UpClient, get_parameter, large_clouds_env,
-                         make_header, outputs_for, pipeline_diagnostics,
-                         publish_msg_until_answered, publish_until_answered, query,
-                         set_parameter, start_executable, stop_process, tabletop_points,
-                         wait_for)
+from ros_harness import (ChildPublisher, Client, UpClient, cloud_msg, diagnostics_count,
+                         get_parameter, large_clouds_env, make_header, outputs_for,
+                         pipeline_diagnostics, publish_msg_until_answered,
+                         publish_until_answered, query, separate_domain_env, set_parameter,
+                         start_executable, stop_process, tabletop_points, wait_for)
 from segvec3d_ros.tools.dds import isolate_dds
 
 isolate_dds()
 
 rclpy = pytest.importorskip('rclpy')
-from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import Marker  # noqa: E402
 
 from segvec3d_ros.io.pointcloud2 import (FLOAT32, FLOAT64, POINT_FIELD_TYPES, UINT16,  # noqa: E402
-                                         UINT32, decode_pointcloud2, encode_pointcloud2,
-                                         pack_rgb)
-from segvec3d_ros.nodes.conversions import pointcloud2_msg  # noqa: E402
+                                         UINT32, decode_pointcloud2, pack_rgb)
 
 pytestmark = pytest.mark.ros
 UNKNOWN_DATATYPE = 42
 MiB = 2**20
-
-
-def cloud_msg(header: Header, xyz: np.ndarray, rgb: np.ndarray | None = None,
-              height: int = 1) -> PointCloud2:
-    """The message the codec writes for these points."""
-    return pointcloud2_msg(header, encode_pointcloud2(xyz, rgb, height=height))
 
 
 def columns_msg(header: Header, columns: dict[str, tuple[int, np.ndarray]],
@@ -65,11 +55,6 @@ def columns_msg(header: Header, columns: dict[str, tuple[int, np.ndarray]],
         point_step=dtype.itemsize, row_step=n * dtype.itemsize, data=records.tobytes(),
         fields=[PointField(name=name, offset=dtype.fields[name][1], datatype=datatype, count=1)
                 for name, (datatype, _) in columns.items()])
-
-
-def diagnostics_count(client: Client, key: str) -> int:
-    """A counter of the latest pipeline diagnostics; 0 before the first."""
-    return int((pipeline_diagnostics(client) or {}).get(key, 0))
 
 
 def small_tabletop(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -311,16 +296,13 @@ def _random_file(path: Path) -> Path:
     return path
 
 
-# Nodes started beside the module's segvec3d-up get a namespace, so that no call reaches the
-# other node of the same name.
-APART = 'apart'
-
-
 def start_with_model(model: Path, fallback: bool) -> subprocess.Popen:
-    """segmentation_node set to the learned segmenter with this model file."""
-    return start_executable('segmentation_node', '-r', f'__ns:=/{APART}',
-                            '-p', 'segmenter:=segvec3d', '-p', f'model_path:={model}',
-                            '-p', f'fallback_to_euclidean:={str(fallback).lower()}')
+    """segmentation_node set to the learned segmenter with this model file, in a domain apart
+    from the module's segvec3d-up (which has a node of the same name)."""
+    return start_executable('segmentation_node', '-p', 'segmenter:=segvec3d',
+                            '-p', f'model_path:={model}',
+                            '-p', f'fallback_to_euclidean:={str(fallback).lower()}',
+                            env=separate_domain_env())
 
 
 @pytest.mark.parametrize('kind', BAD_MODELS)
@@ -341,10 +323,9 @@ def test_unusable_model_with_fallback_warns_and_segments_euclidean(tmp_path: Pat
                                                                    kind: str) -> None:
     model = BAD_MODELS[kind](tmp_path)
     process = start_with_model(model, fallback=True)
-    client = Client('segvec3d_model_test')
+    client = Client('segvec3d_model_test', int(separate_domain_env()['ROS_DOMAIN_ID']))
     try:
-        assert get_parameter(client, f'{APART}/segvec3d_segmentation',
-                             'segmenter') == 'euclidean'
+        assert get_parameter(client, 'segvec3d_segmentation', 'segmenter') == 'euclidean'
         assert process.poll() is None
     finally:
         client.close()
@@ -356,7 +337,7 @@ def test_unusable_model_with_fallback_warns_and_segments_euclidean(tmp_path: Pat
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_signal_while_the_query_node_loads_stops_cleanly(sig: int) -> None:
-    process = start_executable('segvec3d-up', '-r', f'__ns:=/{APART}')
+    process = start_executable('segvec3d-up', env=separate_domain_env())
     seen = []
     # The segmentation node is up when it says so; then the query node loads for seconds.
     for line in iter(process.stderr.readline, ''):
@@ -397,7 +378,7 @@ def huge_tabletop(n: int, seed: int) -> tuple[np.ndarray, int]:
 @pytest.mark.parametrize('n', [1_500_000, pytest.param(5_000_000, marks=pytest.mark.slow)])
 def test_huge_clouds_are_capped_in_bounded_time_and_memory(tmp_path: Path, n: int) -> None:
     # Clouds of many MB need a DDS set-up for them, in the node and in the publisher.
-    env = large_clouds_env(tmp_path)
+    env = {**large_clouds_env(tmp_path), **separate_domain_env()}
     up = UpClient('-p', 'max_scene_age:=0.0', env=env)
     publisher = ChildPublisher(env)
     try:

@@ -10,7 +10,6 @@ import random
 import time
 from collections.abc import Callable
 
-import numpy as np
 import pytest
 
 from ros_harness import (get_parameter, make_header, pipeline_diagnostics,

@@ -7,8 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from ros_harness import (make_header, pipeline_diagnostics, publish_until_answered, query,
-                         start_executable, stop_process, tabletop_points, wait_for)
+from ros_harness import (diagnostics_count, make_header, pipeline_diagnostics,
+                         publish_until_answered, query, start_executable, stop_process,
+                         tabletop_points, wait_for)
 from segvec3d_ros.tools.dds import isolate_dds
 
 isolate_dds()
@@ -113,8 +114,7 @@ def test_bad_clouds_are_rejected_and_counted_and_the_next_good_one_is_processed(
     no_frame = make_header(frame_id='')
     system.points_pub.publish(pointcloud2_msg(no_frame, encode_pointcloud2(
         np.zeros((10, 3), np.float32))))
-    assert wait_for(lambda: int((pipeline_diagnostics(system) or {}).get('frames_rejected', 0))
-                    >= 1, timeout=10.0)
+    assert wait_for(lambda: diagnostics_count(system, 'frames_rejected') >= 1, timeout=10.0)
 
     xyz, rgb, _ = tabletop_points(seed=4)
     assert publish_until_answered(system, xyz, rgb, make_header())
