@@ -144,7 +144,7 @@ def test_invalid_parameters_are_rejected_with_a_reason_and_the_old_value_kept(sy
     values = system.call(get_client, GetParameters.Request(
         names=['voxel_size', 'segmenter', 'min_instance_points'])).values
     assert values[0].double_value == pytest.approx(0.01)
-    assert values[1].string_value == 'euclidean'
+    assert values[1].string_value == 'segvec3d'  # config/segvec3d.yaml's, unchanged
     assert values[2].integer_value == 40
 
 
