@@ -42,6 +42,8 @@ def absorb_fragments(labels: np.ndarray, knn_index: np.ndarray, min_size: int,
     Boundary points between two objects get mixed embeddings and form slivers of their own;
     they belong to one of the objects they touch, not to no object. Each round hands every
     unassigned point the label of its nearest assigned k-NN neighbour (negative index = none).
+    A small cluster that touches no large one stays as it is: it may be a whole small object
+    (or many identical points in one voxel), which the caller's size filter then judges.
     """
     counts = np.bincount(labels, minlength=1)
     out = np.where(counts[labels] >= min_size, labels, 0)
@@ -59,6 +61,7 @@ def absorb_fragments(labels: np.ndarray, knn_index: np.ndarray, min_size: int,
         found = has.any(axis=1)
         out[rows[found]] = neighbour_labels[found, first[found]]
         pending[rows[found]] = False
+    out[pending] = labels[pending] + out.max(initial=0)
     return rank_labels(out)[0]
 
 

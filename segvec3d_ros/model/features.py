@@ -16,9 +16,11 @@ def input_features(xyz: np.ndarray, rgb: np.ndarray | None, config: SegVec3DConf
     pts = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
     columns = [pts - pts.mean(axis=0) if len(pts) else pts]
     if config.use_rgb:
-        if rgb is None:
-            raise ValueError('the model was trained with colour (use_rgb) but the cloud has none')
-        columns.append(np.asarray(rgb, dtype=np.float64).reshape(-1, 3) / 255.0)
+        # A colourless cloud (LiDAR, depth-only camera) gets one uniform mid gray, which carries
+        # no instance boundary, so the embeddings rest on geometry alone.
+        colour = (np.full((len(pts), 3), 0.5) if rgb is None
+                  else np.asarray(rgb, dtype=np.float64).reshape(-1, 3) / 255.0)
+        columns.append(colour)
     if config.use_normals:
         columns.append(estimate_normals(pts, config.normal_radius, config.normal_max_nn))
     return np.concatenate(columns, axis=1).astype(np.float32)
