@@ -328,3 +328,16 @@ def test_query_latency_with_cached_text_is_small():
     for _ in range(20):
         engine.query('the red mug left of the bowl', instances, 1)
     assert (time.perf_counter() - start) / 20 < 0.05
+
+
+def test_bundled_head_matches_the_bundled_segmentation_model():
+    from segvec3d_ros.model.segmenter import LearnedSegmenter, bundled_model_path
+    if not (bundled_model_path().is_file() and step.bundled_grounding_path().is_file()):
+        pytest.skip('models/segvec3d.onnx or models/grounding.pt is absent')
+    _, metadata = load_grounding(step.bundled_grounding_path())
+    probe = step.backbone_probe(LearnedSegmenter(PipelineConfig(segmenter='segvec3d',
+                                                                device='cpu')))
+    stored = np.asarray(metadata['backbone_probe'])
+    assert np.linalg.norm(probe - stored) <= 1e-2 * np.linalg.norm(stored), (
+        'models/grounding.pt was trained on another segmentation model: run segvec3d '
+        'train-grounding configs/grounding.yaml --out-dir runs/grounding --install models')

@@ -29,7 +29,8 @@ from segvec3d_ros.pipeline import Pipeline
 
 QUERY_TYPES = ('category', 'colour', 'attribute', 'relation', 'camera')
 SYSTEMS = ('segvec3d (predicted instances)', 'segvec3d (ground-truth masks)',
-           'random instance', 'label-text rule')
+           'random instance', 'label-text rule',
+           'target segmented (bound for predicted instances)')
 # m: a relation holds when a centre is this much beyond the anchor's (and fails when as much
 # short of it), so that small localisation errors do not decide a query
 _CLEAR = 0.05
@@ -148,6 +149,7 @@ def answer_queries(grounded: GroundedScene, queries: Sequence[Query], engine: Qu
         predicted = grounded.predicted
         found = predicted.objects == query.target
         hits[SYSTEMS[2]] = float(found.sum() / max(len(found), 1))
+        hits[SYSTEMS[4]] = float(found.any())
         hits[SYSTEMS[3]] = float(bool(predicted.instances) and predicted.objects[
             _label_rule(query.text, predicted, encoder)] == query.target)
         outcomes.append(Outcome(query.kind, hits, seconds))
@@ -256,7 +258,8 @@ def markdown_section(report: GroundingReport, command: str, plot: str) -> str:
         f'segmentation, grounding and all queries.',
         '',
         'Top-1 accuracy (%) of the query service\'s answer; a hit is the instance that '
-        'overlaps the target object with IoU > 0.5 (random: expected accuracy).',
+        'overlaps the target object with IoU > 0.5 (random: expected accuracy; last row: '
+        'share of queries whose target the segmenter produced at all).',
         '',
         header, *rows, f'| queries | {counts} |',
         '',

@@ -29,7 +29,7 @@ from segvec3d_ros.colors import srgb_to_lab
 from segvec3d_ros.instances import InstanceInfo
 
 BOX_CHANNELS = 6        # log sorted box extents (3) and mean colour in L*a*b* / 100 (3)
-GEOMETRY_CHANNELS = 7   # a point's place in its instance's box, relative and in metres
+GEOMETRY_CHANNELS = 9   # a point's place in its instance's box and its surface's facing
 _MIN_EXTENT = 1e-3      # m; keeps the log of a degenerate (flat) box finite
 
 
@@ -126,13 +126,16 @@ def _multi_positive_nll(logits: Tensor, positives: Tensor) -> Tensor:
     return (torch.logsumexp(logits, dim=1) - positive).mean()
 
 
-def point_geometry(xyz: np.ndarray, index: np.ndarray,
+def point_geometry(xyz: np.ndarray, normals: np.ndarray, index: np.ndarray,
                    instances: list[InstanceInfo]) -> np.ndarray:
-    """(M, GEOMETRY_CHANNELS) float32: where each point lies in the box of instances[index].
+    """(M, GEOMETRY_CHANNELS) float32: where each point lies in the box of instances[index],
+    and how its surface (unit `normals`, either sign) faces.
 
     Box coordinates x, y, z (z is the support normal when the box stands on a plane) as
     |x|/hx, |y|/hy, z/hz, |x|, |y|, z in metres and the distance from the box's z axis over
-    the half footprint diagonal: invariant to the box's yaw and mirror symmetry.
+    the half footprint diagonal; the normal's |z| and its |component| along the horizontal
+    direction from the box's axis (1 on a cylinder's side, varying on a cuboid's). All are
+    invariant to the box's yaw, its mirror symmetry and the normals' orientation.
     """
     if len(xyz) == 0:
         return np.zeros((0, GEOMETRY_CHANNELS), np.float32)
@@ -140,9 +143,13 @@ def point_geometry(xyz: np.ndarray, index: np.ndarray,
     centres = np.array([i.bbox_center for i in instances], dtype=np.float64)
     half = np.maximum(np.array([i.bbox_size for i in instances]) / 2, _MIN_EXTENT)[index]
     local = np.einsum('mk,mkj->mj', np.asarray(xyz, np.float64) - centres[index], axes[index])
-    radial = np.hypot(local[:, 0], local[:, 1]) / np.hypot(half[:, 0], half[:, 1])
+    facing = np.einsum('mk,mkj->mj', np.asarray(normals, np.float64), axes[index])
+    distance = np.hypot(local[:, 0], local[:, 1])
+    outward = np.abs(np.einsum('mj,mj->m', facing[:, :2], local[:, :2])) \
+        / np.maximum(distance, 1e-6)
     folded = np.column_stack([np.abs(local[:, :2]), local[:, 2]])
-    return np.column_stack([folded / half, folded, radial]).astype(np.float32)
+    return np.column_stack([folded / half, folded, distance / np.hypot(half[:, 0], half[:, 1]),
+                            np.abs(facing[:, 2]), outward]).astype(np.float32)
 
 
 def box_term(instances: list[InstanceInfo]) -> np.ndarray:

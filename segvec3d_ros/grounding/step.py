@@ -11,6 +11,7 @@ import numpy as np
 from segvec3d_ros.grounding.model import GroundingHead, load_grounding, point_geometry
 from segvec3d_ros.grounding.vocabulary import OTHER, PROMPTS
 from segvec3d_ros.instances import InstanceInfo
+from segvec3d_ros.model.features import estimate_normals
 from segvec3d_ros.segmentation.base import Segmenter
 
 if TYPE_CHECKING:
@@ -18,6 +19,10 @@ if TYPE_CHECKING:
     from segvec3d_ros.pipeline import PipelineConfig
 
 GROUNDING_FILE = 'grounding.pt'
+# Normals of instance points: a few working voxels (1 cm) across, so that a handle or a rim
+# shows, and estimated on the instances' points alone.
+_NORMAL_RADIUS = 0.03
+_NORMAL_NEIGHBOURS = 20
 # Relative deviation of the probe features above which a backbone is not the one trained with.
 _PROBE_TOLERANCE = 1e-2
 
@@ -50,9 +55,11 @@ def grounding_inputs(xyz: np.ndarray, features: np.ndarray, ids: np.ndarray,
     slot[[i.id for i in instances]] = np.arange(len(instances))
     index = slot[np.asarray(ids, dtype=np.int64)]
     rows = np.flatnonzero(index >= 0)
+    points = np.asarray(xyz, dtype=np.float64)[rows]
+    normals = (estimate_normals(points, _NORMAL_RADIUS, _NORMAL_NEIGHBOURS) if len(rows)
+               else np.zeros((0, 3)))
     inputs = np.concatenate([np.asarray(features, np.float32)[rows],
-                             point_geometry(np.asarray(xyz)[rows], index[rows], instances)],
-                            axis=1)
+                             point_geometry(points, normals, index[rows], instances)], axis=1)
     return inputs, index[rows]
 
 

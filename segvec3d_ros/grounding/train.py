@@ -134,7 +134,8 @@ class InstanceCache:
         self.config = config
         recipe = json.dumps({'probe': np.round(probe, 4).tolist(),
                              'pipeline': asdict(config.pipeline_config()),
-                             'scene': config.scene, 'points': config.points_per_instance},
+                             'scene': config.scene, 'points': config.points_per_instance,
+                             'geometry': GEOMETRY_CHANNELS},
                             sort_keys=True, default=str)
         self.directory = (Path(config.cache_dir)
                           / hashlib.sha1(recipe.encode()).hexdigest()[:12])
