@@ -19,6 +19,7 @@ SPECIAL_VALUES = np.array([np.nan, np.inf, -np.inf, F32_MAX, -F32_MAX, 0.0, -0.0
 SCALES = [1e-38, 1e-6, 1e-3, 1.0, 10.0, 1e3, 1e9, 1e30, F32_MAX / 4]
 CONFIGS = {
     'default': PipelineConfig(),
+    'learned (the shipped params)': PipelineConfig(segmenter='segvec3d', device='cpu'),
     'no voxels, single-point instances': PipelineConfig(voxel_size=0.0, min_instance_points=1),
     'range-limited, small cap': PipelineConfig(max_range=2.0, max_points=100,
                                                min_instance_points=1),

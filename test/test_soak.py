@@ -128,7 +128,8 @@ def test_soak_frames_at_sensor_rate_with_queries(system, soak_seconds: float | N
     # A leak keeps growing; allocator and DDS pools settle, so the second half tells them apart.
     heap_growth_second_half = settled[-1][1] - settled[len(settled) // 2][1]
     figures = {
-        'duration_s': elapsed, 'frames_sent': len(sent_at), **delta,
+        'segmenter': after['segmenter'], 'duration_s': elapsed, 'frames_sent': len(sent_at),
+        **delta,
         'frames_answered': len(latency),
         'lost_before_node': len(sent_at) - delta['frames_received'],
         'latency_ms': percentiles(latency), 'node_latency_ms': (
@@ -165,6 +166,7 @@ def write_report(figures: dict, soak_seconds: float) -> None:
     rows = [
         ('Duration', f'{f["duration_s"]:.0f} s of 20k-point frames at {FRAME_HZ:.0f} Hz, '
                      f'queries at {QUERY_HZ:.0f} Hz'),
+        ('Segmenter (config/segvec3d.yaml)', f['segmenter']),
         ('Frames sent / received by the node', f'{f["frames_sent"]} / {f["frames_received"]}'),
         ('Segmented (all outputs at the client) / dropped as stale (counted)',
          f'{f["frames_processed"]} / {f["frames_dropped"]}'),
