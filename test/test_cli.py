@@ -113,7 +113,7 @@ def test_segment_overrides_and_bad_settings(inputs, tmp_path, capsys):
                      '--voxel-size', '0.05']) == 2  # not below cluster_tolerance 0.02
     assert 'cluster_tolerance' in capsys.readouterr().err
     config = cli.pipeline_config(PARAMS_FILE, voxel_size=0.005, segmenter=None)
-    assert config.voxel_size == 0.005 and config.segmenter == 'euclidean'
+    assert config.voxel_size == 0.005 and config.segmenter == 'segvec3d'  # the params file's
 
 
 def test_the_installed_command_runs(inputs, tmp_path):
