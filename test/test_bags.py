@@ -223,9 +223,11 @@ def test_segvec3d_play_publishes_the_recorded_messages_at_the_scaled_rate(input_
     for stamp, (_, msg) in zip(stamps, arrivals):
         assert msg == deserialize_message(recorded[stamp], PointCloud2)  # nothing converted
     assert len(set(stamps)) == 3
-    # 0.5 s apart in the bag, so about 0.25 s apart at rate 2 (a loop restarts at once)
+    # 0.5 s apart in the bag, so about 0.25 s apart at rate 2 (a loop restarts at once);
+    # arrival times jitter on a loaded machine, so only the mean gap is held to the rate, and
+    # unpaced publishing (gaps near 0) still fails.
     gaps = np.diff([t for t, _ in arrivals])[np.diff(stamps) > 0]
-    assert gaps.min() > 0.2, gaps
+    assert 0.18 < gaps.mean() < 0.5, gaps
 
 
 @pytest.mark.ros
