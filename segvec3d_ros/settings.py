@@ -97,3 +97,12 @@ def settings_from_params_file(path: str | Path, node_name: str, settings_class: 
         if problem:
             raise ValueError(f'{path}: {problem}')
     return settings_class(**values)
+
+
+def dataclass_from_yaml(path: str | Path, settings_class: type, what: str) -> Any:
+    """Build `settings_class` from a YAML mapping; unknown keys are an error naming them."""
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    unknown = set(values) - {f.name for f in dataclasses.fields(settings_class)}
+    if unknown:
+        raise ValueError(f'{path}: unknown {what} settings {sorted(unknown)}')
+    return settings_class(**values)

@@ -28,6 +28,7 @@ from segvec3d_ros.grounding.model import (GEOMETRY_CHANNELS, GroundingConfig, Gr
 from segvec3d_ros.grounding.step import (Encoder, Grounder, backbone_probe,
                                          shared_text_encoder)
 from segvec3d_ros.pipeline import Pipeline, PipelineConfig, make_segmenter
+from segvec3d_ros.settings import dataclass_from_yaml
 
 MASKS = ('gt', 'predicted', 'both')
 OUTPUT = 'grounding.pt'
@@ -59,11 +60,7 @@ class GroundingTrainConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> GroundingTrainConfig:
         """Read a YAML config; unknown keys and unusable values are errors naming them."""
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f'{path}: unknown grounding settings {sorted(unknown)}')
-        config = cls(**values)
+        config = dataclass_from_yaml(path, cls, 'grounding')
         config.validate()
         return config
 

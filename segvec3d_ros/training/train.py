@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from segvec3d_ros.model.knn import knn_graph
 from segvec3d_ros.model.loss import PullPushLoss
 from segvec3d_ros.model.segvec3d import (SegVec3D, SegVec3DConfig, load_checkpoint,
                                          save_checkpoint)
+from segvec3d_ros.settings import dataclass_from_yaml
 from segvec3d_ros.training.dataset import Sample, SceneCache
 
 CHECKPOINT = 'last.pt'
@@ -54,11 +55,7 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
         """Read a YAML config; unknown keys are an error naming them."""
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f'{path}: unknown training settings {sorted(unknown)}')
-        return cls(**values)
+        return dataclass_from_yaml(path, cls, 'training')
 
     def network_config(self) -> SegVec3DConfig:
         """The SegVec3DConfig this run trains."""
