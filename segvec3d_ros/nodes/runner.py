@@ -5,8 +5,7 @@ import sys
 from collections.abc import Callable
 
 import rclpy
-from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
-                             SingleThreadedExecutor)
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 
@@ -22,7 +21,10 @@ def run(*node_factories: Callable[[], Node], args: list[str] | None = None) -> N
     try:
         for factory in node_factories:
             nodes.append(factory())
-        executor = MultiThreadedExecutor() if len(nodes) > 1 else SingleThreadedExecutor()
+        # One thread: rclpy's MultiThreadedExecutor spends most of a core rebuilding wait sets
+        # and polling futures, which starved segmentation to a third of its rate at 30 Hz input
+        # and overflowed the sensor-data queue. Segmentation has its own worker thread anyway.
+        executor = SingleThreadedExecutor()
         for node in nodes:
             executor.add_node(node)
         executor.spin()

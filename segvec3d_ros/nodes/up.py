@@ -11,7 +11,7 @@ from segvec3d_ros.nodes.segmentation_node import SegmentationNode
 
 
 def main(args: list[str] | None = None) -> None:
-    """Spin both nodes on one multi-threaded executor until Ctrl-C or shutdown."""
+    """Spin both nodes on one single-threaded executor until Ctrl-C or shutdown."""
     run(SegmentationNode, QueryNode, args=args)
 
 
