@@ -37,36 +37,9 @@ FRAME = 'camera_depth_optical_frame'
 OUTPUT_TOPICS = ('segvec3d/labeled_points', 'segvec3d/instances', 'segvec3d/markers')
 
 
-# Fast DDS's default shared-memory segment is 512 KiB, and a best-effort message that does not
-# fit is silently lost (ros2/rmw_fastrtps#739), as is one in more pieces than the receiver's port
-# queue holds: processes that exchange clouds of many MB over best-effort QoS need both larger.
-# UDP stays on loopback like the rest of the tests.
-LARGE_CLOUDS_FASTDDS_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
-<profiles xmlns="http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles">
-  <transport_descriptors>
-    <transport_descriptor>
-      <transport_id>shm_large_clouds</transport_id>
-      <type>SHM</type>
-      <segment_size>268435456</segment_size>
-      <port_queue_capacity>4096</port_queue_capacity>
-    </transport_descriptor>
-    <transport_descriptor>
-      <transport_id>udp_loopback</transport_id>
-      <type>UDPv4</type>
-      <interfaceWhiteList><address>127.0.0.1</address></interfaceWhiteList>
-    </transport_descriptor>
-  </transport_descriptors>
-  <participant profile_name="segvec3d_large_clouds" is_default_profile="true">
-    <rtps>
-      <userTransports>
-        <transport_id>shm_large_clouds</transport_id>
-        <transport_id>udp_loopback</transport_id>
-      </userTransports>
-      <useBuiltinTransports>false</useBuiltinTransports>
-    </rtps>
-  </participant>
-</profiles>
-"""
+# The shipped Fast DDS profile for clouds of many MB (see its comments): best-effort messages
+# above 512 KiB are otherwise lost silently.
+LARGE_CLOUDS_PROFILE = REPO / 'config' / 'fastdds_large_clouds.xml'
 
 
 def separate_domain_env() -> dict[str, str]:
@@ -75,11 +48,9 @@ def separate_domain_env() -> dict[str, str]:
     return {'ROS_DOMAIN_ID': str(int(os.environ['ROS_DOMAIN_ID']) + 100)}
 
 
-def large_clouds_env(folder: Path) -> dict[str, str]:
+def large_clouds_env() -> dict[str, str]:
     """Environment giving a new process's DDS participants room for clouds of many MB."""
-    profile = folder / 'fastdds_large_clouds.xml'
-    profile.write_text(LARGE_CLOUDS_FASTDDS_PROFILE)
-    return {'FASTRTPS_DEFAULT_PROFILES_FILE': str(profile)}
+    return {'FASTRTPS_DEFAULT_PROFILES_FILE': str(LARGE_CLOUDS_PROFILE)}
 
 
 def start_executable(name: str, *ros_args: str,
