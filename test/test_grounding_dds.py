@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from ros_harness import Client, start_executable, stop_process, wait_for
+from ros_harness import (ChildPublisher, Client, large_clouds_env, start_executable,
+                         stop_process, wait_for)
 from segvec3d_ros.tools.dds import isolate_dds
 
 isolate_dds()
 
 rclpy = pytest.importorskip('rclpy')
-from rclpy.qos import qos_profile_sensor_data  # noqa: E402
-from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from segvec3d_msgs.msg import InstanceArray  # noqa: E402
@@ -39,22 +38,28 @@ FRAME = 'camera_color_optical_frame'
 
 @pytest.fixture(scope='module')
 def system():
-    """segvec3d-up with the bundled learned segmenter and grounding head."""
+    """segvec3d-up with the bundled learned segmenter and grounding head.
+
+    The scene is a 640 x 480 camera cloud (~5 MB): node and publisher run with the shipped
+    large-cloud Fast DDS profile, as a robot's should.
+    """
     if not ((MODELS / 'segvec3d.onnx').is_file() and (MODELS / 'grounding.pt').is_file()):
         pytest.skip('models/segvec3d.onnx and models/grounding.pt are not both there')
     process = start_executable('segvec3d-up', '-p', 'segmenter:=segvec3d', '-p',
-                               'fallback_to_euclidean:=false', '-p', 'max_scene_age:=0.0')
+                               'fallback_to_euclidean:=false', '-p', 'max_scene_age:=0.0',
+                               env=large_clouds_env())
     client = Client('segvec3d_grasp_planner')
     client.record(InstanceArray, 'segvec3d/instances')
-    client.points_pub = client.node.create_publisher(PointCloud2, 'points',
-                                                     qos_profile_sensor_data)
+    client.points_pub = ChildPublisher(large_clouds_env())
     client.query = client.node.create_client(QueryInstance, 'segvec3d/query')
     if not wait_for(lambda: process.poll() is not None
                     or client.query.wait_for_service(timeout_sec=0.5), timeout=90.0) \
             or process.poll() is not None:
         _, out, err = stop_process(process)
+        client.points_pub.stop()
         pytest.fail(f'segvec3d-up did not come up:\n{out}\n{err}')
     yield client
+    client.points_pub.stop()
     client.close()
     _, _, err = stop_process(process)
     assert 'Traceback' not in err, err
