@@ -350,6 +350,8 @@ def test_missing_or_corrupt_model_files_raise_naming_the_path(tmp_path: Path) ->
         LearnedSegmenter(PipelineConfig(model_path=str(missing)))
     with pytest.raises(FileNotFoundError, match="''"):
         load_network('')
+    with pytest.raises(IsADirectoryError, match='is a directory'):
+        load_network(tmp_path)
     for name in ('corrupt.pt', 'corrupt.onnx', 'weights.bin'):
         path = tmp_path / name
         path.write_bytes(b'\x80\x02not a model at all' * 10)

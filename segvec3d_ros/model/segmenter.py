@@ -169,6 +169,9 @@ def load_network(path: str | Path, device: str = 'auto') -> _TorchNetwork | _Onn
     if device not in ('auto', 'cpu', 'cuda'):
         raise ValueError(f'device must be auto, cpu or cuda; got {device!r}')
     file = Path(path)
+    if str(path) and file.is_dir():   # Path('') is '.', yet names no file at all
+        raise IsADirectoryError(f'SegVec3D model path {str(path)!r} is a directory; model_path '
+                                f'must name a {_KINDS} file')
     if not file.is_file():
         raise FileNotFoundError(f'SegVec3D model file {str(path)!r} does not exist; model_path '
                                 f'must name a {_KINDS} file')
