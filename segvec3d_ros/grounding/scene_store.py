@@ -47,7 +47,9 @@ class SceneStore:
                       instance_msgs: Sequence[Any]) -> None:
         """Start a new scene from a frame's instances."""
         with self._lock:
-            points = None
+            # The same frame segmented again (a re-sent cloud) keeps the points it already has.
+            current = self._current
+            points = current.points if current is not None and current.key == key else None
             if self._early_points is not None and self._early_points[0] == key:
                 points = self._early_points[1]
                 self._early_points = None
