@@ -123,8 +123,11 @@ class Client:
         if not client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(f'service {client.srv_name} not available')
         future = client.call_async(request)
-        done = wait_for(future.done, timeout)
-        if not done:
+        # Set from the spinning thread as the answer arrives: polling future.done() would round
+        # every measured latency up to the polling period.
+        answered = threading.Event()
+        future.add_done_callback(lambda _: answered.set())
+        if not answered.wait(timeout):
             raise TimeoutError(f'no response from {client.srv_name}')
         return future.result()
 
