@@ -23,7 +23,9 @@ def input_features(xyz: np.ndarray, rgb: np.ndarray | None, config: SegVec3DConf
         columns.append(colour)
     if config.use_normals:
         columns.append(estimate_normals(pts, config.normal_radius, config.normal_max_nn))
-    return np.concatenate(columns, axis=1).astype(np.float32)
+    # Coordinates near float32's limit centre to inf here; the pipeline never raises on them.
+    with np.errstate(over='ignore'):
+        return np.concatenate(columns, axis=1).astype(np.float32)
 
 
 def estimate_normals(xyz: np.ndarray, radius: float, max_nn: int) -> np.ndarray:

@@ -147,8 +147,10 @@ def cluster_edges(xyz: Array, knn_index: Array, members: Array, tolerance: float
     local[~members] = -1
     neighbours = knn_index[members]
     edges = local[neighbours]
-    offsets = xyz[neighbours] - xyz[members][:, None]
-    edges[(offsets * offsets).sum(-1) ** 0.5 > tolerance] = -1
+    # Near float32's limit an offset overflows to inf: a gap too long to join, as it should be.
+    with np.errstate(over='ignore'):
+        offsets = xyz[neighbours] - xyz[members][:, None]
+        edges[(offsets * offsets).sum(-1) ** 0.5 > tolerance] = -1
     return edges
 
 
