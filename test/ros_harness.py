@@ -7,7 +7,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -239,6 +240,22 @@ def _publish_from_queue(env: dict[str, str], queue: Any) -> None:
         publisher.publish(deserialize_message(raw, PointCloud2))
     node.destroy_node()
     context.try_shutdown()
+
+
+@contextmanager
+def large_cloud_system(*ros_args: str) -> Iterator[tuple[UpClient, ChildPublisher]]:
+    """segvec3d-up and a cloud publisher, both with the shipped large-cloud Fast DDS profile,
+    in a domain apart from a module's system; on exit both stop and the node's output must hold
+    no traceback."""
+    env = {**large_clouds_env(), **separate_domain_env()}
+    up = UpClient(*ros_args, env=env)
+    publisher = ChildPublisher(env)
+    try:
+        yield up, publisher
+    finally:
+        publisher.stop()
+        _, output = up.stop()
+    assert 'Traceback' not in output, output
 
 
 def make_header(frame_id: str = FRAME, sec: int = 0) -> Header:

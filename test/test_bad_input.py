@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ros_harness import (ChildPublisher, Client, UpClient, cloud_msg, diagnostics_count,
-                         get_parameter, large_clouds_env, make_header, outputs_for,
-                         pipeline_diagnostics, publish_msg_until_answered,
-                         publish_until_answered, query, separate_domain_env, set_parameter,
-                         start_executable, stop_process, tabletop_points, wait_for)
+from ros_harness import (Client, UpClient, cloud_msg, diagnostics_count, get_parameter,
+                         large_cloud_system, make_header, outputs_for, pipeline_diagnostics,
+                         publish_msg_until_answered, publish_until_answered, query,
+                         separate_domain_env, set_parameter, start_executable, stop_process,
+                         tabletop_points, wait_for)
 from segvec3d_ros.tools.dds import isolate_dds
 
 isolate_dds()
@@ -378,12 +378,10 @@ def huge_tabletop(n: int, seed: int) -> tuple[np.ndarray, int]:
 @pytest.mark.parametrize('n', [1_500_000, pytest.param(5_000_000, marks=pytest.mark.slow)])
 def test_huge_clouds_are_capped_in_bounded_time_and_memory(n: int) -> None:
     # Clouds of many MB need a DDS set-up for them, in the node and in the publisher.
-    env = {**large_clouds_env(), **separate_domain_env()}
     # The geometric segmenter: this bounds what the node itself holds per input point; the
     # learned segmenter's ONNX arena grows further at 50k working points (an open problem).
-    up = UpClient('-p', 'max_scene_age:=0.0', '-p', 'segmenter:=euclidean', env=env)
-    publisher = ChildPublisher(env)
-    try:
+    with large_cloud_system('-p', 'max_scene_age:=0.0', '-p', 'segmenter:=euclidean') as (
+            up, publisher):
         rss_before = up.memory_bytes('VmRSS')
         heap = [up.memory_bytes('RssAnon')]
         answer_s = []
@@ -412,7 +410,3 @@ def test_huge_clouds_are_capped_in_bounded_time_and_memory(n: int) -> None:
         assert max(heap) - heap[0] < 200 * n + 64 * MiB, heap
         assert peak - rss_before < 350 * n + 256 * MiB, (rss_before, peak)
         assert diagnostics_count(up, 'frames_failed') == 0
-    finally:
-        publisher.stop()
-        code, output = up.stop()
-    assert 'Traceback' not in output, output

@@ -16,6 +16,7 @@ from segvec3d_ros.tools.dds import isolate_dds
 isolate_dds()
 
 rclpy = pytest.importorskip('rclpy')
+from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from segvec3d_msgs.msg import InstanceArray  # noqa: E402

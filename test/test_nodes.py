@@ -7,11 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from ros_harness import (ChildPublisher, UpClient, cloud_msg, diagnostics_count,
-                         large_clouds_env, make_header, pipeline_diagnostics,
-                         publish_msg_until_answered, publish_until_answered, query,
-                         separate_domain_env, start_executable, stop_process, tabletop_points,
-                         wait_for)
+from ros_harness import (cloud_msg, diagnostics_count, large_cloud_system, make_header,
+                         pipeline_diagnostics, publish_msg_until_answered,
+                         publish_until_answered, query, start_executable, stop_process,
+                         tabletop_points, wait_for)
 from segvec3d_ros.tools.dds import isolate_dds
 
 isolate_dds()
@@ -163,18 +162,11 @@ def test_diagnostics_report_rates_and_latency(system):
 def test_real_scan_through_the_node(shared_dir):
     cloud = read_cloud(shared_dir / 'data' / 'real_scans' / 'table_scene_mug_stereo_textured.pcd')
     # A 640 x 480 cloud is ~5 MB: node and publisher run as a robot's should, with the shipped
-    # large-cloud Fast DDS profile, in a domain apart from the module's system.
-    env = {**large_clouds_env(), **separate_domain_env()}
-    up = UpClient('-p', 'max_scene_age:=0.0', env=env)
-    publisher = ChildPublisher(env)
-    try:
+    # large-cloud Fast DDS profile.
+    with large_cloud_system('-p', 'max_scene_age:=0.0') as (up, publisher):
         msg = cloud_msg(make_header(), cloud.xyz, cloud.rgb, height=cloud.height)
         found = publish_msg_until_answered(up, msg, timeout=120.0, publish=publisher.publish)
         assert found, up.output_text[-3000:]
-    finally:
-        publisher.stop()
-        _, output = up.stop()
-    assert 'Traceback' not in output, output
     instances = found['segvec3d/instances'].instances
     assert len(instances) >= 1
     labels = decode_pointcloud2(found['segvec3d/labeled_points']).extra['label']

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from segvec3d_ros.data.scenes import CATEGORIES, SceneConfig, generate_scene
 from segvec3d_ros.evaluation.datasets import EVAL_SEED_BASE
