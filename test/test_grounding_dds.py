@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from ros_harness import (ChildPublisher, Client, large_clouds_env, start_executable,
-                         stop_process, wait_for)
+from ros_harness import large_cloud_system, wait_for
 from segvec3d_ros.tools.dds import isolate_dds
 
 isolate_dds()
@@ -19,7 +18,6 @@ rclpy = pytest.importorskip('rclpy')
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from segvec3d_msgs.msg import InstanceArray  # noqa: E402
 from segvec3d_msgs.srv import QueryInstance  # noqa: E402
 from segvec3d_ros.data.scenes import generate_scene  # noqa: E402
 from segvec3d_ros.evaluation.datasets import EVAL_SEED_BASE, synthetic_ground_truth  # noqa: E402
@@ -39,31 +37,16 @@ FRAME = 'camera_color_optical_frame'
 
 @pytest.fixture(scope='module')
 def system():
-    """segvec3d-up with the bundled learned segmenter and grounding head.
+    """segvec3d-up with the bundled learned segmenter and grounding head, and a publisher.
 
     The scene is a 640 x 480 camera cloud (~5 MB): node and publisher run with the shipped
     large-cloud Fast DDS profile, as a robot's should.
     """
     if not ((MODELS / 'segvec3d.onnx').is_file() and (MODELS / 'grounding.pt').is_file()):
         pytest.skip('models/segvec3d.onnx and models/grounding.pt are not both there')
-    process = start_executable('segvec3d-up', '-p', 'segmenter:=segvec3d', '-p',
-                               'fallback_to_euclidean:=false', '-p', 'max_scene_age:=0.0',
-                               env=large_clouds_env())
-    client = Client('segvec3d_grasp_planner')
-    client.record(InstanceArray, 'segvec3d/instances')
-    client.points_pub = ChildPublisher(large_clouds_env())
-    client.query = client.node.create_client(QueryInstance, 'segvec3d/query')
-    if not wait_for(lambda: process.poll() is not None
-                    or client.query.wait_for_service(timeout_sec=0.5), timeout=90.0) \
-            or process.poll() is not None:
-        _, out, err = stop_process(process)
-        client.points_pub.stop()
-        pytest.fail(f'segvec3d-up did not come up:\n{out}\n{err}')
-    yield client
-    client.points_pub.stop()
-    client.close()
-    _, _, err = stop_process(process)
-    assert 'Traceback' not in err, err
+    with large_cloud_system('-p', 'segmenter:=segvec3d', '-p', 'fallback_to_euclidean:=false',
+                            '-p', 'max_scene_age:=0.0') as system:
+        yield system
 
 
 def _iou(response_points: PointCloud2, target: np.ndarray) -> float:
@@ -77,6 +60,7 @@ def _iou(response_points: PointCloud2, target: np.ndarray) -> float:
 
 
 def test_category_and_relation_queries_return_the_right_instance(system):
+    planner, publisher = system
     scene = generate_scene(SEED, 'tabletop')
     objects, centers, up = scene_truth(scene)
     gt, _ = synthetic_ground_truth(scene)
@@ -91,15 +75,15 @@ def test_category_and_relation_queries_return_the_right_instance(system):
                                                      width=scene.cloud.width))
 
     def segmented() -> bool:
-        system.points_pub.publish(msg)
-        return any(m.header == header for m in system.received['segvec3d/instances'])
+        publisher.publish(msg)
+        return any(m.header == header for m in planner.received['segvec3d/instances'])
     assert wait_for(segmented, timeout=120.0, interval=2.0), 'the scene was not segmented'
-    instances = next(m for m in system.received['segvec3d/instances'] if m.header == header)
+    instances = next(m for m in planner.received['segvec3d/instances'] if m.header == header)
     time.sleep(1.0)     # the labeled points, which the answer carries, follow the instances
     assert all(i.label and len(i.embedding) for i in instances.instances)
 
     for query in chosen:
-        response = system.call(system.query, QueryInstance.Request(text=query.text, top_k=3))
+        response = planner.call(planner.query, QueryInstance.Request(text=query.text, top_k=3))
         assert response.success, response.message
         assert response.header == header
         target = scene.cloud.xyz[gt == objects[query.target].instance_id]
