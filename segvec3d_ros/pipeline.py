@@ -50,6 +50,10 @@ class PipelineConfig:
     embedding_radius: float = setting(0.3, 'learned segmenter: k-NN neighbours closer than '
                                       'this in embedding space join one instance',
                                       range=(0.01, 2.0))
+    occlusion_gap: float = setting(0.2, 'learned segmenter: join instances up to this far apart '
+                                   'in m when the gap between them is hidden behind a nearer '
+                                   'object, seen from the cloud origin (the sensor); 0 = off',
+                                   range=(0.0, 1.0))
     plane_distance: float = setting(0.01, 'RANSAC inlier distance of the support surface in m',
                                     range=(0.001, 0.5))
     plane_iterations: int = setting(200, 'RANSAC hypotheses per support surface',

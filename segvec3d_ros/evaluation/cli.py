@@ -50,6 +50,9 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.Argume
                              'e.g. 2000000, is a validation split for tuning)')
     parser.add_argument('--embedding-radius', type=float, metavar='R',
                         help='override the learned segmenter\'s embedding_radius')
+    parser.add_argument('--occlusion-gap', type=float, metavar='M',
+                        help='override the learned segmenter\'s occlusion_gap (0 = no joining '
+                             'of occluded pieces: the network and clustering alone)')
     parser.add_argument('--mosd-dir', default=str(DEFAULT_MOSD_DIR), metavar='DIR',
                         help='folder of learn0.pcd ... learn44.pcd (default: %(default)s)')
     parser.add_argument('--out', metavar='MD', help='default: docs/EVALUATION.md, with '
@@ -81,6 +84,8 @@ def command_line(args: argparse.Namespace) -> str:
             words += ['--synthetic-first-seed', str(args.synthetic_first_seed)]
     if args.embedding_radius is not None:
         words += ['--embedding-radius', str(args.embedding_radius)]
+    if args.occlusion_gap is not None:
+        words += ['--occlusion-gap', str(args.occlusion_gap)]
     return shlex.join(words + ['--out', args.out, '--plot', args.plot])
 
 
@@ -105,7 +110,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                       'training scenes')
     try:
         config = pipeline_config(args.params_file, model_path=args.model,
-                                 embedding_radius=args.embedding_radius)
+                                 embedding_radius=args.embedding_radius,
+                                 occlusion_gap=args.occlusion_gap)
     except ValueError as error:
         return _error(str(error))
     pipelines: dict[str, Pipeline] = {}

@@ -1,4 +1,5 @@
-"""The learned segmenter: SegVec3D embeddings, RANSAC support surface, graph clustering."""
+"""The learned segmenter: SegVec3D embeddings, RANSAC support surface, graph clustering,
+occlusion reasoning."""
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ from segvec3d_ros.model.knn import knn_graph
 from segvec3d_ros.model.segvec3d import SegVec3DConfig, load_checkpoint
 from segvec3d_ros.segmentation.base import Segmentation
 from segvec3d_ros.segmentation.geometry import support_surfaces
+from segvec3d_ros.segmentation.occlusion import join_occluded
 
 if TYPE_CHECKING:
     from segvec3d_ros.pipeline import PipelineConfig
@@ -187,10 +189,13 @@ def load_network(path: str | Path, device: str = 'auto') -> _TorchNetwork | _Onn
 
 class LearnedSegmenter:
     """SegVec3D: RANSAC support surfaces, then connected components of the spatial k-NN edges
-    whose embeddings are closer than `embedding_radius`.
+    whose embeddings are closer than `embedding_radius`, then the pieces of objects that a
+    nearer object splits joined again (`occlusion_gap`).
 
     The support surfaces are found as in the geometric baseline, so the table is one region
     however the embeddings split it; the instances are the clusters of the points in front.
+    No k-NN edge spans an occluder, so without the last step an object seen on both sides of
+    one stays two instances.
     """
 
     name = 'segvec3d'
@@ -257,4 +262,8 @@ class LearnedSegmenter:
         ids[rest] = absorb_fragments(clusters, edges if isinstance(edges, np.ndarray)
                                      else edges.cpu().numpy(), FRAGMENT_POINTS)
         lap('cluster')
+        if cfg.occlusion_gap > 0:
+            ids = join_occluded(pts, ids, cfg.voxel_size or cfg.cluster_tolerance / 2,
+                                cfg.cluster_tolerance, cfg.occlusion_gap)
+            lap('occlusion')
         return Segmentation(ids, support, point_features.cpu().numpy(), timings)

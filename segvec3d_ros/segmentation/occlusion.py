@@ -1,0 +1,130 @@
+"""Occlusion reasoning: rejoin an object that a nearer object splits into separate pieces.
+
+An object partly hidden behind another shows up as pieces with a gap between them, and no
+clustering of the visible points can tell that gap from one between two objects. The view
+ray can: where every ray into the gap ends on something nearer than the gap, the gap is
+hidden, not seen empty, and the pieces on both sides are joined. A gap through which the
+sensor sees the table or anything behind it keeps the pieces apart.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
+
+from segvec3d_ros.segmentation.geometry import rank_labels
+
+# A view ray hits a working point when it passes within this many voxel sizes of it: the
+# voxel centroids of a surface are about one voxel apart, so a ray between them still hits.
+_RAY_WIDTH_VOXELS = 1.5
+# Something counts as in front of the gap only when this many voxels nearer: less is noise.
+_IN_FRONT_VOXELS = 2.0
+# Smaller pieces are left alone: too few points for a tangent plane, and the pipeline's
+# minimum instance size drops most of them anyway.
+_MIN_PIECE_POINTS = 10
+# The pieces must continue one surface: the points of each piece within this radius of the gap
+# define its tangent plane, and the other piece's must lie within _ON_SURFACE_VOXELS of it.
+_SURFACE_RADIUS = 0.04
+_ON_SURFACE_VOXELS = 2.0
+
+
+def join_occluded(xyz: np.ndarray, ids: np.ndarray, voxel_size: float, min_gap: float,
+                  max_gap: float, viewpoint: np.ndarray | None = None) -> np.ndarray:
+    """Instance ids with the pieces of occluded objects joined, renumbered 1..K by size.
+
+    xyz (M, 3) are the working points in the sensor's frame (the viewpoint, default its
+    origin), ids (M,) their instances (0 = none). Two instances are joined when the shortest
+    segment between them is longer than `min_gap` (shorter gaps are the clustering's to judge)
+    and at most `max_gap`, and at least half of the view rays to points along it end on a point
+    of neither instance that is nearer than the segment and both its ends, and none ends on a
+    point as far or farther (the gap seen empty, or an end piece itself in front). Rays with no
+    return are no evidence either way. The two pieces must also continue one surface across
+    the gap (see `_one_surface`).
+    """
+    ids = np.asarray(ids)
+    num = int(ids.max(initial=0))
+    if num < 2 or max_gap <= min_gap:
+        return ids
+    pts = np.asarray(xyz, dtype=np.float64)
+    rel = pts - (np.zeros(3) if viewpoint is None else np.asarray(viewpoint, dtype=np.float64))
+    ranges = np.linalg.norm(rel, axis=1)
+    sizes = np.bincount(ids, minlength=num + 1)
+    groups = np.split(np.argsort(ids, kind='stable'), np.cumsum(sizes)[:-1])
+    pieces = np.flatnonzero(sizes >= _MIN_PIECE_POINTS)
+    pieces = pieces[pieces > 0]
+    members = {k: groups[k] for k in pieces}
+    lows = np.array([pts[members[k]].min(axis=0) for k in pieces]).reshape(-1, 3)
+    highs = np.array([pts[members[k]].max(axis=0) for k in pieces]).reshape(-1, 3)
+    # Bounding boxes farther apart than max_gap cannot hold points that close.
+    box_gaps = np.maximum(np.maximum(lows[:, None] - highs[None], lows[None] - highs[:, None]), 0)
+    near = np.triu(np.linalg.norm(box_gaps, axis=2) <= max_gap, 1)
+    trees: dict[int, cKDTree] = {}
+    rays: cKDTree | None = None    # view directions of all points, built when first needed
+    joined = []
+    for a, b in zip(pieces[np.nonzero(near)[0]], pieces[np.nonzero(near)[1]]):
+        # The smaller piece is looked up in the larger one's tree.
+        small, large = (a, b) if len(members[a]) <= len(members[b]) else (b, a)
+        if large not in trees:
+            trees[large] = cKDTree(pts[members[large]])
+        distance, nearest = trees[large].query(pts[members[small]], distance_upper_bound=max_gap)
+        closest = int(np.argmin(distance))
+        if not min_gap < distance[closest] <= max_gap:
+            continue
+        end_points = members[small][closest], members[large][nearest[closest]]
+        if rays is None:
+            rays = cKDTree(rel / np.maximum(ranges, 1e-9)[:, None])
+        if (_gap_hidden(rel[list(end_points)], ranges, ids, (a, b), rays, voxel_size)
+                and _one_surface(pts, members[small], members[large], end_points, voxel_size)):
+            joined.append((a, b))
+    if not joined:
+        return ids
+    pairs = np.array(joined)
+    graph = coo_matrix((np.ones(len(pairs), dtype=bool), (pairs[:, 0], pairs[:, 1])),
+                       shape=(num + 1, num + 1))
+    component = connected_components(graph, directed=False)[1]
+    # Component numbers start at 0 for id 0, which stays "no instance".
+    return rank_labels(np.where(ids > 0, component[ids] + 1, 0))[0]
+
+
+def _one_surface(pts: np.ndarray, piece_a: np.ndarray, piece_b: np.ndarray,
+                 ends: tuple[int, int], voxel_size: float) -> bool:
+    """Whether the two pieces near their `ends` lie on one smooth surface across the gap.
+
+    Each piece's points within _SURFACE_RADIUS of its end give a tangent plane (least squares);
+    the centre of the other piece's such points must lie on it, both ways. Two objects that
+    happen to be hidden behind the same occluder rarely continue each other's surface.
+    """
+    centres, normals = [], []
+    for piece, end in zip((piece_a, piece_b), ends):
+        near = pts[piece[np.linalg.norm(pts[piece] - pts[end], axis=1) <= _SURFACE_RADIUS]]
+        if len(near) < 3:
+            return False
+        centre = near.mean(axis=0)
+        centres.append(centre)
+        normals.append(np.linalg.svd(near - centre, full_matrices=False)[2][2])
+    offset = centres[1] - centres[0]
+    return max(abs(offset @ normals[0]), abs(offset @ normals[1])) <= _ON_SURFACE_VOXELS * voxel_size
+
+
+def _gap_hidden(ends: np.ndarray, ranges: np.ndarray, ids: np.ndarray, pair: tuple[int, int],
+                rays: cKDTree, voxel_size: float) -> bool:
+    """Whether the segment between `ends` (viewpoint-relative) is hidden behind other points."""
+    steps = max(int(np.ceil(np.linalg.norm(ends[1] - ends[0]) / voxel_size)), 2)
+    samples = ends[0] + (ends[1] - ends[0]) * (np.arange(1, steps) / steps)[:, None]
+    sample_ranges = np.linalg.norm(samples, axis=1)
+    front = np.minimum(sample_ranges, np.linalg.norm(ends, axis=1).min())
+    front -= _IN_FRONT_VOXELS * voxel_size
+    hits = rays.query_ball_point(samples / sample_ranges[:, None],
+                                 _RAY_WIDTH_VOXELS * voxel_size / sample_ranges)
+    hidden = 0
+    for limit, hit in zip(front, hits):
+        if not hit:
+            continue
+        hit = np.asarray(hit)
+        others = hit[(ids[hit] != pair[0]) & (ids[hit] != pair[1])]
+        if len(others) and ranges[others].min() < limit:
+            hidden += 1
+        else:
+            return False
+    return hidden > 0 and 2 * hidden >= len(samples)
