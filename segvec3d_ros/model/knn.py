@@ -21,19 +21,19 @@ def knn_graph(points: torch.Tensor, k: int, backend: str = 'auto') -> torch.Tens
     Self is included: each point is its own nearest neighbour at distance 0 (among coincident
     points which ones are listed is unspecified). With N < k the missing columns repeat the point
     itself, so the index is always (N, k). Backends: 'torch_cluster' (when installed), 'scipy'
-    (cKDTree, CPU), 'torch' (chunked brute force, any device and dimension); 'auto' picks
-    torch_cluster when importable, else scipy for CPU points of dimension <= 3, else torch.
-    The result is on the device of `points`.
+    (cKDTree, CPU), 'torch' (chunked brute force, any device and dimension); 'auto' picks scipy
+    for CPU points of dimension <= 3, else torch_cluster when importable, else torch: on CPU points
+    torch_cluster is slower than scipy's k-d tree. The result is on the device of `points`.
     """
     if backend not in BACKENDS:
         raise ValueError(f'knn backend must be one of {", ".join(BACKENDS)}; got {backend!r}')
     if k < 1:
         raise ValueError(f'k must be >= 1, got {k}')
     if backend == 'auto':
-        if torch_cluster is not None:
-            backend = 'torch_cluster'
-        elif points.device.type == 'cpu' and points.shape[1] <= 3:
+        if points.device.type == 'cpu' and points.shape[1] <= 3:
             backend = 'scipy'
+        elif torch_cluster is not None:
+            backend = 'torch_cluster'
         else:
             backend = 'torch'
     points = points.detach()
