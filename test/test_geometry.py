@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from segvec3d_ros.segmentation.geometry import (euclidean_clusters, fit_support_plane,
-                                                nearest_labels, rank_labels, support_surfaces,
-                                                voxel_downsample)
+                                                nearest_labels, plane_patches, rank_labels,
+                                                support_surfaces, voxel_downsample)
 
 
 def box_surface(size, center, spacing=0.005):
@@ -110,13 +110,55 @@ def test_support_surfaces_peel_table_and_wall_and_drop_what_is_beyond():
     below = rng.normal([0.1, 0.1, -0.9], 0.01, (200, 3))
     xyz = np.concatenate([table, wall, on_top, below])
     part = np.repeat([0, 1, 2, 3], [4000, 2500, 300, 200])
-    support, rest = support_surfaces(xyz, 0.01, 100, 0.1, True, rng)
+    support, rest = support_surfaces(xyz, 0.01, 100, 0.1, True, rng, tolerance=0.03)
     np.testing.assert_array_equal(support, part <= 1)
     np.testing.assert_array_equal(rest, part == 2)
-    support, rest = support_surfaces(xyz, 0.01, 100, 0.1, False, rng)
+    support, rest = support_surfaces(xyz, 0.01, 100, 0.1, False, rng, tolerance=0.03)
     np.testing.assert_array_equal(rest, part >= 2)
-    support, rest = support_surfaces(xyz, 0.01, 100, 0.6, True, rng)
+    support, rest = support_surfaces(xyz, 0.01, 100, 0.6, True, rng, tolerance=0.03)
     assert not support.any() and rest.all()
+
+
+def _square(corner, size, z=-0.7, spacing=0.01):
+    """Grid points of a horizontal square of side `size` from `corner` (x, y) at height z."""
+    gx, gy = np.meshgrid(np.arange(0, size, spacing), np.arange(0, size, spacing))
+    return np.column_stack([gx.ravel() + corner[0], gy.ravel() + corner[1], np.full(gx.size, z)])
+
+
+def test_plane_patches_join_touching_points_in_any_tilted_plane():
+    parts = [_square((0, 0), 0.2), _square((0.3, 0), 0.1), _square((0.1, 0.2), 0.1)]
+    xyz = np.concatenate(parts)
+    tilt = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    patches = plane_patches(xyz @ tilt.T, tilt @ [0, 0, 1.0], 0.02)
+    first, second, third = np.split(patches, np.cumsum([len(p) for p in parts])[:-1])
+    assert len(set(first)) == len(set(second)) == 1 and first[0] != second[0]
+    assert set(third) == set(first)      # touches the first square along y = 0.2
+    assert plane_patches(np.zeros((0, 3)), np.array([0, 0, 1.0]), 0.02).shape == (0,)
+
+
+def test_support_needs_one_large_connected_patch():
+    # A close-up of clutter without a table: ten box tops at one height, each 2.5 % of the
+    # points, line up into the best plane; none is a surface, and nothing is dropped.
+    tops = [_square((0.2 * (k % 5), 0.2 * (k // 5)), 0.1) for k in range(10)]
+    sides = [_square((0.2 * (k % 5), 0.2 * (k // 5)), 0.1, z=-0.6 - 0.05 * (k % 3))
+             for k in range(30)]
+    xyz = np.concatenate(tops + sides)
+    support, rest = support_surfaces(xyz, 0.01, 200, 0.1, True, np.random.default_rng(0),
+                                     tolerance=0.02)
+    assert not support.any() and rest.all()
+
+
+def test_support_keeps_large_table_pieces_not_small_coplanar_objects():
+    table = _square((-0.5, -0.5), 1.0)                # 10,000 points
+    far_piece = _square((0.7, 0.7), 0.2)              # table seen past a gap: 400 points
+    flat_object = _square((0.7, -0.5), 0.1)           # lies in the plane, apart: 100 points
+    above = _square((0, 0), 0.1, z=-0.65)
+    xyz = np.concatenate([table, far_piece, flat_object, above])
+    part = np.repeat([0, 1, 2, 3], [len(table), len(far_piece), len(flat_object), len(above)])
+    support, rest = support_surfaces(xyz, 0.01, 200, 0.1, True, np.random.default_rng(0),
+                                     tolerance=0.02)
+    np.testing.assert_array_equal(support, part <= 1)
+    np.testing.assert_array_equal(rest, part >= 2)
 
 
 def test_clusters_split_a_gap_and_merge_touching_boxes():

@@ -243,7 +243,8 @@ class LearnedSegmenter:
         # A fresh generator per frame keeps the result a function of the frame alone.
         support, rest = support_surfaces(pts, cfg.plane_distance, cfg.plane_iterations,
                                          cfg.min_support_fraction, cfg.drop_below_support,
-                                         np.random.default_rng(self.seed), self.up)
+                                         np.random.default_rng(self.seed), self.up,
+                                         tolerance=cfg.cluster_tolerance)
         lap('plane')
 
         if device.type == 'cpu':

@@ -33,7 +33,8 @@ class EuclideanSegmenter:
         # A fresh generator per frame keeps the result a function of the frame alone.
         support, rest = support_surfaces(pts, cfg.plane_distance, cfg.plane_iterations,
                                          cfg.min_support_fraction, cfg.drop_below_support,
-                                         np.random.default_rng(self.seed), self.up)
+                                         np.random.default_rng(self.seed), self.up,
+                                         tolerance=cfg.cluster_tolerance)
         planed = perf_counter()
         ids = np.zeros(len(pts), dtype=np.int64)
         # Size filtering is the caller's: it counts input points, not these working points.

@@ -18,6 +18,8 @@ _RANSAC_SCORE_POINTS = 4096
 # waits ~10 ms for a descheduled thread whenever other processes keep the cores busy, 20 times
 # its single-threaded cost. Small batches also bound the memory.
 _RANSAC_BATCH_PRODUCT = 4 * 65536
+# Patches of a support plane this fraction of the minimum surface size or more are support.
+_SUPPORT_PIECE_SHARE = 0.2
 
 
 @dataclass
@@ -119,11 +121,47 @@ def fit_support_plane(xyz: np.ndarray, distance: float, iterations: int,
     return np.append(normal, -normal @ on_plane), inliers
 
 
-def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_fraction: float,
-                     drop_beyond: bool, rng: np.random.Generator,
-                     up: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Peel off every plane holding >= `min_fraction` of the points (table, floor, walls).
+def plane_patches(xyz: np.ndarray, normal: np.ndarray, tolerance: float) -> np.ndarray:
+    """(N,) id of the connected patch of each point of a plane whose unit `normal` is given.
 
+    The points, projected into the plane, fall into square cells of side `tolerance`; cells
+    that touch (8-neighbourhood) form one patch. Sorted cell keys and their neighbours' keys
+    give the adjacency, so the cost is O(N log N) however large the plane's extent.
+    """
+    pts = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    if len(pts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    normal = np.asarray(normal, dtype=np.float64)
+    # Two unit vectors spanning the plane; the helper axis is the one least along the normal.
+    helper = np.eye(3)[int(np.argmin(np.abs(normal)))]
+    first = np.cross(normal, helper)
+    first /= np.linalg.norm(first)
+    plane_xy = pts @ np.column_stack([first, np.cross(normal, first)])
+    cells = np.floor((plane_xy - plane_xy.min(axis=0)) / tolerance).astype(np.int64)
+    # One spare column keeps a cell's right neighbour from wrapping onto the next row.
+    width = int(cells[:, 1].max()) + 2
+    keys, inverse = np.unique(cells[:, 0] * width + cells[:, 1], return_inverse=True)
+    rows, cols = [], []
+    for offset in (1, width - 1, width, width + 1):
+        position = np.minimum(np.searchsorted(keys, keys + offset), len(keys) - 1)
+        found = keys[position] == keys + offset
+        rows.append(np.flatnonzero(found))
+        cols.append(position[found])
+    row, col = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(row), dtype=bool), (row, col)), shape=(len(keys),) * 2)
+    return connected_components(graph, directed=False)[1][inverse.reshape(-1)]
+
+
+def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_fraction: float,
+                     drop_beyond: bool, rng: np.random.Generator, up: np.ndarray | None = None,
+                     *, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Peel off every surface holding >= `min_fraction` of the points (table, floor, walls).
+
+    A RANSAC plane is a surface when one connected patch of its inliers (gaps under
+    `tolerance`) holds that many points: in a close-up of clutter with no table in view, the
+    best plane is the faces of several objects that happen to line up, each a small patch.
+    Of a surface, the patches of at least _SUPPORT_PIECE_SHARE of that size are support (the
+    table also shows between and behind objects); smaller ones are objects lying in the plane.
     Returns the (N,) support mask and the mask of the other points that remain to segment:
     with `drop_beyond`, not those on the far side of a support plane from the sensor at the
     origin, which lie under the table or were seen past its edge.
@@ -131,13 +169,21 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
     pts = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
     support = np.zeros(len(pts), dtype=bool)
     rest = np.ones(len(pts), dtype=bool)
-    # Like PCL's cluster extraction; every round takes >= max(min_fraction * N, 3) points.
+    untried = np.ones(len(pts), dtype=bool)
+    surface_points = max(min_fraction * len(pts), 3)
+    # Like PCL's cluster extraction; every round takes >= surface_points points from untried.
     while True:
-        remaining = np.flatnonzero(~support)
-        plane, inliers = fit_support_plane(pts[remaining], distance, iterations, rng, up)
-        if plane is None or inliers.sum() < max(min_fraction * len(pts), 3):
+        candidates = np.flatnonzero(untried)
+        plane, inliers = fit_support_plane(pts[candidates], distance, iterations, rng, up)
+        if plane is None or inliers.sum() < surface_points:
             return support, rest & ~support
-        support[remaining[inliers]] = True
+        members = candidates[inliers]
+        untried[members] = False
+        patches = plane_patches(pts[members], plane[:3], tolerance)
+        patch_sizes = np.bincount(patches)
+        if patch_sizes.max() < surface_points:
+            continue
+        support[members[patch_sizes[patches] >= _SUPPORT_PIECE_SHARE * surface_points]] = True
         if drop_beyond:
             rest &= (pts @ plane[:3] + plane[3]) * np.sign(plane[3]) >= 0
 
