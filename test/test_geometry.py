@@ -148,19 +148,6 @@ def test_support_needs_one_large_connected_patch():
     assert not support.any() and rest.all()
 
 
-def test_support_keeps_large_table_pieces_not_small_coplanar_objects():
-    table = _square((-0.5, -0.5), 1.0)                # 10,000 points
-    far_piece = _square((0.7, 0.7), 0.2)              # table seen past a gap: 400 points
-    flat_object = _square((0.7, -0.5), 0.1)           # lies in the plane, apart: 100 points
-    above = _square((0, 0), 0.1, z=-0.65)
-    xyz = np.concatenate([table, far_piece, flat_object, above])
-    part = np.repeat([0, 1, 2, 3], [len(table), len(far_piece), len(flat_object), len(above)])
-    support, rest = support_surfaces(xyz, 0.01, 200, 0.1, True, np.random.default_rng(0),
-                                     tolerance=0.02)
-    np.testing.assert_array_equal(support, part <= 1)
-    np.testing.assert_array_equal(rest, part >= 2)
-
-
 def test_clusters_split_a_gap_and_merge_touching_boxes():
     big = box_surface([0.1, 0.1, 0.1], [0, 0, 0])
     small = box_surface([0.05, 0.05, 0.05], [0.125, 0, 0])        # 5 cm gap

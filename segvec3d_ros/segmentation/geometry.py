@@ -18,8 +18,6 @@ _RANSAC_SCORE_POINTS = 4096
 # waits ~10 ms for a descheduled thread whenever other processes keep the cores busy, 20 times
 # its single-threaded cost. Small batches also bound the memory.
 _RANSAC_BATCH_PRODUCT = 4 * 65536
-# Patches of a support plane this fraction of the minimum surface size or more are support.
-_SUPPORT_PIECE_SHARE = 0.2
 
 
 @dataclass
@@ -160,8 +158,8 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
     A RANSAC plane is a surface when one connected patch of its inliers (gaps under
     `tolerance`) holds that many points: in a close-up of clutter with no table in view, the
     best plane is the faces of several objects that happen to line up, each a small patch.
-    Of a surface, the patches of at least _SUPPORT_PIECE_SHARE of that size are support (the
-    table also shows between and behind objects); smaller ones are objects lying in the plane.
+    All inliers of a surface are support: the table also shows in pieces between and behind
+    the objects, and a piece left out would become an instance of its own.
     Returns the (N,) support mask and the mask of the other points that remain to segment:
     with `drop_beyond`, not those on the far side of a support plane from the sensor at the
     origin, which lie under the table or were seen past its edge.
@@ -179,11 +177,9 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
             return support, rest & ~support
         members = candidates[inliers]
         untried[members] = False
-        patches = plane_patches(pts[members], plane[:3], tolerance)
-        patch_sizes = np.bincount(patches)
-        if patch_sizes.max() < surface_points:
+        if np.bincount(plane_patches(pts[members], plane[:3], tolerance)).max() < surface_points:
             continue
-        support[members[patch_sizes[patches] >= _SUPPORT_PIECE_SHARE * surface_points]] = True
+        support[members] = True
         if drop_beyond:
             rest &= (pts @ plane[:3] + plane[3]) * np.sign(plane[3]) >= 0
 
