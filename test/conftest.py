@@ -2,7 +2,6 @@
 long soak run."""
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,14 +12,6 @@ if TYPE_CHECKING:
     from ros_harness import UpClient
 
 SHARED_DIR = Path(__file__).resolve().parents[1].parent / 'shared'
-
-# Every test process and every node it starts uses the shipped large-cloud Fast DDS profile, as
-# a robot should: with Fast DDS's defaults a best-effort message above 512 KiB (a 30k-point cloud
-# with extra fields, a camera frame) travels as UDP fragments and is lost now and then. Set
-# here, before any test initialises rclpy; children inherit it.
-os.environ.setdefault('FASTRTPS_DEFAULT_PROFILES_FILE',
-                      str(Path(__file__).resolve().parents[1] / 'config'
-                          / 'fastdds_large_clouds.xml'))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

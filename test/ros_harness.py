@@ -1,7 +1,6 @@
 """Real-DDS test harness: runs segvec3d executables as processes and talks to them with rclpy."""
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -21,7 +20,6 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
@@ -38,20 +36,18 @@ FRAME = 'camera_depth_optical_frame'
 OUTPUT_TOPICS = ('segvec3d/labeled_points', 'segvec3d/instances', 'segvec3d/markers')
 
 
-# The shipped Fast DDS profile for clouds of many MB (see its comments): best-effort messages
-# above 512 KiB are otherwise lost silently.
-LARGE_CLOUDS_PROFILE = REPO / 'config' / 'fastdds_large_clouds.xml'
+# Every process of a test run, and every node it starts, uses the shipped large-cloud Fast DDS
+# profile, as a robot should: with Fast DDS's defaults a best-effort message above 512 KiB (a
+# 30k-point cloud with extra fields, a camera frame) travels as UDP fragments and is lost now
+# and then. Set on import, before anything here initialises rclpy; children inherit it.
+os.environ.setdefault('FASTRTPS_DEFAULT_PROFILES_FILE',
+                      str(REPO / 'config' / 'fastdds_large_clouds.xml'))
 
 
 def separate_domain_env() -> dict[str, str]:
     """A DDS domain of its own for a second system beside the module's (isolate_dds() domains
     are 1-100), so that neither hears the other."""
     return {'ROS_DOMAIN_ID': str(int(os.environ['ROS_DOMAIN_ID']) + 100)}
-
-
-def large_clouds_env() -> dict[str, str]:
-    """Environment giving a new process's DDS participants room for clouds of many MB."""
-    return {'FASTRTPS_DEFAULT_PROFILES_FILE': str(LARGE_CLOUDS_PROFILE)}
 
 
 def start_executable(name: str, *ros_args: str,
@@ -201,59 +197,14 @@ class UpClient(Client):
         return self.process.returncode, self.output_text
 
 
-class ChildPublisher:
-    """Publishes clouds on `points` from a separate process started with `env`.
-
-    Fast DDS reads its transport settings once per process, so clouds too big for this
-    process's defaults go out from a child with other settings (see `large_clouds_env`).
-    """
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        spawn = multiprocessing.get_context('spawn')  # a fresh process, not a copy of this one
-        self._queue = spawn.Queue()
-        self._process = spawn.Process(target=_publish_from_queue,
-                                      args=(dict(env), self._queue), daemon=True)
-        self._process.start()
-
-    def publish(self, msg: PointCloud2) -> None:
-        """Hand a cloud to the child, which publishes it once a subscriber has matched."""
-        self._queue.put(serialize_message(msg))
-
-    def stop(self) -> None:
-        """End the child."""
-        self._queue.put(None)
-        self._process.join(timeout=15.0)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-
-
-def _publish_from_queue(env: dict[str, str], queue: Any) -> None:
-    os.environ.update(env)
-    context = rclpy.Context()
-    rclpy.init(context=context)
-    node = Node('segvec3d_test_child_publisher', context=context)
-    publisher = node.create_publisher(PointCloud2, 'points', qos_profile_sensor_data)
-    # Best effort: what goes out before the subscription has matched is lost.
-    wait_for(publisher.get_subscription_count, timeout=30.0)
-    while (raw := queue.get()) is not None:
-        publisher.publish(deserialize_message(raw, PointCloud2))
-    node.destroy_node()
-    context.try_shutdown()
-
-
 @contextmanager
-def large_cloud_system(*ros_args: str) -> Iterator[tuple[UpClient, ChildPublisher]]:
-    """segvec3d-up and a cloud publisher, both with the shipped large-cloud Fast DDS profile,
-    in a domain apart from a module's system; on exit both stop and the node's output must hold
-    no traceback."""
-    env = {**large_clouds_env(), **separate_domain_env()}
-    up = UpClient(*ros_args, env=env)
-    publisher = ChildPublisher(env)
+def separate_system(*ros_args: str) -> Iterator[UpClient]:
+    """segvec3d-up with `ros_args` and its client, in a domain apart from a module's system;
+    on exit the node stops and its output must hold no traceback."""
+    up = UpClient(*ros_args, env=separate_domain_env())
     try:
-        yield up, publisher
+        yield up
     finally:
-        publisher.stop()
         _, output = up.stop()
     assert 'Traceback' not in output, output
 

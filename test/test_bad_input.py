@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from ros_harness import (Client, UpClient, cloud_msg, diagnostics_count, get_parameter,
-                         large_cloud_system, make_header, outputs_for, pipeline_diagnostics,
+                         make_header, outputs_for, pipeline_diagnostics,
                          publish_msg_until_answered, publish_until_answered, query,
-                         separate_domain_env, set_parameter, start_executable, stop_process,
-                         tabletop_points, wait_for)
+                         separate_domain_env, separate_system, set_parameter, start_executable,
+                         stop_process, tabletop_points, wait_for)
 from segvec3d_ros.tools.dds import isolate_dds
 
 isolate_dds()
@@ -377,11 +377,9 @@ def huge_tabletop(n: int, seed: int) -> tuple[np.ndarray, int]:
 
 @pytest.mark.parametrize('n', [1_500_000, pytest.param(5_000_000, marks=pytest.mark.slow)])
 def test_huge_clouds_are_capped_in_bounded_time_and_memory(n: int) -> None:
-    # Clouds of many MB need a DDS set-up for them, in the node and in the publisher.
     # The geometric segmenter: this bounds what the node itself holds per input point; the
     # learned segmenter's ONNX arena grows further at 50k working points (an open problem).
-    with large_cloud_system('-p', 'max_scene_age:=0.0', '-p', 'segmenter:=euclidean') as (
-            up, publisher):
+    with separate_system('-p', 'max_scene_age:=0.0', '-p', 'segmenter:=euclidean') as up:
         rss_before = up.memory_bytes('VmRSS')
         heap = [up.memory_bytes('RssAnon')]
         answer_s = []
@@ -390,8 +388,7 @@ def test_huge_clouds_are_capped_in_bounded_time_and_memory(n: int) -> None:
             msg = cloud_msg(make_header(), xyz)
             start = time.monotonic()
             # A repeat makes the node do the work again: only after a long wait.
-            found = publish_msg_until_answered(up, msg, timeout=120.0, period=20.0,
-                                               publish=publisher.publish)
+            found = publish_msg_until_answered(up, msg, timeout=120.0, period=20.0)
             answer_s.append(time.monotonic() - start)
             assert found, up.output_text[-3000:]
             labels = decode_pointcloud2(found['segvec3d/labeled_points']).extra['label']

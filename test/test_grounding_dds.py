@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from ros_harness import large_cloud_system, wait_for
+from ros_harness import separate_system, wait_for
 from segvec3d_ros.tools.dds import isolate_dds
 
 isolate_dds()
@@ -37,15 +37,15 @@ FRAME = 'camera_color_optical_frame'
 
 @pytest.fixture(scope='module')
 def system():
-    """segvec3d-up with the bundled learned segmenter and grounding head, and a publisher.
+    """segvec3d-up with the bundled learned segmenter and grounding head, and its client.
 
-    The scene is a 640 x 480 camera cloud (~5 MB): node and publisher run with the shipped
-    large-cloud Fast DDS profile, as a robot's should.
+    The scene is a 640 x 480 camera cloud (~5 MB), which the harness's large-cloud Fast DDS
+    profile carries.
     """
     if not ((MODELS / 'segvec3d.onnx').is_file() and (MODELS / 'grounding.pt').is_file()):
         pytest.skip('models/segvec3d.onnx and models/grounding.pt are not both there')
-    with large_cloud_system('-p', 'segmenter:=segvec3d', '-p', 'fallback_to_euclidean:=false',
-                            '-p', 'max_scene_age:=0.0') as system:
+    with separate_system('-p', 'segmenter:=segvec3d', '-p', 'fallback_to_euclidean:=false',
+                         '-p', 'max_scene_age:=0.0') as system:
         yield system
 
 
@@ -60,7 +60,7 @@ def _iou(response_points: PointCloud2, target: np.ndarray) -> float:
 
 
 def test_category_and_relation_queries_return_the_right_instance(system):
-    planner, publisher = system
+    planner = system
     scene = generate_scene(SEED, 'tabletop')
     objects, centers, up = scene_truth(scene)
     gt, _ = synthetic_ground_truth(scene)
@@ -75,7 +75,7 @@ def test_category_and_relation_queries_return_the_right_instance(system):
                                                      width=scene.cloud.width))
 
     def segmented() -> bool:
-        publisher.publish(msg)
+        planner.points_pub.publish(msg)
         return any(m.header == header for m in planner.received['segvec3d/instances'])
     assert wait_for(segmented, timeout=120.0, interval=2.0), 'the scene was not segmented'
     instances = next(m for m in planner.received['segvec3d/instances'] if m.header == header)

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ros_harness import (ChildPublisher, Client, large_clouds_env, make_header,
-                         pipeline_diagnostics, start_executable, stop_process, wait_for)
+from ros_harness import (Client, make_header, pipeline_diagnostics, start_executable,
+                         stop_process, wait_for)
 from segvec3d_ros.bench.measure import bench_frame
 from segvec3d_ros.bench.report import DDS_COLUMNS
 from segvec3d_ros.cloud import Cloud
@@ -31,7 +31,7 @@ isolate_dds()
 
 rclpy = pytest.importorskip('rclpy')
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 
 from segvec3d_msgs.msg import InstanceArray  # noqa: E402
@@ -46,17 +46,15 @@ DISTINCT_FRAMES = 4
 
 
 class Rig:
-    """segvec3d-up in its own process, a publisher process and a client timing the outputs.
+    """segvec3d-up in its own process, and a client publishing clouds and timing the outputs.
 
-    Node and publisher run with the shipped large-cloud Fast DDS profile (`large_clouds_env`). Unlike the
-    functional tests' client this one keeps no labeled clouds (6 MB each at 640 x 480): at
-    30 Hz they would fill memory and take CPU from the node it measures.
+    Both run with the harness's large-cloud Fast DDS profile. Unlike the functional tests'
+    client this one keeps no labeled clouds (6 MB each at 640 x 480): at 30 Hz they would fill
+    memory and take CPU from the node it measures.
     """
 
     def __init__(self, *ros_args: str) -> None:
-        env = large_clouds_env()
-        self.process = start_executable('segvec3d-up', *ros_args, env=env)
-        self.publisher = ChildPublisher(env)
+        self.process = start_executable('segvec3d-up', *ros_args)
         self.client = Client('segvec3d_throughput_client')
         self.client.record(DiagnosticArray, '/diagnostics')
         self.answered: dict[tuple[int, int], float] = {}   # stamp -> monotonic arrival
@@ -71,6 +69,9 @@ class Rig:
                 or self.process.poll() is not None:
             _, out, err = self.stop()
             raise RuntimeError(f'segvec3d-up did not come up:\n{out}\n{err}')
+        self.publisher = node.create_publisher(PointCloud2, 'points', qos_profile_sensor_data)
+        # Best effort: what goes out before the node's subscription has matched is lost.
+        wait_for(self.publisher.get_subscription_count, timeout=30.0)
 
     def _on_instances(self, msg: InstanceArray) -> None:
         now = time.monotonic()
@@ -86,8 +87,7 @@ class Rig:
         return msg.header.stamp.sec, msg.header.stamp.nanosec
 
     def stop(self) -> tuple[int, str, str]:
-        """Stop the publisher, the client and the node: (exit code, stdout, stderr)."""
-        self.publisher.stop()
+        """Stop the client and the node: (exit code, stdout, stderr)."""
         self.client.close()
         return stop_process(self.process)
 
