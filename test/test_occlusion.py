@@ -86,3 +86,12 @@ def test_nothing_to_join() -> None:
     one = np.where(ids == 1, 1, 0)
     assert (_join(xyz, one) == one).all()
     assert _join(np.zeros((0, 3), np.float32), np.zeros(0, dtype=np.int64)).shape == (0,)
+
+
+@pytest.mark.parametrize('scale', [1e30, 3.3e38])
+def test_coordinates_near_the_float32_limit_do_not_raise(scale: float) -> None:
+    xyz, ids = _scene()
+    huge = xyz * np.float32(scale)      # finite float32, as the pipeline's points always are
+    assert np.isfinite(huge).all()
+    joined = join_occluded(huge, ids, VOXEL, 0.02, 0.2)
+    assert joined.shape == ids.shape and (joined[ids == 0] == 0).all()
