@@ -35,6 +35,71 @@ def graph_clusters(embeddings: Array, knn_index: Array, radius: float = 0.4,
     return rank_labels(connected_components(graph, directed=False)[1] + 1, min_size)[0]
 
 
+def cluster_edges(xyz: Array, knn_index: Array, members: Array, tolerance: float) -> Array:
+    """(M, k) k-NN edges of the M `members` points, as indices among them; -1 for no edge.
+
+    An edge is dropped where it leaves the members or is longer than `tolerance`: embeddings
+    split what is spatially connected, and never join what a gap separates. numpy arrays or
+    torch tensors (one kind for all), computed where they are.
+    """
+    local = members.cumsum(0) - 1      # a member's index among the members
+    local[~members] = -1
+    neighbours = knn_index[members]
+    edges = local[neighbours]
+    # Near float32's limit an offset overflows to inf: a gap too long to join, as it should be.
+    with np.errstate(over='ignore'):
+        offsets = xyz[neighbours] - xyz[members][:, None]
+        edges[(offsets * offsets).sum(-1) ** 0.5 > tolerance] = -1
+    return edges
+
+
+def reclaim_support(embeddings: Array, xyz: Array, knn_index: Array, support: np.ndarray,
+                    ids: np.ndarray, radius: float, tolerance: float,
+                    max_points: float) -> tuple[np.ndarray, np.ndarray]:
+    """Give the pieces of the support surfaces that embed like a touching instance to it.
+
+    A plane's inliers include whatever lies within its distance: seen from above, the floor
+    inside a mug or bowl, and the bottom rows of every object on the table. The support points
+    are grouped like instances (k-NN edges no longer than `tolerance` whose embeddings are
+    closer than `radius`); each group under `max_points` points (not the table itself) that has
+    such edges to instance points joins the instance most of them reach. Returns new (ids,
+    support); the arrays, numpy or torch, are those of `cluster_edges`.
+    """
+    on_torch = isinstance(embeddings, torch.Tensor)
+    members = torch.from_numpy(support).to(embeddings.device) if on_torch else support
+    if not support.any() or not ids.any():
+        return ids, support
+    group = np.zeros(len(support), dtype=np.int64)
+    group[support] = graph_clusters(embeddings[members],
+                                    cluster_edges(xyz, knn_index, members, tolerance), radius)
+    sizes = np.bincount(group)
+    rows = np.flatnonzero((group > 0) & (sizes[group] < max_points))
+    if len(rows) == 0:
+        return ids, support
+    xp = torch if on_torch else np
+    picked = torch.from_numpy(rows).to(embeddings.device) if on_torch else rows
+    neighbours = knn_index[picked]
+    gaps = xyz[neighbours] - xyz[picked][:, None]
+    offsets = embeddings[neighbours] - embeddings[picked][:, None]
+    close = ((xp.einsum('rkd,rkd->rk', offsets, offsets) < radius**2)
+             & (xp.einsum('rkd,rkd->rk', gaps, gaps) <= tolerance**2))
+    neighbour_ids = ids[_numpy(neighbours)]
+    row, column = np.nonzero(_numpy(close) & (neighbour_ids > 0))
+    if len(row) == 0:
+        return ids, support
+    # Votes per (group, instance); each group takes the instance with the most.
+    stride = int(ids.max()) + 1
+    keys, votes = np.unique(group[rows[row]] * stride + neighbour_ids[row, column],
+                            return_counts=True)
+    winners = np.lexsort((-votes, keys // stride))
+    first = np.unique((keys // stride)[winners], return_index=True)[1]
+    instance_of_group = np.zeros(len(sizes), dtype=np.int64)
+    instance_of_group[(keys // stride)[winners[first]]] = (keys % stride)[winners[first]]
+    joining = instance_of_group[group] > 0
+    ids = np.where(joining, instance_of_group[group], ids)
+    return ids, support & ~joining
+
+
 def absorb_fragments(labels: np.ndarray, knn_index: np.ndarray, min_size: int,
                      rounds: int = 8) -> np.ndarray:
     """Give the points of clusters under `min_size` to a neighbouring large cluster.
