@@ -62,8 +62,7 @@ def reclaim_support(embeddings: Array, xyz: Array, knn_index: Array, support: np
     inside a mug or bowl, and the bottom rows of every object on the table. The support points
     are grouped like instances (k-NN edges no longer than `tolerance` whose embeddings are
     closer than `radius`); each group under `max_points` points (not the table itself) that has
-    such edges to instance points joins the instance most of them reach, unless the group is
-    the larger of the two: a sliver must not grow into a piece of table. Returns new (ids,
+    such edges to instance points joins the instance most of them reach. Returns new (ids,
     support); the arrays, numpy or torch, are those of `cluster_edges`.
     """
     on_torch = isinstance(embeddings, torch.Tensor)
@@ -96,8 +95,6 @@ def reclaim_support(embeddings: Array, xyz: Array, knn_index: Array, support: np
     first = np.unique((keys // stride)[winners], return_index=True)[1]
     instance_of_group = np.zeros(len(sizes), dtype=np.int64)
     instance_of_group[(keys // stride)[winners[first]]] = (keys % stride)[winners[first]]
-    instance_of_group[sizes > np.bincount(ids, minlength=stride)[instance_of_group]] = 0
-    instance_of_group[0] = 0
     joining = instance_of_group[group] > 0
     ids = np.where(joining, instance_of_group[group], ids)
     return ids, support & ~joining
