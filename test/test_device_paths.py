@@ -12,10 +12,10 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from segvec3d_ros.model.clustering import cluster_edges, graph_clusters, reclaim_support
+from segvec3d_ros.model.clustering import graph_clusters
 from segvec3d_ros.model.export import INPUTS, export_onnx
 from segvec3d_ros.model.knn import knn_graph
-from segvec3d_ros.model.segmenter import _einsums_as_matmuls
+from segvec3d_ros.model.segmenter import _einsums_as_matmuls, cluster_edges
 from segvec3d_ros.model.segvec3d import SegVec3D, SegVec3DConfig
 
 
@@ -73,41 +73,3 @@ def test_einsums_rewritten_as_matmuls_give_the_same_outputs(tmp_path: Path) -> N
                for m in (model, rewritten)]
     for before, after in zip(*outputs):
         np.testing.assert_allclose(after, before, atol=1e-5)
-
-
-def _table_with_a_cup() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Table grid (support), a cup wall on it (instance 1) and, inside, its floor in the table
-    plane (support by RANSAC); the floor and wall embed alike, the table apart."""
-    gx, gy = np.meshgrid(np.arange(-0.3, 0.3, 0.01), np.arange(-0.3, 0.3, 0.01))
-    plane = np.column_stack([gx.ravel(), gy.ravel(), np.zeros(gx.size)])
-    radius = np.hypot(plane[:, 0], plane[:, 1])
-    table, floor = plane[radius > 0.05], plane[radius < 0.035]
-    angle = np.linspace(0, 2 * np.pi, 32, endpoint=False)
-    wall = np.concatenate([np.column_stack([0.045 * np.cos(angle), 0.045 * np.sin(angle),
-                                            np.full(32, z)]) for z in np.arange(0.0, 0.1, 0.01)])
-    xyz = np.concatenate([table, floor, wall]).astype(np.float32)
-    part = np.repeat([0, 1, 2], [len(table), len(floor), len(wall)])
-    embeddings = np.zeros((len(xyz), 16), dtype=np.float32)
-    embeddings[part == 0, 0] = 1.0
-    embeddings[part > 0, 1] = 1.0
-    knn_index = knn_graph(torch.from_numpy(xyz), 12).numpy()
-    return xyz, knn_index, embeddings, part <= 1, np.where(part == 2, 1, 0)
-
-
-def test_support_pieces_embedding_like_a_touching_instance_join_it() -> None:
-    xyz, knn_index, embeddings, support, ids = _table_with_a_cup()
-    floor = support & (np.hypot(xyz[:, 0], xyz[:, 1]) < 0.04)
-    new_ids, new_support = reclaim_support(embeddings, xyz, knn_index, support, ids, 0.3, 0.02,
-                                           0.1 * len(xyz))
-    assert (new_ids[floor] == 1).all() and not new_support[floor].any()
-    assert (new_support == support & ~floor).all() and (new_ids[~floor] == ids[~floor]).all()
-    # The table is too big to be a piece, however it embeds.
-    embeddings[:, :] = 0
-    embeddings[:, 1] = 1
-    new_ids, new_support = reclaim_support(embeddings, xyz, knn_index, support, ids, 0.3, 0.02,
-                                           0.1 * len(xyz))
-    assert new_support[~floor & support].all()
-    on_torch = reclaim_support(torch.from_numpy(embeddings), torch.from_numpy(xyz),
-                               torch.from_numpy(knn_index), support, ids, 0.3, 0.02,
-                               0.1 * len(xyz))
-    assert np.array_equal(on_torch[0], new_ids) and np.array_equal(on_torch[1], new_support)

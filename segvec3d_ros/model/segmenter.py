@@ -13,8 +13,7 @@ import onnx.numpy_helper
 import onnxruntime as ort
 import torch
 
-from segvec3d_ros.model.clustering import (absorb_fragments, cluster_edges, graph_clusters,
-                                          reclaim_support)
+from segvec3d_ros.model.clustering import Array, absorb_fragments, graph_clusters
 from segvec3d_ros.model.export import CONFIG_KEY, INPUTS, OUTPUTS
 from segvec3d_ros.model.features import input_features
 from segvec3d_ros.model.knn import knn_graph
@@ -139,6 +138,24 @@ def _einsums_as_matmuls(model: onnx.ModelProto) -> None:
     graph.node.extend(nodes)
 
 
+def cluster_edges(xyz: Array, knn_index: Array, members: Array, tolerance: float) -> Array:
+    """(M, k) k-NN edges of the M `members` points, as indices among them; -1 for no edge.
+
+    An edge is dropped where it leaves the members or is longer than `tolerance`: embeddings
+    split what is spatially connected, and never join what a gap separates. numpy arrays or
+    torch tensors (one kind for all), computed where they are.
+    """
+    local = members.cumsum(0) - 1      # a member's index among the members
+    local[~members] = -1
+    neighbours = knn_index[members]
+    edges = local[neighbours]
+    # Near float32's limit an offset overflows to inf: a gap too long to join, as it should be.
+    with np.errstate(over='ignore'):
+        offsets = xyz[neighbours] - xyz[members][:, None]
+        edges[(offsets * offsets).sum(-1) ** 0.5 > tolerance] = -1
+    return edges
+
+
 def bundled_model_path() -> Path:
     """models/segvec3d.onnx of the source tree, else of the installed package's share folder."""
     source_tree = Path(__file__).resolve().parents[2] / 'models' / BUNDLED_MODEL
@@ -250,9 +267,4 @@ class LearnedSegmenter:
             ids = join_occluded(pts, ids, cfg.voxel_size or cfg.cluster_tolerance / 2,
                                 cfg.cluster_tolerance, cfg.occlusion_gap)
             lap('occlusion')
-        # After the joining: a support piece then goes to the whole object it touches.
-        ids, support = reclaim_support(point_embeddings, xyz, index, support, ids,
-                                       cfg.embedding_radius, cfg.cluster_tolerance,
-                                       cfg.min_support_fraction * len(pts))
-        lap('support')
         return Segmentation(ids, support, point_features.cpu().numpy(), timings)
