@@ -5,11 +5,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from segvec3d_ros.segmentation.geometry import rank_labels
+from segvec3d_ros.segmentation.geometry import edge_components, rank_labels
 
 Array = np.ndarray | torch.Tensor
 
@@ -31,8 +29,8 @@ def graph_clusters(embeddings: Array, knn_index: Array, radius: float = 0.4,
     diff = emb[index.clip(0)]
     diff -= emb[:, None]
     keep = (xp.einsum('nkd,nkd->nk', diff, diff) < radius**2) & (index >= 0)
-    graph = _adjacency(np.nonzero(_numpy(keep))[0], _numpy(index[keep]), len(keep))
-    return rank_labels(connected_components(graph, directed=False)[1] + 1, min_size)[0]
+    components = edge_components(np.nonzero(_numpy(keep))[0], _numpy(index[keep]), len(keep))
+    return rank_labels(components + 1, min_size)[0]
 
 
 def absorb_fragments(labels: np.ndarray, knn_index: np.ndarray, min_size: int,
@@ -78,8 +76,7 @@ def dbscan_clusters(embeddings: Array, eps: float = 0.3, min_samples: int = 10,
     pairs = cKDTree(pts).query_pairs(eps, output_type='ndarray')
     core = np.bincount(pairs.reshape(-1), minlength=num) + 1 >= min_samples
     linked = core[pairs[:, 0]] & core[pairs[:, 1]]
-    _, components = connected_components(_adjacency(pairs[linked, 0], pairs[linked, 1], num),
-                                         directed=False)
+    components = edge_components(pairs[linked, 0], pairs[linked, 1], num)
     labels = np.where(core, components + 1, 0)
     # A border point may reach several clusters; like sklearn it simply takes one of them.
     for border, anchor in ((1, 0), (0, 1)):
@@ -112,8 +109,7 @@ def mean_shift_clusters(embeddings: Array, bandwidth: float = 0.3, max_seeds: in
         if moved < 1e-3 * bandwidth:
             break
     merged = cKDTree(modes).query_pairs(bandwidth, output_type='ndarray')
-    _, mode_labels = connected_components(_adjacency(merged[:, 0], merged[:, 1], len(modes)),
-                                          directed=False)
+    mode_labels = edge_components(merged[:, 0], merged[:, 1], len(modes))
     nearest = cKDTree(modes).query(pts, k=1)[1]
     return rank_labels(mode_labels[nearest] + 1, min_size)[0]
 
@@ -134,9 +130,3 @@ def _numpy(values: Array) -> np.ndarray:
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().numpy()
     return np.asarray(values)
-
-
-def _adjacency(rows: np.ndarray, cols: np.ndarray, num: int) -> coo_matrix:
-    """Sparse boolean graph of the given edges over `num` nodes."""
-    return coo_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(num, num))
-

@@ -29,6 +29,13 @@ class VoxelGrid:
     inverse: np.ndarray         # (N,) int64 voxel index of each input point
 
 
+def edge_components(rows: np.ndarray, cols: np.ndarray, num: int) -> np.ndarray:
+    """(num,) connected-component number of each node of the undirected graph of the edges
+    rows[i] - cols[i]; a node without edges is a component of its own."""
+    graph = coo_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(num, num))
+    return connected_components(graph, directed=False)[1]
+
+
 def group_means(groups: np.ndarray, values: np.ndarray, num_groups: int) -> np.ndarray:
     """Mean of the (N, C) values per group id in [0, num_groups); empty groups get zeros."""
     counts = np.maximum(np.bincount(groups, minlength=num_groups), 1)
@@ -145,9 +152,8 @@ def plane_patches(xyz: np.ndarray, normal: np.ndarray, tolerance: float) -> np.n
         found = keys[position] == keys + offset
         rows.append(np.flatnonzero(found))
         cols.append(position[found])
-    row, col = np.concatenate(rows), np.concatenate(cols)
-    graph = coo_matrix((np.ones(len(row), dtype=bool), (row, col)), shape=(len(keys),) * 2)
-    return connected_components(graph, directed=False)[1][inverse.reshape(-1)]
+    return edge_components(np.concatenate(rows), np.concatenate(cols),
+                           len(keys))[inverse.reshape(-1)]
 
 
 def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_fraction: float,
@@ -211,9 +217,7 @@ def euclidean_clusters(xyz: np.ndarray, tolerance: float, min_points: int = 1,
     """
     pts = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
     pairs = cKDTree(pts).query_pairs(tolerance, output_type='ndarray')
-    graph = coo_matrix((np.ones(len(pairs), dtype=bool), (pairs[:, 0], pairs[:, 1])),
-                       shape=(len(pts), len(pts)))
-    _, components = connected_components(graph, directed=False)
+    components = edge_components(pairs[:, 0], pairs[:, 1], len(pts))
     return rank_labels(components + 1, min_points, max_points)[0]
 
 

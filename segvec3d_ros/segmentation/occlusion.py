@@ -9,11 +9,9 @@ sensor sees the table or anything behind it keeps the pieces apart.
 from __future__ import annotations
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from segvec3d_ros.segmentation.geometry import rank_labels
+from segvec3d_ros.segmentation.geometry import edge_components, rank_labels
 
 # A view ray hits a working point when it passes within this many voxel sizes of it: the
 # voxel centroids of a surface are about one voxel apart, so a ray between them still hits.
@@ -80,9 +78,7 @@ def join_occluded(xyz: np.ndarray, ids: np.ndarray, voxel_size: float, min_gap: 
     if not joined:
         return ids
     pairs = np.array(joined)
-    graph = coo_matrix((np.ones(len(pairs), dtype=bool), (pairs[:, 0], pairs[:, 1])),
-                       shape=(num + 1, num + 1))
-    component = connected_components(graph, directed=False)[1]
+    component = edge_components(pairs[:, 0], pairs[:, 1], num + 1)
     # Component numbers start at 0 for id 0, which stays "no instance".
     return rank_labels(np.where(ids > 0, component[ids] + 1, 0))[0]
 
