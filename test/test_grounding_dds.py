@@ -36,7 +36,7 @@ FRAME = 'camera_color_optical_frame'
 
 
 @pytest.fixture(scope='module')
-def system():
+def planner():
     """segvec3d-up with the bundled learned segmenter and grounding head, and its client.
 
     The scene is a 640 x 480 camera cloud (~5 MB), which the harness's large-cloud Fast DDS
@@ -45,8 +45,8 @@ def system():
     if not ((MODELS / 'segvec3d.onnx').is_file() and (MODELS / 'grounding.pt').is_file()):
         pytest.skip('models/segvec3d.onnx and models/grounding.pt are not both there')
     with separate_system('-p', 'segmenter:=segvec3d', '-p', 'fallback_to_euclidean:=false',
-                         '-p', 'max_scene_age:=0.0') as system:
-        yield system
+                         '-p', 'max_scene_age:=0.0') as client:
+        yield client
 
 
 def _iou(response_points: PointCloud2, target: np.ndarray) -> float:
@@ -59,8 +59,7 @@ def _iou(response_points: PointCloud2, target: np.ndarray) -> float:
     return shared / (len(answer) + len(target) - shared)
 
 
-def test_category_and_relation_queries_return_the_right_instance(system):
-    planner = system
+def test_category_and_relation_queries_return_the_right_instance(planner):
     scene = generate_scene(SEED, 'tabletop')
     objects, centers, up = scene_truth(scene)
     gt, _ = synthetic_ground_truth(scene)

@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from ros_harness import (cloud_msg, diagnostics_count, separate_system, make_header,
-                         pipeline_diagnostics, publish_msg_until_answered,
-                         publish_until_answered, query, start_executable, stop_process,
-                         tabletop_points, wait_for)
+from ros_harness import (cloud_msg, diagnostics_count, make_header, pipeline_diagnostics,
+                         publish_msg_until_answered, publish_until_answered, query,
+                         separate_system, start_executable, stop_process, tabletop_points,
+                         wait_for)
 from segvec3d_ros.tools.dds import isolate_dds
 
 isolate_dds()
