@@ -58,8 +58,7 @@ def join_occluded(xyz: np.ndarray, ids: np.ndarray, voxel_size: float, min_gap: 
     box_gaps = np.maximum(np.maximum(lows[:, None] - highs[None], lows[None] - highs[:, None]), 0)
     near = np.triu(np.linalg.norm(box_gaps, axis=2) <= max_gap, 1)
     trees: dict[int, cKDTree] = {}
-    rays: cKDTree | None = None    # view directions of all points, built when first needed
-    joined = []
+    gaps = []
     for a, b in zip(pieces[np.nonzero(near)[0]], pieces[np.nonzero(near)[1]]):
         # The smaller piece is looked up in the larger one's tree.
         small, large = (a, b) if len(members[a]) <= len(members[b]) else (b, a)
@@ -67,14 +66,15 @@ def join_occluded(xyz: np.ndarray, ids: np.ndarray, voxel_size: float, min_gap: 
             trees[large] = cKDTree(pts[members[large]])
         distance, nearest = trees[large].query(pts[members[small]], distance_upper_bound=max_gap)
         closest = int(np.argmin(distance))
-        if not min_gap < distance[closest] <= max_gap:
-            continue
-        end_points = members[small][closest], members[large][nearest[closest]]
-        if rays is None:
-            rays = cKDTree(rel / np.maximum(ranges, 1e-9)[:, None])
-        if (_gap_hidden(rel[list(end_points)], ranges, ids, (a, b), rays, voxel_size)
-                and _one_surface(pts, members[small], members[large], end_points, voxel_size)):
-            joined.append((a, b))
+        if min_gap < distance[closest] <= max_gap:
+            ends = members[small][closest], members[large][nearest[closest]]
+            gaps.append((a, b, small, large, ends, _gap_samples(rel[list(ends)], voxel_size)))
+    if not gaps:
+        return ids
+    rays = _ViewRays(rel, ranges, np.concatenate([g[-1] for g in gaps]), voxel_size)
+    joined = [(a, b) for a, b, small, large, ends, samples in gaps
+              if _gap_hidden(rel[list(ends)], samples, ranges, ids, (a, b), rays, voxel_size)
+              and _one_surface(pts, members[small], members[large], ends, voxel_size)]
     if not joined:
         return ids
     pairs = np.array(joined)
@@ -103,21 +103,45 @@ def _one_surface(pts: np.ndarray, piece_a: np.ndarray, piece_b: np.ndarray,
     return max(abs(offset @ normals[0]), abs(offset @ normals[1])) <= _ON_SURFACE_VOXELS * voxel_size
 
 
-def _gap_hidden(ends: np.ndarray, ranges: np.ndarray, ids: np.ndarray, pair: tuple[int, int],
-                rays: cKDTree, voxel_size: float) -> bool:
-    """Whether the segment between `ends` (viewpoint-relative) is hidden behind other points."""
+class _ViewRays:
+    """The view directions of the points that a ray towards any of some sample points can
+    pass within _RAY_WIDTH_VOXELS of: a k-d tree of all directions costs more than the rest
+    of the occlusion step, and most points (the table, the background) are far from any gap."""
+
+    def __init__(self, rel: np.ndarray, ranges: np.ndarray, samples: np.ndarray,
+                 voxel_size: float) -> None:
+        directions = rel / np.maximum(ranges, 1e-9)[:, None]
+        sample_ranges = np.linalg.norm(samples, axis=1)
+        sample_directions = samples / sample_ranges[:, None]
+        reach = _RAY_WIDTH_VOXELS * voxel_size / sample_ranges.min()
+        low, high = sample_directions.min(axis=0) - reach, sample_directions.max(axis=0) + reach
+        self.index = np.flatnonzero(((directions >= low) & (directions <= high)).all(axis=1))
+        self.tree = cKDTree(directions[self.index])
+
+    def hits(self, samples: np.ndarray, voxel_size: float) -> list[np.ndarray]:
+        """Per sample (viewpoint-relative), the points its view ray passes near."""
+        sample_ranges = np.linalg.norm(samples, axis=1)
+        found = self.tree.query_ball_point(samples / sample_ranges[:, None],
+                                           _RAY_WIDTH_VOXELS * voxel_size / sample_ranges)
+        return [self.index[np.asarray(hit, dtype=np.int64)] for hit in found]
+
+
+def _gap_samples(ends: np.ndarray, voxel_size: float) -> np.ndarray:
+    """Points about a voxel apart strictly between the two (viewpoint-relative) `ends`."""
     steps = max(int(np.ceil(np.linalg.norm(ends[1] - ends[0]) / voxel_size)), 2)
-    samples = ends[0] + (ends[1] - ends[0]) * (np.arange(1, steps) / steps)[:, None]
-    sample_ranges = np.linalg.norm(samples, axis=1)
-    front = np.minimum(sample_ranges, np.linalg.norm(ends, axis=1).min())
+    return ends[0] + (ends[1] - ends[0]) * (np.arange(1, steps) / steps)[:, None]
+
+
+def _gap_hidden(ends: np.ndarray, samples: np.ndarray, ranges: np.ndarray, ids: np.ndarray,
+                pair: tuple[int, int], rays: _ViewRays, voxel_size: float) -> bool:
+    """Whether the segment between `ends` (viewpoint-relative), at `samples`, is hidden behind
+    other points."""
+    front = np.minimum(np.linalg.norm(samples, axis=1), np.linalg.norm(ends, axis=1).min())
     front -= _IN_FRONT_VOXELS * voxel_size
-    hits = rays.query_ball_point(samples / sample_ranges[:, None],
-                                 _RAY_WIDTH_VOXELS * voxel_size / sample_ranges)
     hidden = 0
-    for limit, hit in zip(front, hits):
-        if not hit:
+    for limit, hit in zip(front, rays.hits(samples, voxel_size)):
+        if not len(hit):
             continue
-        hit = np.asarray(hit)
         others = hit[(ids[hit] != pair[0]) & (ids[hit] != pair[1])]
         if len(others) and ranges[others].min() < limit:
             hidden += 1
