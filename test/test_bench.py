@@ -67,7 +67,7 @@ def test_a_tiny_bench_writes_a_report_with_every_setup_and_stage(tmp_path, model
     ratios = [row[7] for row in end_to_end]
     assert ratios[0] == '1.00' and all(float(r) > 0 for r in ratios[1:])
     # The learned setups time every stage, the baseline has no features, k-NN or network.
-    assert stages[0][5:8] == ['–', '–', '–'] and '–' not in ' '.join(stages[1][2:])
+    assert stages[0][6:9] == ['–', '–', '–'] and '–' not in ' '.join(stages[1][2:])
     assert '## Through the real node over DDS' in report
     assert 'python test/test_throughput.py --frames 9' in report
     assert '## Text queries' not in report
@@ -129,6 +129,6 @@ def test_stages_come_in_frame_order_with_new_ones_before_encode():
     def measured(*stages: str) -> Measurement:
         return Measurement(Setup('euclidean', 'numpy', 'cpu'), 1,
                            {'seconds': {stage: [0.1] for stage in stages}})
-    rows = [measured('decode', 'plane', 'describe', 'ground', 'encode', 'total'),
-            measured('decode', 'network', 'plane', 'encode', 'total')]
-    assert stage_order(rows) == ['decode', 'network', 'plane', 'describe', 'ground', 'encode']
+    rows = [measured('decode', 'network', 'describe', 'ground', 'encode', 'total'),
+            measured('decode', 'plane', 'network', 'encode', 'total')]
+    assert stage_order(rows) == ['decode', 'plane', 'network', 'describe', 'ground', 'encode']

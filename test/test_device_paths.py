@@ -42,19 +42,16 @@ def test_graph_clusters_agree_for_numpy_arrays_and_torch_tensors() -> None:
 
 def test_cluster_edges_agree_for_numpy_arrays_and_torch_tensors() -> None:
     xyz, knn_index, _ = random_graph()
-    members = np.random.default_rng(1).uniform(size=len(xyz)) < 0.7
-    on_numpy = cluster_edges(xyz, knn_index, members, 0.02)
-    on_torch = cluster_edges(torch.from_numpy(xyz), torch.from_numpy(knn_index),
-                             torch.from_numpy(members), 0.02)
+    on_numpy = cluster_edges(xyz, knn_index, 0.02)
+    on_torch = cluster_edges(torch.from_numpy(xyz), torch.from_numpy(knn_index), 0.02)
     assert np.array_equal(on_numpy, on_torch.numpy())
-    assert on_numpy.shape == (members.sum(), knn_index.shape[1])
     kept = on_numpy >= 0
     assert 0 < kept.mean() < 1
-    # Kept edges are short and stay among the members, renumbered 0..M-1.
-    member_ids = np.flatnonzero(members)
-    lengths = np.linalg.norm(xyz[member_ids[on_numpy[kept]]]
-                             - xyz[np.repeat(member_ids, kept.sum(axis=1))], axis=1)
-    assert lengths.max() <= 0.02
+    # Exactly the edges up to the tolerance are kept, and the input index is left alone.
+    lengths = np.linalg.norm(xyz[knn_index] - xyz[:, None], axis=2)
+    assert np.array_equal(kept, lengths <= 0.02)
+    assert np.array_equal(on_numpy[kept], knn_index[kept])
+    assert (knn_index >= 0).all()
 
 
 def test_einsums_rewritten_as_matmuls_give_the_same_outputs(tmp_path: Path) -> None:

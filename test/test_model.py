@@ -336,8 +336,13 @@ def test_learned_segmenter_runs_end_to_end_from_torch_and_onnx(tmp_path: Path) -
         assert seg.support_mask[:1500].mean() > 0.95 and not seg.support_mask[1500:].any()
         assert (seg.instance_ids[seg.support_mask] == 0).all()
         assert (seg.instance_ids[1500:] > 0).all()
+        # The network runs on the points in front of the support only.
+        assert not seg.features[seg.support_mask].any() and seg.features[1500:].any(axis=1).all()
         results.append(seg)
         empty = segmenter.segment(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8))
+        table_only = segmenter.segment(xyz[:1500], rgb[:1500])
+        assert table_only.support_mask.all() and not table_only.instance_ids.any()
+        assert 'network' not in table_only.timings and not table_only.features.any()
         assert empty.instance_ids.shape == (0,) and empty.features.shape == (0, 64)
     np.testing.assert_allclose(results[0].features, results[1].features, atol=1e-4)
     assert np.array_equal(results[0].instance_ids, results[1].instance_ids)

@@ -26,7 +26,7 @@ from segvec3d_ros.io.pointcloud2 import decode_pointcloud2, encode_pointcloud2
 
 # Stages in frame order: the node's decode and encode around Pipeline.process's own stages
 # (a stage the pipeline reports that is not listed here comes before encode).
-STAGES = ('decode', 'filter', 'downsample', 'features', 'knn', 'network', 'plane', 'cluster',
+STAGES = ('decode', 'filter', 'downsample', 'plane', 'features', 'knn', 'network', 'cluster',
           'occlusion', 'upsample', 'describe', 'encode')
 TOTAL = 'total'
 VGA_PIXELS = 640 * 480

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import onnx
@@ -138,20 +138,16 @@ def _einsums_as_matmuls(model: onnx.ModelProto) -> None:
     graph.node.extend(nodes)
 
 
-def cluster_edges(xyz: Array, knn_index: Array, members: Array, tolerance: float) -> Array:
-    """(M, k) k-NN edges of the M `members` points, as indices among them; -1 for no edge.
+def cluster_edges(xyz: Array, knn_index: Array, tolerance: float) -> Array:
+    """The (N, k) k-NN index with -1 for every edge longer than `tolerance`.
 
-    An edge is dropped where it leaves the members or is longer than `tolerance`: embeddings
-    split what is spatially connected, and never join what a gap separates. numpy arrays or
-    torch tensors (one kind for all), computed where they are.
+    Embeddings split what is spatially connected, and never join what a gap separates.
+    numpy arrays or torch tensors (one kind for both), computed where they are.
     """
-    local = members.cumsum(0) - 1      # a member's index among the members
-    local[~members] = -1
-    neighbours = knn_index[members]
-    edges = local[neighbours]
+    edges = knn_index.copy() if isinstance(knn_index, np.ndarray) else knn_index.clone()
     # Near float32's limit an offset overflows to inf: a gap too long to join, as it should be.
     with np.errstate(over='ignore'):
-        offsets = xyz[neighbours] - xyz[members][:, None]
+        offsets = xyz[knn_index] - xyz[:, None]
         edges[(offsets * offsets).sum(-1) ** 0.5 > tolerance] = -1
     return edges
 
@@ -188,14 +184,15 @@ def load_network(path: str | Path, device: str = 'auto') -> _TorchNetwork | _Onn
 
 
 class LearnedSegmenter:
-    """SegVec3D: RANSAC support surfaces, then connected components of the spatial k-NN edges
-    whose embeddings are closer than `embedding_radius`, then the pieces of objects that a
-    nearer object splits joined again (`occlusion_gap`).
+    """SegVec3D: RANSAC support surfaces peeled off, the network on the points in front of
+    them, connected components of the spatial k-NN edges whose embeddings are closer than
+    `embedding_radius`, then the pieces of objects that a nearer object splits joined again
+    (`occlusion_gap`).
 
     The support surfaces are found as in the geometric baseline, so the table is one region
-    however the embeddings split it; the instances are the clusters of the points in front.
-    No k-NN edge spans an occluder, so without the last step an object seen on both sides of
-    one stays two instances.
+    however embeddings would split it, and the network, the costly stage, runs only on what
+    may be objects. No k-NN edge spans an occluder, so without the last step an object seen on
+    both sides of one stays two instances.
     """
 
     name = 'segvec3d'
@@ -211,34 +208,21 @@ class LearnedSegmenter:
         self.network = load_network(config.model_path or bundled_model_path(), config.device)
 
     def segment(self, xyz: np.ndarray, rgb: np.ndarray | None) -> Segmentation:
-        """Label each finite point: support (mask), instance 1..K by size, or 0; F per point."""
+        """Label each finite point: support (mask), instance 1..K by size, or 0; F per point,
+        zeros where the network did not run (support surfaces and what lies beyond them)."""
         cfg = self.config
         pts = np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
-        net_cfg = self.network.config
-        start = perf_counter()
-        if len(pts) == 0:
-            return Segmentation(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool),
-                                np.zeros((0, net_cfg.channels), dtype=np.float32), {})
-        device = self.network.device
         timings: dict[str, float] = {}
-        tick = start
+        tick = perf_counter()
 
         def lap(stage: str) -> None:
             nonlocal tick
-            if device.type == 'cuda':
+            if self.network.device.type == 'cuda':
                 # GPU work is queued, not done: without waiting, its time would show up in
                 # whichever later stage first waits for it.
-                torch.cuda.synchronize(device)
+                torch.cuda.synchronize(self.network.device)
             now = perf_counter()
             timings[stage], tick = now - tick, now
-
-        features = torch.from_numpy(input_features(pts, rgb, net_cfg)).to(device)
-        lap('features')
-        points = torch.from_numpy(pts).to(device)
-        knn_index = knn_graph(points, net_cfg.k)
-        lap('knn')
-        embeddings, point_features = self.network(features, points, knn_index)
-        lap('network')
 
         # A fresh generator per frame keeps the result a function of the frame alone.
         support, rest = support_surfaces(pts, cfg.plane_distance, cfg.plane_iterations,
@@ -246,25 +230,42 @@ class LearnedSegmenter:
                                          np.random.default_rng(self.seed), self.up,
                                          tolerance=cfg.cluster_tolerance)
         lap('plane')
-
-        if device.type == 'cpu':
-            # numpy: on a busy CPU torch's threaded small indexing ops take several times
-            # longer than the work in them.
-            xyz, index, point_embeddings, members = (pts, knn_index.numpy(), embeddings.numpy(),
-                                                     rest)
-        else:
-            # torch where the network ran: only the kept edges come to the host.
-            xyz, index, point_embeddings, members = (points, knn_index, embeddings,
-                                                     torch.from_numpy(rest).to(device))
-        edges = cluster_edges(xyz, index, members, cfg.cluster_tolerance)
         ids = np.zeros(len(pts), dtype=np.int64)
-        clusters = graph_clusters(point_embeddings[members], edges, cfg.embedding_radius)
-        # Size filtering of whole instances is the caller's: it counts input points.
-        ids[rest] = absorb_fragments(clusters, edges if isinstance(edges, np.ndarray)
-                                     else edges.cpu().numpy(), FRAGMENT_POINTS)
-        lap('cluster')
+        features = np.zeros((len(pts), self.network.config.channels), dtype=np.float32)
+        if rest.any():
+            # The network sees what may be objects, as in training (`drop_support`): the
+            # support surfaces, often most of a tabletop frame, cost it nothing.
+            ids[rest], features[rest] = self._embed_and_cluster(
+                pts[rest], None if rgb is None else np.asarray(rgb).reshape(-1, 3)[rest], lap)
         if cfg.occlusion_gap > 0:
             ids = join_occluded(pts, ids, cfg.voxel_size or cfg.cluster_tolerance / 2,
                                 cfg.cluster_tolerance, cfg.occlusion_gap)
             lap('occlusion')
-        return Segmentation(ids, support, point_features.cpu().numpy(), timings)
+        return Segmentation(ids, support, features, timings)
+
+    def _embed_and_cluster(self, pts: np.ndarray, rgb: np.ndarray | None,
+                           lap: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
+        """(M,) instance ids 1..K and (M, C) point features of M >= 1 points in front of the
+        support: connected components of the short k-NN edges with close embeddings."""
+        cfg, net_cfg, device = self.config, self.network.config, self.network.device
+        features = torch.from_numpy(input_features(pts, rgb, net_cfg)).to(device)
+        lap('features')
+        points = torch.from_numpy(pts).to(device)
+        knn_index = knn_graph(points, net_cfg.k)
+        lap('knn')
+        embeddings, point_features = self.network(features, points, knn_index)
+        lap('network')
+        if device.type == 'cpu':
+            # numpy: on a busy CPU torch's threaded small indexing ops take several times
+            # longer than the work in them.
+            edges = cluster_edges(pts, knn_index.numpy(), cfg.cluster_tolerance)
+            clusters = graph_clusters(embeddings.numpy(), edges, cfg.embedding_radius)
+        else:
+            # torch where the network ran: only the kept edges come to the host.
+            edges = cluster_edges(points, knn_index, cfg.cluster_tolerance)
+            clusters = graph_clusters(embeddings, edges, cfg.embedding_radius)
+            edges = edges.cpu().numpy()
+        # Size filtering of whole instances is the caller's: it counts input points.
+        ids = absorb_fragments(clusters, edges, FRAGMENT_POINTS)
+        lap('cluster')
+        return ids, point_features.cpu().numpy()
