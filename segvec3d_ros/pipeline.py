@@ -54,6 +54,9 @@ class PipelineConfig:
                                    'in m when the gap between them is hidden behind a nearer '
                                    'object, seen from the cloud origin (the sensor); 0 = off',
                                    range=(0.0, 1.0))
+    claim_openings: bool = setting(True, 'learned segmenter: support points seen through an '
+                                   'instance\'s opening (the floor inside a mug or bowl), ringed '
+                                   'by it in the view from the cloud origin (the sensor), join it')
     plane_distance: float = setting(0.01, 'RANSAC inlier distance of the support surface in m',
                                     range=(0.001, 0.5))
     plane_iterations: int = setting(200, 'RANSAC hypotheses per support surface',

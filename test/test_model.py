@@ -332,7 +332,7 @@ def test_learned_segmenter_runs_end_to_end_from_torch_and_onnx(tmp_path: Path) -
         assert seg.support_mask.shape == (len(xyz),)
         assert seg.features.shape == (len(xyz), 64) and seg.features.dtype == np.float32
         assert set(seg.timings) == {'features', 'knn', 'network', 'plane', 'cluster',
-                                    'occlusion'}
+                                    'occlusion', 'openings'}
         assert seg.support_mask[:1500].mean() > 0.95 and not seg.support_mask[1500:].any()
         assert (seg.instance_ids[seg.support_mask] == 0).all()
         assert (seg.instance_ids[1500:] > 0).all()

@@ -1,5 +1,5 @@
-"""The learned segmenter: SegVec3D embeddings, RANSAC support surface, graph clustering,
-occlusion reasoning."""
+"""The learned segmenter: RANSAC support surface, SegVec3D embeddings, graph clustering,
+occlusion reasoning, support seen through openings."""
 from __future__ import annotations
 
 import json
@@ -21,6 +21,7 @@ from segvec3d_ros.model.segvec3d import SegVec3DConfig, load_checkpoint
 from segvec3d_ros.segmentation.base import Segmentation
 from segvec3d_ros.segmentation.geometry import support_surfaces
 from segvec3d_ros.segmentation.occlusion import join_occluded
+from segvec3d_ros.segmentation.openings import claim_seen_through
 
 if TYPE_CHECKING:
     from segvec3d_ros.pipeline import PipelineConfig
@@ -187,7 +188,8 @@ class LearnedSegmenter:
     """SegVec3D: RANSAC support surfaces peeled off, the network on the points in front of
     them, connected components of the spatial k-NN edges whose embeddings are closer than
     `embedding_radius`, then the pieces of objects that a nearer object splits joined again
-    (`occlusion_gap`).
+    (`occlusion_gap`), and the support points seen through an object's opening given to it
+    (`claim_openings`).
 
     The support surfaces are found as in the geometric baseline, so the table is one region
     however embeddings would split it, and the network, the costly stage, runs only on what
@@ -241,6 +243,10 @@ class LearnedSegmenter:
             ids = join_occluded(pts, ids, cfg.voxel_size or cfg.cluster_tolerance / 2,
                                 cfg.cluster_tolerance, cfg.occlusion_gap)
             lap('occlusion')
+        if cfg.claim_openings:
+            ids, support = claim_seen_through(pts, ids, support,
+                                              cfg.voxel_size or cfg.cluster_tolerance / 2)
+            lap('openings')
         return Segmentation(ids, support, features, timings)
 
     def _embed_and_cluster(self, pts: np.ndarray, rgb: np.ndarray | None,
