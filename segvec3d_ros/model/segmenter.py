@@ -235,8 +235,9 @@ class LearnedSegmenter:
         ids = np.zeros(len(pts), dtype=np.int64)
         features = np.zeros((len(pts), self.network.config.channels), dtype=np.float32)
         if rest.any():
-            # The network sees what may be objects, as in training (`drop_support`): the
-            # support surfaces, often most of a tabletop frame, cost it nothing.
+            # The network sees only what may be objects: the support surfaces, often most of a
+            # tabletop frame, cost it nothing. Weights trained on whole clouds lose little here
+            # (models/MODEL_CARD.md).
             ids[rest], features[rest] = self._embed_and_cluster(
                 pts[rest], None if rgb is None else np.asarray(rgb).reshape(-1, 3)[rest], lap)
         if cfg.occlusion_gap > 0:
