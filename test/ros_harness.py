@@ -295,10 +295,10 @@ def set_parameter(client: Client, node: str, name: str, value: Any) -> SetParame
     return client.call(service, request).results[0]
 
 
-def get_parameter(client: Client, node: str, name: str) -> Any:
+def get_parameter(client: Client, node: str, name: str, timeout: float = 30.0) -> Any:
     """The current value of one parameter of a running node."""
     service = client.node.create_client(GetParameters, f'{node}/get_parameters')
-    value = client.call(service, GetParameters.Request(names=[name])).values[0]
+    value = client.call(service, GetParameters.Request(names=[name]), timeout).values[0]
     return Parameter.from_parameter_msg(ParameterMsg(name=name, value=value)).value
 
 
