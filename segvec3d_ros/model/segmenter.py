@@ -240,13 +240,13 @@ class LearnedSegmenter:
             # (models/MODEL_CARD.md).
             ids[rest], features[rest] = self._embed_and_cluster(
                 pts[rest], None if rgb is None else np.asarray(rgb).reshape(-1, 3)[rest], lap)
+        # The spacing of the working points, which both view-ray steps resolve.
+        spacing = cfg.voxel_size or cfg.cluster_tolerance / 2
         if cfg.occlusion_gap > 0:
-            ids = join_occluded(pts, ids, cfg.voxel_size or cfg.cluster_tolerance / 2,
-                                cfg.cluster_tolerance, cfg.occlusion_gap)
+            ids = join_occluded(pts, ids, spacing, cfg.cluster_tolerance, cfg.occlusion_gap)
             lap('occlusion')
         if cfg.claim_openings:
-            ids, support = claim_seen_through(pts, ids, support,
-                                              cfg.voxel_size or cfg.cluster_tolerance / 2)
+            ids, support = claim_seen_through(pts, ids, support, spacing)
             lap('openings')
         return Segmentation(ids, support, features, timings)
 

@@ -126,6 +126,15 @@ def fit_support_plane(xyz: np.ndarray, distance: float, iterations: int,
     return np.append(normal, -normal @ on_plane), inliers
 
 
+def plane_basis(normal: np.ndarray) -> np.ndarray:
+    """(3, 2) two orthonormal vectors spanning the plane perpendicular to the unit `normal`;
+    the first is built from the coordinate axis least along the normal."""
+    helper = np.eye(3)[int(np.argmin(np.abs(normal)))]
+    first = np.cross(normal, helper)
+    first /= np.linalg.norm(first)
+    return np.column_stack([first, np.cross(normal, first)])
+
+
 def plane_patches(xyz: np.ndarray, normal: np.ndarray, tolerance: float) -> np.ndarray:
     """(N,) id of the connected patch of each point of a plane whose unit `normal` is given.
 
@@ -136,12 +145,7 @@ def plane_patches(xyz: np.ndarray, normal: np.ndarray, tolerance: float) -> np.n
     pts = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
     if len(pts) == 0:
         return np.zeros(0, dtype=np.int64)
-    normal = np.asarray(normal, dtype=np.float64)
-    # Two unit vectors spanning the plane; the helper axis is the one least along the normal.
-    helper = np.eye(3)[int(np.argmin(np.abs(normal)))]
-    first = np.cross(normal, helper)
-    first /= np.linalg.norm(first)
-    plane_xy = pts @ np.column_stack([first, np.cross(normal, first)])
+    plane_xy = pts @ plane_basis(np.asarray(normal, dtype=np.float64))
     cells = np.floor((plane_xy - plane_xy.min(axis=0)) / tolerance).astype(np.int64)
     # One spare column keeps a cell's right neighbour from wrapping onto the next row.
     width = int(cells[:, 1].max()) + 2

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from segvec3d_ros.segmentation.geometry import plane_basis
+
 # Only directions within this angle of the cloud's mean view direction are imaged: the image
 # is a tangent-plane projection, whose pixels stretch without bound towards 90 degrees.
 _MAX_OFF_AXIS_DEG = 60.0
@@ -39,15 +41,12 @@ def claim_seen_through(xyz: np.ndarray, ids: np.ndarray, support: np.ndarray,
     if not np.linalg.norm(forward) > 0:
         return ids, support
     forward /= np.linalg.norm(forward)
-    right = np.cross(forward, np.eye(3)[int(np.argmin(np.abs(forward)))])
-    right /= np.linalg.norm(right)
-    down = np.cross(forward, right)
     ahead = directions @ forward
     imaged = np.flatnonzero((ahead >= np.cos(np.deg2rad(_MAX_OFF_AXIS_DEG)))
                             & (on_instance | support))
     if len(imaged) == 0:
         return ids, support
-    plane = directions[imaged] @ np.column_stack([right, down]) / ahead[imaged, None]
+    plane = directions[imaged] @ plane_basis(forward) / ahead[imaged, None]
     extent = plane.max(axis=0) - plane.min(axis=0)
     # Far or degenerate clouds would ask for huge images; a coarser one still shows openings.
     with np.errstate(divide='ignore', invalid='ignore'):
@@ -59,7 +58,8 @@ def claim_seen_through(xyz: np.ndarray, ids: np.ndarray, support: np.ndarray,
     rows, cols = cells[:, 1], cells[:, 0]
     image = np.zeros((rows.max() + 1, cols.max() + 1), dtype=np.int64)
     # A pixel with any instance point shows that instance (the largest id where several do).
-    np.maximum.at(image, (rows, cols), ids[imaged])
+    shown = on_instance[imaged]
+    np.maximum.at(image, (rows[shown], cols[shown]), ids[imaged[shown]])
     # Support pixels only: a pixel an instance shows stays that instance's business.
     owner = np.where(image[rows, cols] == 0, _ringed_by(image)[rows, cols], 0)
     claimed = owner > 0
