@@ -64,6 +64,9 @@ class PipelineConfig:
     min_support_fraction: float = setting(0.1, 'a plane with fewer inliers (fraction of '
                                           'working points) is not a support surface',
                                           range=(0.01, 1.0))
+    min_support_extent: float = setting(0.5, 'a plane whose largest patch spans less than this '
+                                        'in m (a book\'s or a box\'s top close to the sensor) '
+                                        'is not a support surface', range=(0.0, 100.0))
     drop_below_support: bool = setting(True, 'ignore points on the far side of a support '
                                        'surface from the sensor (cloud in the sensor frame)')
     max_range: float = setting(0.0, 'drop points farther than this from the sensor in m '

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from segvec3d_ros.segmentation.geometry import (euclidean_clusters, fit_support_plane,
-                                                nearest_labels, plane_patches, rank_labels,
-                                                support_surfaces, voxel_downsample)
+                                                longest_span, nearest_labels, plane_patches,
+                                                rank_labels, support_surfaces, voxel_downsample)
 
 
 def box_surface(size, center, spacing=0.005):
@@ -146,6 +146,35 @@ def test_support_needs_one_large_connected_patch():
     support, rest = support_surfaces(xyz, 0.01, 200, 0.1, True, np.random.default_rng(0),
                                      tolerance=0.02)
     assert not support.any() and rest.all()
+
+
+def test_longest_span_is_a_patch_long_side_at_any_yaw_and_tilt():
+    strip = _square((0, 0), 0.1)[:, :2] * [4.0, 1.0]      # 0.36 x 0.09 m
+    yaw = np.deg2rad(30)
+    strip = strip @ np.array([[np.cos(yaw), np.sin(yaw)], [-np.sin(yaw), np.cos(yaw)]])
+    tilt = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0]
+    xyz = np.column_stack([strip, np.full(len(strip), -0.7)]) @ tilt.T
+    assert longest_span(xyz, tilt @ [0, 0, 1.0]) == pytest.approx(0.36, abs=0.005)
+    assert longest_span(xyz[:1], tilt @ [0, 0, 1.0]) == 0.0
+
+
+def test_an_object_top_near_the_sensor_is_no_support_surface():
+    # A box's top (0.25 x 0.2 m, 4 cm above a 1 x 0.8 m table) seen from close holds more
+    # points than the table; with min_extent it stays to be segmented, the table does not.
+    table = _square((-0.5, -0.4), 1.0, spacing=0.02)
+    table = table[(table[:, 1] < 0.4) & ~((np.abs(table[:, 0]) < 0.13) & (np.abs(table[:, 1]) < 0.11))]
+    top = _square((-0.125, -0.1), 0.2, z=-0.66, spacing=0.004)
+    top = top[np.abs(top[:, 0]) < 0.125]
+    xyz = np.concatenate([table, top])
+    is_top = np.repeat([False, True], [len(table), len(top)])
+    assert is_top.sum() > len(table)
+    support, rest = support_surfaces(xyz, 0.01, 200, 0.1, True, np.random.default_rng(0),
+                                     tolerance=0.03, min_extent=0.5)
+    np.testing.assert_array_equal(support, ~is_top)
+    np.testing.assert_array_equal(rest, is_top)
+    support, _ = support_surfaces(xyz, 0.01, 200, 0.1, True, np.random.default_rng(0),
+                                  tolerance=0.03)
+    assert support[is_top].all()
 
 
 def test_clusters_split_a_gap_and_merge_touching_boxes():

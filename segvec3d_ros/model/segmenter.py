@@ -230,7 +230,8 @@ class LearnedSegmenter:
         support, rest = support_surfaces(pts, cfg.plane_distance, cfg.plane_iterations,
                                          cfg.min_support_fraction, cfg.drop_below_support,
                                          np.random.default_rng(self.seed), self.up,
-                                         tolerance=cfg.cluster_tolerance)
+                                         tolerance=cfg.cluster_tolerance,
+                                         min_extent=cfg.min_support_extent)
         lap('plane')
         ids = np.zeros(len(pts), dtype=np.int64)
         features = np.zeros((len(pts), self.network.config.channels), dtype=np.float32)

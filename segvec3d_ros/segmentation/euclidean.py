@@ -34,7 +34,8 @@ class EuclideanSegmenter:
         support, rest = support_surfaces(pts, cfg.plane_distance, cfg.plane_iterations,
                                          cfg.min_support_fraction, cfg.drop_below_support,
                                          np.random.default_rng(self.seed), self.up,
-                                         tolerance=cfg.cluster_tolerance)
+                                         tolerance=cfg.cluster_tolerance,
+                                         min_extent=cfg.min_support_extent)
         planed = perf_counter()
         ids = np.zeros(len(pts), dtype=np.int64)
         # Size filtering is the caller's: it counts input points, not these working points.

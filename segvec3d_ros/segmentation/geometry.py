@@ -160,14 +160,29 @@ def plane_patches(xyz: np.ndarray, normal: np.ndarray, tolerance: float) -> np.n
                            len(keys))[inverse.reshape(-1)]
 
 
+def longest_span(xyz: np.ndarray, normal: np.ndarray) -> float:
+    """Length of the points' extent along their principal direction in the plane of the
+    unit `normal` (a patch's long side, whatever its yaw)."""
+    flat = np.asarray(xyz, dtype=np.float64).reshape(-1, 3) @ plane_basis(normal)
+    if len(flat) < 2:
+        return 0.0
+    flat -= flat.mean(axis=0)
+    principal = np.linalg.eigh(flat.T @ flat)[1][:, 1]
+    return float(np.ptp(flat @ principal))
+
+
 def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_fraction: float,
                      drop_beyond: bool, rng: np.random.Generator, up: np.ndarray | None = None,
-                     *, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+                     *, tolerance: float, min_extent: float = 0.0
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Peel off every surface holding >= `min_fraction` of the points (table, floor, walls).
 
     A RANSAC plane is a surface when one connected patch of its inliers (gaps under
-    `tolerance`) holds that many points: in a close-up of clutter with no table in view, the
-    best plane is the faces of several objects that happen to line up, each a small patch.
+    `tolerance`) holds that many points and spans at least `min_extent` m: in a close-up of
+    clutter with no table in view, the best plane is the faces of several objects that happen
+    to line up, each a small patch; and close to the sensor one object's face (a book's or a
+    box's top, a band along a can's side) can hold a tenth of the frame's points, yet it spans
+    no more than the object.
     All inliers of a surface are support: the table also shows in pieces between and behind
     the objects, and a piece left out would become an instance of its own.
     Returns the (N,) support mask and the mask of the other points that remain to segment:
@@ -186,8 +201,16 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
         if plane is None or inliers.sum() < surface_points:
             return support, rest & ~support
         members = candidates[inliers]
+        patches = plane_patches(pts[members], plane[:3], tolerance)
+        sizes = np.bincount(patches)
+        largest = members[patches == sizes.argmax()]
+        if sizes.max() >= surface_points and longest_span(pts[largest], plane[:3]) < min_extent:
+            # An object's face; support seen beside it (a fit tilted to take both) stays to be
+            # found in a later round.
+            untried[largest] = False
+            continue
         untried[members] = False
-        if np.bincount(plane_patches(pts[members], plane[:3], tolerance)).max() < surface_points:
+        if sizes.max() < surface_points:
             continue
         support[members] = True
         if drop_beyond:
