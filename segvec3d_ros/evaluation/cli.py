@@ -53,6 +53,9 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument('--occlusion-gap', type=float, metavar='M',
                         help='override the learned segmenter\'s occlusion_gap (0 = no joining '
                              'of occluded pieces: the network and clustering alone)')
+    parser.add_argument('--min-support-extent', type=float, metavar='M',
+                        help='override min_support_extent (0 = a plane of any span can be a '
+                             'support surface)')
     parser.add_argument('--no-claim-openings', dest='claim_openings', action='store_false',
                         default=None, help='learned segmenter: leave support points seen '
                         'through an instance\'s opening as support (claim_openings false)')
@@ -89,6 +92,8 @@ def command_line(args: argparse.Namespace) -> str:
         words += ['--embedding-radius', str(args.embedding_radius)]
     if args.occlusion_gap is not None:
         words += ['--occlusion-gap', str(args.occlusion_gap)]
+    if args.min_support_extent is not None:
+        words += ['--min-support-extent', str(args.min_support_extent)]
     if args.claim_openings is False:
         words += ['--no-claim-openings']
     return shlex.join(words + ['--out', args.out, '--plot', args.plot])
@@ -117,6 +122,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         config = pipeline_config(args.params_file, model_path=args.model,
                                  embedding_radius=args.embedding_radius,
                                  occlusion_gap=args.occlusion_gap,
+                                 min_support_extent=args.min_support_extent,
                                  claim_openings=args.claim_openings)
     except ValueError as error:
         return _error(str(error))
