@@ -15,9 +15,9 @@ from segvec3d_ros.colors import color_names
 from segvec3d_ros.data.scenes import CATEGORIES, OBJECT_COLOURS
 from segvec3d_ros.grounding import step
 from segvec3d_ros.grounding.captions import caption_bank
-from segvec3d_ros.grounding.model import (BOX_CHANNELS, GEOMETRY_CHANNELS, GroundingConfig,
-                                          GroundingHead, InfoNCELoss, load_grounding,
-                                          save_grounding)
+from segvec3d_ros.grounding.model import (BOX_CHANNELS, GEOMETRY_CHANNELS, POOLS,
+                                          GroundingConfig, GroundingHead, InfoNCELoss,
+                                          load_grounding, save_grounding)
 from segvec3d_ros.grounding.query import QueryEngine, parse_query
 from segvec3d_ros.grounding.step import Grounder
 from segvec3d_ros.grounding.train import GroundingTrainConfig, InstanceTable, train_head
@@ -86,8 +86,9 @@ def test_infonce_counts_every_positive_and_skips_captions_true_of_none():
     assert loss(v, v, torch.zeros(3, 3, dtype=torch.bool)) == 0
 
 
-def test_head_vectors_are_unit_and_pool_each_instance_separately():
-    head = make_head()
+@pytest.mark.parametrize('pool', POOLS)
+def test_head_vectors_are_unit_and_pool_each_instance_separately(pool):
+    head = make_head(pool=pool)
     rows = torch.randn(10, FEATURES + GEOMETRY_CHANNELS)
     index = torch.tensor([0] * 4 + [1] * 6)
     boxes = torch.randn(2, BOX_CHANNELS)
@@ -96,6 +97,15 @@ def test_head_vectors_are_unit_and_pool_each_instance_separately():
         alone = head.instance_vectors(rows[4:], torch.zeros(6, dtype=torch.int64), boxes[1:])
     assert torch.allclose(both.norm(dim=1), torch.ones(2), atol=1e-5)
     assert torch.allclose(both[1], alone[0], atol=1e-5)
+    with torch.no_grad():
+        shuffled = torch.randperm(10)
+        assert torch.allclose(head.instance_vectors(rows[shuffled], index[shuffled], boxes),
+                              both, atol=1e-5)
+
+
+def test_head_config_rejects_an_unknown_pool():
+    with pytest.raises(ValueError, match='pool'):
+        GroundingConfig(pool='median')
 
 
 def test_head_saves_and_loads(tmp_path):
@@ -135,9 +145,9 @@ def test_a_short_training_run_lowers_the_loss():
     # Points whose features encode category and colour, as a good backbone's would.
     points = rng.normal(0, 0.1, (count, 16, FEATURES + GEOMETRY_CHANNELS))
     points[:, :, 0:len(CATEGORIES)] += np.eye(len(CATEGORIES))[attributes[:, 0]][:, None]
-    table = InstanceTable(points.astype(np.float16),
-                          np.eye(len(OBJECT_COLOURS))[attributes[:, 1], :BOX_CHANNELS]
-                          .astype(np.float32), attributes, np.zeros(count, bool))
+    boxes = np.eye(len(OBJECT_COLOURS))[attributes[:, 1], :BOX_CHANNELS].astype(np.float32)
+    attributes[:20] = -1        # instances that match no object: negatives of every caption
+    table = InstanceTable(points.astype(np.float16), boxes, attributes, np.zeros(count, bool))
     bank = caption_bank(0, templates_per_phrase=1)
     text = BagOfWords().encode(bank.texts)
     losses: list[float] = []

@@ -31,6 +31,7 @@ from segvec3d_ros.instances import InstanceInfo
 BOX_CHANNELS = 6        # log sorted box extents (3) and mean colour in L*a*b* / 100 (3)
 GEOMETRY_CHANNELS = 9   # a point's place in its instance's box and its surface's facing
 _MIN_EXTENT = 1e-3      # m; keeps the log of a degenerate (flat) box finite
+POOLS = ('mean', 'mean_max')
 
 
 @dataclass
@@ -41,6 +42,7 @@ class GroundingConfig:
     use_backbone: bool = True   # phi sees F_i
     use_geometry: bool = True   # phi sees g_i
     point_hidden: int = 128     # phi: hidden and output width
+    pool: str = 'mean'          # over an instance's phi rows: mean (Eq. 9) or mean_max
     use_box: bool = True        # append the box term b_X to u_X
     hidden: int = 256           # W3D hidden width; 0 = W3D is one linear map
     embed_dim: int = 128        # the shared space
@@ -51,11 +53,13 @@ class GroundingConfig:
     def __post_init__(self) -> None:
         if not (self.use_backbone or self.use_geometry):
             raise ValueError('GroundingConfig: phi needs use_backbone or use_geometry')
+        if self.pool not in POOLS:
+            raise ValueError(f'GroundingConfig: pool must be one of {POOLS}, got {self.pool!r}')
 
     @property
     def input_dim(self) -> int:
         """Width of u_X as W3D sees it."""
-        return self.point_hidden + BOX_CHANNELS * self.use_box
+        return self.point_hidden * len(self.pool.split('_')) + BOX_CHANNELS * self.use_box
 
 
 class W3D(nn.Module):
@@ -186,10 +190,15 @@ class GroundingHead(nn.Module):
         point_index (P,) names each row's instance; box is the (K, BOX_CHANNELS) box term.
         """
         per_point = self.phi(point_inputs[:, self.columns])
-        sums = torch.zeros((len(box), per_point.shape[1]), dtype=per_point.dtype,
-                           device=per_point.device).index_add_(0, point_index, per_point)
+        empty = torch.zeros((len(box), per_point.shape[1]), dtype=per_point.dtype,
+                            device=per_point.device)
         counts = torch.bincount(point_index, minlength=len(box)).clamp(min=1)
-        u = F.normalize(sums / counts[:, None], dim=-1)
+        u = F.normalize(empty.index_add(0, point_index, per_point) / counts[:, None], dim=-1)
+        if self.config.pool == 'mean_max':
+            # The extremes of the local descriptors (a handle, a rim) that a mean dilutes.
+            peak = empty.scatter_reduce(0, point_index[:, None].expand_as(per_point), per_point,
+                                        'amax', include_self=False)
+            u = torch.cat([u, F.normalize(peak, dim=-1)], dim=1)
         if self.config.use_box:
             u = torch.cat([u, box], dim=1)
         return self.w3d(u)

@@ -45,6 +45,7 @@ class GroundingTrainConfig:
     pipeline: dict[str, Any] = field(default_factory=dict)   # PipelineConfig overrides
     backbone: str = ''                  # segmentation model; '' = the bundled one
     masks: str = 'both'                 # instances to train on: gt, predicted or both
+    unmatched: bool = False             # predicted instances matching no object: negatives
     points_per_instance: int = 128      # cached per instance
     points_per_step: int = 64           # drawn from those at each step
     templates_per_phrase: int = 2
@@ -91,7 +92,7 @@ class InstanceTable:
 
     points: np.ndarray      # (N, S, C + GEOMETRY_CHANNELS) float16
     box: np.ndarray         # (N, BOX_CHANNELS) float32
-    attributes: np.ndarray  # (N, 3) int64 category, colour, size word
+    attributes: np.ndarray  # (N, 3) int64 category, colour, size word; -1: no object
     predicted: np.ndarray   # (N,) bool: a predicted instance (else a ground-truth mask)
 
     @staticmethod
@@ -107,8 +108,9 @@ class InstanceTable:
 
 def _sampled(instances: InstanceSet, grounded: GroundedScene, predicted: bool, count: int,
              rng: np.random.Generator) -> InstanceTable:
-    """`count` points (with repeats when fewer) of each instance that has a true object."""
-    keep = np.flatnonzero(instances.objects >= 0)
+    """`count` points (with repeats when fewer) of each instance; one that matches no object
+    (a fragment, or several objects merged) has attributes -1."""
+    keep = np.arange(len(instances.instances))
     order = np.argsort(instances.point_index, kind='stable')
     ends = np.cumsum(np.bincount(instances.point_index, minlength=len(instances.instances)))
     starts = ends - np.bincount(instances.point_index, minlength=len(instances.instances))
@@ -116,9 +118,11 @@ def _sampled(instances: InstanceSet, grounded: GroundedScene, predicted: bool, c
     rows = [order[rng.integers(starts[k], ends[k], count)] for k in keep]
     points = (instances.point_inputs[np.stack(rows)] if rows
               else np.zeros((0, count, instances.point_inputs.shape[1])))
+    attributes = np.full((len(keep), 3), -1, dtype=np.int64)
+    matched = instances.objects[keep] >= 0
+    attributes[matched] = attribute_indices(grounded.objects, instances.objects[keep][matched])
     return InstanceTable(points.astype(np.float16),
-                         box_term([instances.instances[k] for k in keep]),
-                         attribute_indices(grounded.objects, instances.objects[keep]),
+                         box_term([instances.instances[k] for k in keep]), attributes,
                          np.full(len(keep), predicted))
 
 
@@ -131,7 +135,7 @@ class InstanceCache:
         recipe = json.dumps({'probe': np.round(probe, 4).tolist(),
                              'pipeline': asdict(config.pipeline_config()),
                              'scene': config.scene, 'points': config.points_per_instance,
-                             'geometry': GEOMETRY_CHANNELS},
+                             'geometry': GEOMETRY_CHANNELS, 'instances': 'all'},
                             sort_keys=True, default=str)
         self.directory = (Path(config.cache_dir)
                           / hashlib.sha1(recipe.encode()).hexdigest()[:12])
@@ -201,9 +205,12 @@ def _train_head(config: GroundingTrainConfig, table: InstanceTable, text: np.nda
     points = torch.from_numpy(table.points)
     box = torch.from_numpy(table.box)
     text_t = torch.from_numpy(np.asarray(text, np.float32))
-    # (M, N) truth of each caption for each cached instance
+    # (M, N) truth of each caption for each cached instance; none is true of a fragment, so it
+    # only competes with the objects for their captions (and draws a random one below).
     a = table.attributes
-    true_of = torch.from_numpy(truth[:, a[:, 0], a[:, 1], a[:, 2]])
+    known = a[:, 0] >= 0
+    true_of = torch.zeros((len(text), len(a)), dtype=torch.bool)
+    true_of[:, known] = torch.from_numpy(truth[:, a[known, 0], a[known, 1], a[known, 2]])
     batch = min(config.batch_instances, len(a))
     per_step = min(config.points_per_step, points.shape[1])
     index = torch.arange(batch).repeat_interleave(per_step)
@@ -265,6 +272,9 @@ def train_grounding(config: GroundingTrainConfig, out_dir: str | Path,
         np.zeros(0, dtype=np.int64))])
     if config.masks != 'both':
         train_table = train_table.select(train_table.predicted == (config.masks == 'predicted'))
+    if not config.unmatched:
+        train_table = train_table.select(train_table.attributes[:, 0] >= 0)
+    val_table = val_table.select(val_table.attributes[:, 0] >= 0)
     extracted = time.monotonic()
 
     encoder = shared_text_encoder('cpu')
