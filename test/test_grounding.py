@@ -134,6 +134,10 @@ def test_captions_are_true_of_exactly_the_instances_their_words_name():
                 and len(t.split()) <= 2]
     assert cylinder and bank.truth[cylinder[0], CATEGORIES.index('can')].all()
     assert not bank.truth[cylinder[0], CATEGORIES.index('ball')].any()
+    # The label vocabulary's words for things the generator never draws are true of nothing.
+    for word in set(DEFAULT_VOCABULARY) - set(CATEGORIES):
+        named = [i for i, t in enumerate(texts) if t.split()[-1] == word]
+        assert named and not bank.truth[named].any()
 
 
 def test_a_short_training_run_lowers_the_loss():

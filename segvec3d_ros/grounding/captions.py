@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from segvec3d_ros.data.scenes import CATEGORIES, OBJECT_COLOURS
+from segvec3d_ros.grounding.vocabulary import DEFAULT_VOCABULARY
 
 SIZE_WORDS = ('', 'small', 'large')     # index 0: the generator's '' (neither)
 # Nouns and the categories they name: names, synonyms, shapes and generic words.
@@ -32,6 +33,12 @@ MATERIALS: dict[str, tuple[str, ...]] = {
     'cardboard': ('box',), 'metal': ('can',), 'aluminium': ('can',), 'plastic': ('bottle',),
     'glass': ('bottle',), 'ceramic': ('bowl', 'mug'), 'rubber': ('ball',), 'paper': ('book',),
 }
+# Tabletop things the generator never draws, the label vocabulary's extra words among them:
+# captions true of no instance, so that no generated object ends up nearer one of them than
+# its own name (untrained, 'banana' had lain nearer the bowls than 'bowl' for some).
+DISTRACTORS = (*(w for w in DEFAULT_VOCABULARY if w not in CATEGORIES), 'laptop', 'spoon',
+               'fork', 'knife', 'scissors', 'pen', 'remote control', 'sponge', 'towel',
+               'potted plant', 'lamp', 'shoe', 'toy car', 'computer mouse', 'stapler')
 TEMPLATES = ('{}', 'a {}', 'the {}', 'this {}', 'pick up the {}', 'the {} on the table')
 
 
@@ -53,7 +60,8 @@ def _truth(noun_categories: tuple[str, ...], colour: str, size: str,
 
 def caption_bank(seed: int = 0, templates_per_phrase: int = 2) -> CaptionBank:
     """Every noun with every colour and size word (none included), a material word on a
-    quarter of them, each phrase in `templates_per_phrase` random templates."""
+    quarter of them, each phrase in `templates_per_phrase` random templates; then every
+    distractor with every colour word (or none), true of nothing."""
     rng = np.random.default_rng(seed)
     texts: list[str] = []
     truth: list[np.ndarray] = []
@@ -71,4 +79,9 @@ def caption_bank(seed: int = 0, templates_per_phrase: int = 2) -> CaptionBank:
                 for template in rng.choice(TEMPLATES, templates_per_phrase, replace=False):
                     texts.append(template.format(words))
                     truth.append(_truth(categories, colour, size, of))
+    for noun in DISTRACTORS:
+        for colour in ('', *OBJECT_COLOURS):
+            for template in rng.choice(TEMPLATES, templates_per_phrase, replace=False):
+                texts.append(template.format(f'{colour} {noun}'.strip()))
+                truth.append(_truth((), '', '', CATEGORIES))
     return CaptionBank(texts, np.stack(truth))
