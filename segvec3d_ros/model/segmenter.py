@@ -18,8 +18,7 @@ from segvec3d_ros.model.export import CONFIG_KEY, INPUTS, OUTPUTS
 from segvec3d_ros.model.features import input_features
 from segvec3d_ros.model.knn import knn_graph
 from segvec3d_ros.model.segvec3d import SegVec3DConfig, load_checkpoint
-from segvec3d_ros.segmentation.base import Segmentation
-from segvec3d_ros.segmentation.geometry import support_surfaces
+from segvec3d_ros.segmentation.base import Segmentation, peel_support
 from segvec3d_ros.segmentation.occlusion import join_occluded
 from segvec3d_ros.segmentation.openings import claim_seen_through
 
@@ -226,12 +225,7 @@ class LearnedSegmenter:
             now = perf_counter()
             timings[stage], tick = now - tick, now
 
-        # A fresh generator per frame keeps the result a function of the frame alone.
-        support, rest = support_surfaces(pts, cfg.plane_distance, cfg.plane_iterations,
-                                         cfg.min_support_fraction, cfg.drop_below_support,
-                                         np.random.default_rng(self.seed), self.up,
-                                         tolerance=cfg.cluster_tolerance,
-                                         min_extent=cfg.min_support_extent)
+        support, rest = peel_support(pts, cfg, self.seed, self.up)
         lap('plane')
         ids = np.zeros(len(pts), dtype=np.int64)
         features = np.zeros((len(pts), self.network.config.channels), dtype=np.float32)

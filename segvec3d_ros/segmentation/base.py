@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+from segvec3d_ros.segmentation.geometry import support_surfaces
+
+if TYPE_CHECKING:
+    from segvec3d_ros.pipeline import PipelineConfig
 
 
 @dataclass
@@ -25,3 +30,14 @@ class Segmenter(Protocol):
     def segment(self, xyz: np.ndarray, rgb: np.ndarray | None) -> Segmentation:
         """Segment (M, 3) float32 finite points with optional (M, 3) uint8 colours."""
         ...
+
+
+def peel_support(pts: np.ndarray, config: PipelineConfig, seed: int,
+                 up: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The support mask and the points left to segment, by `config`'s plane settings (the
+    step every segmenter starts with)."""
+    # A fresh generator per frame keeps the result a function of the frame alone.
+    return support_surfaces(pts, config.plane_distance, config.plane_iterations,
+                            config.min_support_fraction, config.drop_below_support,
+                            np.random.default_rng(seed), up, tolerance=config.cluster_tolerance,
+                            min_extent=config.min_support_extent)

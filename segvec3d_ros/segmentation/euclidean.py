@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from segvec3d_ros.segmentation.base import Segmentation
-from segvec3d_ros.segmentation.geometry import euclidean_clusters, support_surfaces
+from segvec3d_ros.segmentation.base import Segmentation, peel_support
+from segvec3d_ros.segmentation.geometry import euclidean_clusters
 
 if TYPE_CHECKING:
     from segvec3d_ros.pipeline import PipelineConfig
@@ -30,12 +30,7 @@ class EuclideanSegmenter:
         cfg = self.config
         pts = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
         start = perf_counter()
-        # A fresh generator per frame keeps the result a function of the frame alone.
-        support, rest = support_surfaces(pts, cfg.plane_distance, cfg.plane_iterations,
-                                         cfg.min_support_fraction, cfg.drop_below_support,
-                                         np.random.default_rng(self.seed), self.up,
-                                         tolerance=cfg.cluster_tolerance,
-                                         min_extent=cfg.min_support_extent)
+        support, rest = peel_support(pts, cfg, self.seed, self.up)
         planed = perf_counter()
         ids = np.zeros(len(pts), dtype=np.int64)
         # Size filtering is the caller's: it counts input points, not these working points.
