@@ -31,7 +31,7 @@ from segvec3d_ros.instances import InstanceInfo
 BOX_CHANNELS = 6        # log sorted box extents (3) and mean colour in L*a*b* / 100 (3)
 GEOMETRY_CHANNELS = 9   # a point's place in its instance's box and its surface's facing
 _MIN_EXTENT = 1e-3      # m; keeps the log of a degenerate (flat) box finite
-POOLS = ('mean', 'mean_max')
+POOLS = {'mean': 1, 'mean_max': 2}   # pooling -> descriptors per instance, each phi-wide
 
 
 @dataclass
@@ -54,12 +54,13 @@ class GroundingConfig:
         if not (self.use_backbone or self.use_geometry):
             raise ValueError('GroundingConfig: phi needs use_backbone or use_geometry')
         if self.pool not in POOLS:
-            raise ValueError(f'GroundingConfig: pool must be one of {POOLS}, got {self.pool!r}')
+            raise ValueError(f'GroundingConfig: pool must be one of {tuple(POOLS)}, '
+                             f'got {self.pool!r}')
 
     @property
     def input_dim(self) -> int:
         """Width of u_X as W3D sees it."""
-        return self.point_hidden * len(self.pool.split('_')) + BOX_CHANNELS * self.use_box
+        return self.point_hidden * POOLS[self.pool] + BOX_CHANNELS * self.use_box
 
 
 class W3D(nn.Module):
