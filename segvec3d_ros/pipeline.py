@@ -61,7 +61,7 @@ class PipelineConfig:
                                     range=(0.001, 0.5))
     plane_iterations: int = setting(200, 'RANSAC hypotheses per support surface',
                                     range=(1, 10_000))
-    min_support_fraction: float = setting(0.1, 'a plane with fewer inliers (fraction of '
+    min_support_fraction: float = setting(0.05, 'a plane with fewer inliers (fraction of '
                                           'working points) is not a support surface',
                                           range=(0.01, 1.0))
     min_support_extent: float = setting(0.5, 'a plane whose largest patch spans less than this '

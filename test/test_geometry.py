@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 
+from segvec3d_ros.pipeline import PipelineConfig
+from segvec3d_ros.segmentation.base import peel_support
 from segvec3d_ros.segmentation.geometry import (euclidean_clusters, fit_support_plane,
                                                 longest_span, nearest_labels, plane_patches,
                                                 rank_labels, support_surfaces, voxel_downsample)
@@ -175,6 +177,22 @@ def test_an_object_top_near_the_sensor_is_no_support_surface():
     support, _ = support_surfaces(xyz, 0.01, 200, 0.1, True, np.random.default_rng(0),
                                   tolerance=0.03)
     assert support[is_top].all()
+
+
+def test_a_table_smaller_than_the_floor_and_wall_around_it_is_support_by_default():
+    # A room view: the floor (z = -1.5) and a wall (x = 1) hold most points, the table
+    # (z = -0.8) under a tenth. Were it left, the whole table would become an instance.
+    floor = _square((-1.0, -1.0), 2.0, z=-1.5, spacing=0.015)
+    gy, gz = np.meshgrid(np.arange(-1.0, 1.0, 0.015), np.arange(-1.5, -0.5, 0.015))
+    wall = np.column_stack([np.full(gy.size, 1.0), gy.ravel(), gz.ravel()])
+    table = _square((-0.4, -0.3), 0.6, z=-0.8, spacing=0.015)
+    xyz = np.concatenate([floor, wall, table]).astype(np.float32)
+    is_table = np.repeat([False, True], [len(floor) + len(wall), len(table)])
+    assert 0.05 < is_table.mean() < 0.1
+    support, rest = peel_support(xyz, PipelineConfig(), 0, None)
+    assert support.all() and not rest.any()
+    support, _ = peel_support(xyz, PipelineConfig(min_support_fraction=0.1), 0, None)
+    assert not support[is_table].any()
 
 
 def test_clusters_split_a_gap_and_merge_touching_boxes():
