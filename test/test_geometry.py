@@ -179,6 +179,25 @@ def test_an_object_top_near_the_sensor_is_no_support_surface():
     assert support[is_top].all()
 
 
+def test_object_tops_level_above_the_table_are_no_support_but_a_shelf_is():
+    # Two books lying flat side by side (one 0.6 m patch 2.5 cm above the table) pass the size
+    # and span tests; lying on the table, they are objects. A shelf 0.4 m up is a surface.
+    def rectangle(corner, size, z, spacing):
+        points = _square(corner, max(size), z=z, spacing=spacing)
+        return points[(points[:, 0] < corner[0] + size[0]) & (points[:, 1] < corner[1] + size[1])]
+    books = rectangle((-0.3, -0.125), (0.6, 0.25), -0.675, 0.015)
+    table = rectangle((-0.5, -0.4), (1.0, 0.8), -0.7, 0.02)
+    table = table[~((np.abs(table[:, 0]) < 0.3) & (np.abs(table[:, 1]) < 0.125))]
+    shelf = rectangle((-0.4, -0.4), (0.8, 0.3), -0.3, 0.02)
+    xyz = np.concatenate([table, books, shelf])
+    part = np.repeat([0, 1, 2], [len(table), len(books), len(shelf)])
+    assert len(books) > max(len(shelf), 0.05 * len(xyz))
+    support, rest = support_surfaces(xyz, 0.01, 200, 0.05, False, np.random.default_rng(0),
+                                     tolerance=0.03, min_extent=0.5)
+    np.testing.assert_array_equal(support, part != 1)
+    np.testing.assert_array_equal(rest, part == 1)
+
+
 def test_a_table_smaller_than_the_floor_and_wall_around_it_is_support_by_default():
     # A room view: the floor (z = -1.5) and a wall (x = 1) hold most points, the table
     # (z = -0.8) under a tenth. Were it left, the whole table would become an instance.

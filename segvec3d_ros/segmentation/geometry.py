@@ -18,6 +18,11 @@ _RANSAC_SCORE_POINTS = 4096
 # waits ~10 ms for a descheduled thread whenever other processes keep the cores busy, 20 times
 # its single-threaded cost. Small batches also bound the memory.
 _RANSAC_BATCH_PRODUCT = 4 * 65536
+# m: a plane parallel to a support surface and at most this far from it is objects' tops (the
+# tallest tabletop objects, bottles and boxes, are about this high); a shelf is farther.
+OBJECT_HEIGHT = 0.3
+# Parallel: normals within 15 degrees (a plane through several rims tilts a few degrees).
+_PARALLEL_COS = float(np.cos(np.deg2rad(15.0)))
 
 
 @dataclass
@@ -182,7 +187,10 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
     clutter with no table in view, the best plane is the faces of several objects that happen
     to line up, each a small patch; and close to the sensor one object's face (a book's or a
     box's top, a band along a can's side) can hold a tenth of the frame's points, yet it spans
-    no more than the object.
+    no more than the object. Nor is a patch a surface when it lies parallel to one found before
+    and within `OBJECT_HEIGHT` of it: that is the tops of objects side by side on it (books
+    lying flat, the rims of bowls), not a shelf. Even a layer of the same surface's noise is
+    left: its inliers would take the bottom centimetres of every object standing there.
     All inliers of a surface are support: the table also shows in pieces between and behind
     the objects, and a piece left out would become an instance of its own.
     Returns the (N,) support mask and the mask of the other points that remain to segment:
@@ -194,6 +202,7 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
     rest = np.ones(len(pts), dtype=bool)
     untried = np.ones(len(pts), dtype=bool)
     surface_points = max(min_fraction * len(pts), 3)
+    surfaces: list[np.ndarray] = []
     # Like PCL's cluster extraction; every round takes >= surface_points points from untried.
     while True:
         candidates = np.flatnonzero(untried)
@@ -204,8 +213,10 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
         patches = plane_patches(pts[members], plane[:3], tolerance)
         sizes = np.bincount(patches)
         largest = members[patches == sizes.argmax()]
-        if sizes.max() >= surface_points and longest_span(pts[largest], plane[:3]) < min_extent:
-            # An object's face; support seen beside it (a fit tilted to take both) stays to be
+        if sizes.max() >= surface_points and (
+                longest_span(pts[largest], plane[:3]) < min_extent
+                or _on_a_surface(pts[largest], plane, surfaces)):
+            # Objects' faces; support seen beside them (a fit tilted to take both) stays to be
             # found in a later round.
             untried[largest] = False
             continue
@@ -213,8 +224,17 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
         if sizes.max() < surface_points:
             continue
         support[members] = True
+        surfaces.append(plane)
         if drop_beyond:
             rest &= (pts @ plane[:3] + plane[3]) * np.sign(plane[3]) >= 0
+
+
+def _on_a_surface(patch: np.ndarray, plane: np.ndarray, surfaces: list[np.ndarray]) -> bool:
+    """Whether `patch` of `plane` lies parallel to one of `surfaces` and within OBJECT_HEIGHT
+    of it."""
+    return any(abs(plane[:3] @ surface[:3]) >= _PARALLEL_COS
+               and abs(np.median(patch @ surface[:3] + surface[3])) <= OBJECT_HEIGHT
+               for surface in surfaces)
 
 
 def rank_labels(labels: np.ndarray, min_size: int = 1,
