@@ -20,9 +20,11 @@ from segvec3d_ros.grounding.model import (BOX_CHANNELS, GEOMETRY_CHANNELS, POOLS
                                           load_grounding, save_grounding)
 from segvec3d_ros.grounding.query import QueryEngine, parse_query
 from segvec3d_ros.grounding.step import Grounder
-from segvec3d_ros.grounding.train import GroundingTrainConfig, InstanceTable, train_head
+from segvec3d_ros.grounding.train import (GroundingTrainConfig, InstanceCache, InstanceTable,
+                                          train_head)
 from segvec3d_ros.grounding.vocabulary import DEFAULT_VOCABULARY, OTHER
 from segvec3d_ros.instances import InstanceInfo
+from segvec3d_ros.model.segmenter import LearnedSegmenter
 from segvec3d_ros.model.segvec3d import SegVec3D, SegVec3DConfig, save_checkpoint
 from segvec3d_ros.pipeline import Pipeline, PipelineConfig
 
@@ -173,6 +175,22 @@ def test_training_config_keeps_evaluation_seeds_out(tmp_path):
 
 
 # --------------------------------------------------------------------------- labels
+
+
+def test_the_instance_cache_moves_when_the_segmentation_does(tmp_path, monkeypatch):
+    # Same settings and weights, other segmentation code (here: the largest instance dropped).
+    config = GroundingTrainConfig(cache_dir=str(tmp_path))
+    probe = np.zeros(4)
+    directory = InstanceCache(config, probe).directory
+    assert InstanceCache(config, probe).directory == directory
+    segment = LearnedSegmenter.segment
+
+    def without_the_largest(self, xyz, rgb):
+        segmentation = segment(self, xyz, rgb)
+        segmentation.instance_ids[segmentation.instance_ids == 1] = 0
+        return segmentation
+    monkeypatch.setattr(LearnedSegmenter, 'segment', without_the_largest)
+    assert InstanceCache(config, probe).directory != directory
 
 
 def test_default_vocabulary_covers_the_generator():

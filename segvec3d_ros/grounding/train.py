@@ -130,16 +130,21 @@ class InstanceCache:
     """Per-scene instance tables on disk, keyed by everything that shapes them."""
 
     def __init__(self, config: GroundingTrainConfig, probe: np.ndarray) -> None:
-        """Tables live under cache_dir/<hash of backbone probe, pipeline, scenes, sampling>/."""
+        """Tables live under cache_dir/<hash of backbone probe, first scene's segmentation,
+        pipeline, scenes, sampling>/."""
         self.config = config
+        self._pipeline: Pipeline | None = None
+        # The segmentation code shapes the tables as much as its settings: a change to it
+        # (a support rule, say) shows in the sizes of the first scene's instances.
+        first = self._grounded(config.first_scene).predicted.instances
         recipe = json.dumps({'probe': np.round(probe, 4).tolist(),
+                             'segmentation': [instance.num_points for instance in first],
                              'pipeline': asdict(config.pipeline_config()),
                              'scene': config.scene, 'points': config.points_per_instance,
                              'geometry': GEOMETRY_CHANNELS, 'instances': 'all'},
                             sort_keys=True, default=str)
         self.directory = (Path(config.cache_dir)
                           / hashlib.sha1(recipe.encode()).hexdigest()[:12])
-        self._pipeline: Pipeline | None = None
 
     def _grounded(self, seed: int) -> GroundedScene:
         if self._pipeline is None:
