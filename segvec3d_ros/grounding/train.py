@@ -110,11 +110,10 @@ def _sampled(instances: InstanceSet, grounded: GroundedScene, predicted: bool, c
              rng: np.random.Generator) -> InstanceTable:
     """`count` points (with repeats when fewer) of each instance; one that matches no object
     (a fragment, or several objects merged) has attributes -1."""
-    keep = np.arange(len(instances.instances))
     order = np.argsort(instances.point_index, kind='stable')
     ends = np.cumsum(np.bincount(instances.point_index, minlength=len(instances.instances)))
     starts = ends - np.bincount(instances.point_index, minlength=len(instances.instances))
-    keep = keep[ends[keep] > starts[keep]]
+    keep = np.flatnonzero(ends > starts)
     rows = [order[rng.integers(starts[k], ends[k], count)] for k in keep]
     points = (instances.point_inputs[np.stack(rows)] if rows
               else np.zeros((0, count, instances.point_inputs.shape[1])))
@@ -133,44 +132,50 @@ class InstanceCache:
         """Tables live under cache_dir/<hash of backbone probe, first scene's segmentation,
         pipeline, scenes, sampling>/."""
         self.config = config
-        self._pipeline: Pipeline | None = None
+        pipeline_config = config.pipeline_config()
+        self._pipeline = Pipeline(pipeline_config,
+                                  RecordingSegmenter(make_segmenter(pipeline_config)))
         # The segmentation code shapes the tables as much as its settings: a change to it
         # (a support rule, say) shows in the sizes of the first scene's instances.
-        first = self._grounded(config.first_scene).predicted.instances
+        first = self._grounded(config.first_scene)
         recipe = json.dumps({'probe': np.round(probe, 4).tolist(),
-                             'segmentation': [instance.num_points for instance in first],
-                             'pipeline': asdict(config.pipeline_config()),
+                             'segmentation': [i.num_points for i in first.predicted.instances],
+                             'pipeline': asdict(pipeline_config),
                              'scene': config.scene, 'points': config.points_per_instance,
                              'geometry': GEOMETRY_CHANNELS, 'instances': 'all'},
                             sort_keys=True, default=str)
         self.directory = (Path(config.cache_dir)
                           / hashlib.sha1(recipe.encode()).hexdigest()[:12])
+        if not self._path(config.first_scene).is_file():
+            self._store(config.first_scene, first)    # grounded once, for the key and the table
 
     def _grounded(self, seed: int) -> GroundedScene:
-        if self._pipeline is None:
-            pipeline_config = self.config.pipeline_config()
-            self._pipeline = Pipeline(pipeline_config,
-                                      RecordingSegmenter(make_segmenter(pipeline_config)))
         return ground_scene(self._pipeline, generate_scene(seed, 'tabletop',
                                                            SceneConfig(**self.config.scene)))
 
-    def get(self, seed: int) -> InstanceTable:
-        """Scene `seed`'s table, computed and stored on first use."""
-        path = self.directory / f'{seed:07d}.npz'
-        if path.is_file():
-            with np.load(path) as stored:
-                return InstanceTable(*(stored[f.name] for f in fields(InstanceTable)))
-        grounded = self._grounded(seed)
+    def _path(self, seed: int) -> Path:
+        return self.directory / f'{seed:07d}.npz'
+
+    def _store(self, seed: int, grounded: GroundedScene) -> InstanceTable:
         rng = np.random.default_rng(seed)
         count = self.config.points_per_instance
         table = InstanceTable.concat([
             _sampled(grounded.ground_truth, grounded, False, count, rng),
             _sampled(grounded.predicted, grounded, True, count, rng)])
         self.directory.mkdir(parents=True, exist_ok=True)
+        path = self._path(seed)
         partial = path.with_suffix('.tmp.npz')
         np.savez_compressed(partial, **asdict(table))
         partial.replace(path)
         return table
+
+    def get(self, seed: int) -> InstanceTable:
+        """Scene `seed`'s table, computed and stored on first use."""
+        path = self._path(seed)
+        if path.is_file():
+            with np.load(path) as stored:
+                return InstanceTable(*(stored[f.name] for f in fields(InstanceTable)))
+        return self._store(seed, self._grounded(seed))
 
 
 def caption_embeddings(texts: list[str], encoder: Encoder, cache_dir: str | Path) -> np.ndarray:
