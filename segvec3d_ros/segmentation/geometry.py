@@ -23,6 +23,14 @@ _RANSAC_BATCH_PRODUCT = 4 * 65536
 OBJECT_HEIGHT = 0.3
 # Parallel: normals within 15 degrees (a plane through several rims tilts a few degrees).
 _PARALLEL_COS = float(np.cos(np.deg2rad(15.0)))
+# A thin object lying on a surface (a book 1 cm thick) has its top inside the surface's inlier
+# band. Its points sit high in the band over a whole patch, the surface's own noise only at
+# single points: the mean height of a point's neighbours tells them apart. Over half the band
+# returned 56 of mOSD's 509,308 support working points and none of 100 held-out synthetic
+# scenes' (a third of the band: 6531 and 26,077).
+_LAYER_LEVEL = 0.5
+_LAYER_NEIGHBOURS = 16
+_LAYER_MIN_POINTS = 20
 
 
 @dataclass
@@ -191,8 +199,9 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
     and within `OBJECT_HEIGHT` of it: that is the tops of objects side by side on it (books
     lying flat, the rims of bowls), not a shelf. Even a layer of the same surface's noise is
     left: its inliers would take the bottom centimetres of every object standing there.
-    All inliers of a surface are support: the table also shows in pieces between and behind
-    the objects, and a piece left out would become an instance of its own.
+    The inliers of a surface are support, the table also in pieces between and behind the
+    objects (a piece left out would become an instance of its own), except a raised layer: the
+    top of a thin object lying on it.
     Returns the (N,) support mask and the mask of the other points that remain to segment:
     with `drop_beyond`, not those on the far side of a support plane from the sensor at the
     origin, which lie under the table or were seen past its edge.
@@ -224,6 +233,7 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
         if sizes.max() < surface_points:
             continue
         support[members] = True
+        support[members[_raised_layer(pts[members], plane, distance, tolerance)]] = False
         surfaces.append(plane)
         if drop_beyond:
             rest &= (pts @ plane[:3] + plane[3]) * np.sign(plane[3]) >= 0
@@ -235,6 +245,27 @@ def _on_a_surface(patch: np.ndarray, plane: np.ndarray, surfaces: list[np.ndarra
     return any(abs(plane[:3] @ surface[:3]) >= _PARALLEL_COS
                and abs(np.median(patch @ surface[:3] + surface[3])) <= OBJECT_HEIGHT
                for surface in surfaces)
+
+
+def _raised_layer(xyz: np.ndarray, plane: np.ndarray, distance: float,
+                 tolerance: float) -> np.ndarray:
+    """(N,) mask of the inliers `xyz` of `plane` (within `distance`) whose neighbours lie on
+    average over _LAYER_LEVEL of the band above it, on the sensor's side, in patches (gaps
+    under `tolerance`) of at least _LAYER_MIN_POINTS points."""
+    pts = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    raised = np.zeros(len(pts), dtype=bool)
+    height = (pts @ plane[:3] + plane[3]) * (np.sign(plane[3]) or 1.0)
+    # A point far below the level is the surface's (the neighbour search is the cost).
+    candidates = np.flatnonzero(height > 0.4 * _LAYER_LEVEL * distance)
+    if len(candidates) < _LAYER_MIN_POINTS:
+        return raised
+    _, neighbours = cKDTree(pts).query(pts[candidates], k=min(_LAYER_NEIGHBOURS, len(pts)))
+    layer = candidates[height[neighbours].mean(axis=1) > _LAYER_LEVEL * distance]
+    if len(layer) < _LAYER_MIN_POINTS:
+        return raised
+    patches = plane_patches(pts[layer], plane[:3], tolerance)
+    raised[layer[np.bincount(patches)[patches] >= _LAYER_MIN_POINTS]] = True
+    return raised
 
 
 def rank_labels(labels: np.ndarray, min_size: int = 1,
