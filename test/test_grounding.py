@@ -212,6 +212,18 @@ def test_zero_shot_labels_fall_back_to_other_below_the_threshold():
     assert Grounder(head, [], 0.5, encoder).label(vectors)[0] == [OTHER, OTHER]
 
 
+def test_query_nouns_are_embedded_as_the_labels_are():
+    # The label prompts' average, not the bare word, so that "the mug" and the label 'mug'
+    # mean the same point of the shared space.
+    head = make_head()
+    encoder = BagOfWords()
+    label_vector = Grounder(head, ['mug'], 0.0, encoder).label_vectors[0]
+    bare_word = head.embed_texts(encoder.encode(['mug']))[0]
+    assert bare_word @ label_vector < 0.99
+    np.testing.assert_allclose(QueryEngine(encoder, head)._text_vector('mug'), label_vector,
+                               atol=1e-6)
+
+
 def test_pipeline_labels_instances_with_a_matching_head_and_rejects_a_foreign_one(
         tmp_path, monkeypatch):
     monkeypatch.setattr(step, 'shared_text_encoder', lambda device='cpu': BagOfWords())

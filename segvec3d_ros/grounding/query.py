@@ -25,7 +25,8 @@ from scipy.spatial.transform import Rotation
 
 from segvec3d_ros.colors import NAMED_COLORS, color_distances, color_names
 from segvec3d_ros.grounding.model import GroundingHead, load_grounding
-from segvec3d_ros.grounding.step import Encoder, bundled_grounding_path, shared_text_encoder
+from segvec3d_ros.grounding.step import (Encoder, bundled_grounding_path,
+                                         shared_text_encoder, text_vectors)
 from segvec3d_ros.grounding.vocabulary import DEFAULT_VOCABULARY
 from segvec3d_ros.instances import InstanceInfo
 
@@ -276,12 +277,12 @@ class QueryEngine:
         self._text_cache: dict[str, np.ndarray] = {}
 
     def _text_vector(self, text: str) -> np.ndarray:
-        """v_T of `text` in the shared space (the engine has a head)."""
+        """v_T of `text` in the shared space, over the label prompts (the engine has a head)."""
         vector = self._text_cache.get(text)
         if vector is None and self._head is not None:
             if len(self._text_cache) >= _TEXT_CACHE_SIZE:
                 self._text_cache.clear()
-            vector = self._head.embed_texts(self._encoder.encode([text]))[0]
+            vector = text_vectors(self._head, self._encoder, [text])[0]
             self._text_cache[text] = vector
         return vector
 

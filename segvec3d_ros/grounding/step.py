@@ -83,6 +83,15 @@ def backbone_probe(segmenter: Segmenter) -> np.ndarray:
     return features.mean(axis=0)
 
 
+def text_vectors(head: GroundingHead, encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
+    """(T, embed_dim) unit v_T per text, averaged over its PROMPTS forms: a CLIP-style prompt
+    ensemble, as the captions trained the head on several phrasings of each word."""
+    forms = [prompt.format(text) for text in texts for prompt in PROMPTS]
+    vectors = head.embed_texts(encoder.encode(forms)).reshape(
+        len(texts), len(PROMPTS), head.config.embed_dim).mean(axis=1)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
 class Grounder:
     """Embeds a frame's instances and labels each by its nearest vocabulary word."""
 
@@ -92,11 +101,7 @@ class Grounder:
         self.head = head
         self.vocabulary = list(vocabulary)
         self.threshold = threshold
-        texts = [prompt.format(word) for word in self.vocabulary for prompt in PROMPTS]
-        vectors = head.embed_texts(encoder.encode(texts)).reshape(
-            len(self.vocabulary), len(PROMPTS), head.config.embed_dim).mean(axis=1)
-        self.label_vectors = vectors / np.maximum(
-            np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        self.label_vectors = text_vectors(head, encoder, self.vocabulary)
 
     def label(self, embeddings: np.ndarray) -> tuple[list[str], np.ndarray]:
         """Zero-shot label ('other' below the threshold) and its cosine score per vector."""
