@@ -17,7 +17,7 @@ from segvec3d_ros.grounding import step
 from segvec3d_ros.grounding.captions import caption_bank
 from segvec3d_ros.grounding.model import (BOX_CHANNELS, GEOMETRY_CHANNELS, POOLS,
                                           GroundingConfig, GroundingHead, InfoNCELoss,
-                                          load_grounding, save_grounding)
+                                          Objectness, load_grounding, save_grounding)
 from segvec3d_ros.grounding.query import QueryEngine, parse_query
 from segvec3d_ros.grounding.step import Grounder
 from segvec3d_ros.grounding.train import (GroundingTrainConfig, InstanceCache, InstanceTable,
@@ -124,6 +124,17 @@ def test_head_saves_and_loads(tmp_path):
         load_grounding(tmp_path / 'missing.pt')
 
 
+def test_objectness_scores_log_probabilities_and_is_saved(tmp_path):
+    vectors = make_head().embed_texts(np.random.default_rng(0).normal(size=(5, 384)))
+    np.testing.assert_array_equal(make_head().log_objectness(vectors), np.zeros(5))
+    head = make_head(objectness=True)
+    scores = head.log_objectness(vectors)
+    assert scores.shape == (5,) and (scores < 0).all() and np.ptp(scores) > 0
+    save_grounding(head, tmp_path / 'g.pt', {})
+    np.testing.assert_allclose(load_grounding(tmp_path / 'g.pt')[0].log_objectness(vectors),
+                               scores, atol=1e-6)
+
+
 def test_captions_are_true_of_exactly_the_instances_their_words_name():
     bank = caption_bank(0)
     mug, red, small = CATEGORIES.index('mug'), OBJECT_COLOURS.index('red'), 1
@@ -162,6 +173,24 @@ def test_a_short_training_run_lowers_the_loss():
     train_head(config, table, text, bank.truth,
                log=lambda line: losses.append(float(line.split('loss ')[1].split()[0])))
     assert losses[-1] < 0.7 * losses[0]
+    # Fragments (no object) whose points look unlike whole objects' are told apart, also
+    # when they stay out of the InfoNCE.
+    points[:20, :, FEATURES - 1] += 2.0
+    table = replace(table, points=points.astype(np.float16))
+    head = train_head(replace(config, objectness_weight=1.0), table, text, bank.truth)
+    with torch.inference_mode():
+        vectors = head.instance_vectors(
+            torch.from_numpy(points.reshape(-1, points.shape[2]).astype(np.float32)),
+            torch.arange(count).repeat_interleave(points.shape[1]), torch.from_numpy(boxes))
+    whole = np.exp(head.log_objectness(vectors.numpy()))
+    assert whole[:20].max() < 0.5 < whole[20:].min()
+
+
+def test_objectness_weight_is_checked_and_adds_the_layer():
+    with pytest.raises(ValueError, match='objectness_weight'):
+        GroundingTrainConfig(objectness_weight=-0.5).validate()
+    assert GroundingTrainConfig(objectness_weight=0.5).head_config(8).objectness
+    assert not GroundingTrainConfig().head_config(8).objectness
 
 
 def test_training_config_keeps_evaluation_seeds_out(tmp_path):
@@ -326,6 +355,29 @@ def test_queries_resolve_attributes_and_relations_on_hand_made_boxes(text, expec
     assert result.success, result.message
     assert instances[result.order[0]].id == expected, result.message
     assert list(result.scores) == sorted(result.scores, reverse=True)
+
+
+def test_a_fragment_the_objectness_layer_doubts_answers_no_superlative():
+    # A sliver of the near green box, smaller than it, off the whole objects' direction.
+    instances = _scene()
+    engine = _learned_engine(instances)
+    head = engine._head
+    rng = np.random.default_rng(1)
+    doubt = rng.normal(size=head.config.embed_dim)
+    doubt -= (doubt @ instances[5].embedding) * instances[5].embedding
+    doubt /= np.linalg.norm(doubt)
+    sliver = box(7, (0.42, 0.27, 0.7), (0.02, 0.02, 0.03), (0.2, 0.6, 0.2), 'box')
+    sliver.embedding = (instances[5].embedding + 0.5 * doubt) / np.hypot(1.0, 0.5)
+    instances.append(sliver)
+    assert instances[engine.query('the smallest box', instances, 1).order[0]].id == 7
+    head.config.objectness = True
+    head.objectness = Objectness(head.config.embed_dim)
+    with torch.no_grad():
+        head.objectness.linear.weight.copy_(torch.from_numpy(-20.0 * doubt[None]))
+        head.objectness.linear.bias.fill_(5.0)
+    result = engine.query('the smallest box', instances, 1)
+    assert instances[result.order[0]].id == 6, result.message
+    assert 'objectness' in result.message
 
 
 def test_message_states_the_interpretation():

@@ -11,6 +11,11 @@ stand-in for fine-tuning the backbone's last layers: the backbone is trained to 
 instances, and its mean feature alone tells categories apart poorly); b_X is the box term,
 the log sorted box extents and the mean colour in CIE L*a*b* / 100, which size and colour
 words name directly. With phi the identity on F_i and no box term, this is Eq. 9.
+
+Beyond the paper, an optional Objectness direction in the shared space scores whether v_X is
+one whole object rather than a fragment or a merge of several, which the segmenter also
+produces: the query engine weighs instances by it, so that a sliver does not answer "the
+smallest box".
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ class GroundingConfig:
     text_dim: int = 384         # all-MiniLM-L6-v2
     temperature: float = 0.07   # tau, the initial value when learnable
     learn_temperature: bool = True
+    objectness: bool = False    # an Objectness layer on v_X
 
     def __post_init__(self) -> None:
         if not (self.use_backbone or self.use_geometry):
@@ -89,6 +95,20 @@ class Wtxt(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         """(B, embed_dim) unit vectors v_T of (B, text_dim) embeddings (normalised here)."""
         return F.normalize(self.linear(F.normalize(t, dim=-1)), dim=-1)
+
+
+class Objectness(nn.Module):
+    """Logit that v_X is one whole object: a direction (and offset) in the shared space, so
+    that it is computed from the embeddings the instance messages carry."""
+
+    def __init__(self, embed_dim: int) -> None:
+        """One linear map to a logit."""
+        super().__init__()
+        self.linear = nn.Linear(embed_dim, 1)
+
+    def forward(self, v3d: Tensor) -> Tensor:
+        """(B,) logits of (B, embed_dim) v_X."""
+        return self.linear(v3d).squeeze(-1)
 
 
 class InfoNCELoss(nn.Module):
@@ -184,6 +204,7 @@ class GroundingHead(nn.Module):
         self.w3d = W3D(config.input_dim, config.embed_dim, config.hidden)
         self.wtxt = Wtxt(config.text_dim, config.embed_dim)
         self.loss = InfoNCELoss(config.temperature, config.learn_temperature)
+        self.objectness = Objectness(config.embed_dim) if config.objectness else None
 
     def instance_vectors(self, point_inputs: Tensor, point_index: Tensor, box: Tensor) -> Tensor:
         """(K, embed_dim) v_X from (P, C + GEOMETRY_CHANNELS) point rows of K instances.
@@ -213,6 +234,17 @@ class GroundingHead(nn.Module):
                 torch.from_numpy(np.asarray(point_inputs, np.float32)),
                 torch.from_numpy(np.asarray(point_index, np.int64)),
                 torch.from_numpy(box_term(instances))).numpy()
+
+    def log_objectness(self, embeddings: np.ndarray) -> np.ndarray:
+        """(K,) float64 log-probability that each v_X is one whole object; 0 without an
+        Objectness layer."""
+        if self.objectness is None:
+            return np.zeros(len(embeddings))
+        # In numpy: one dot product per instance, called for every phrase of every query.
+        linear = self.objectness.linear
+        logits = np.asarray(embeddings, np.float64) @ linear.weight.detach().double().numpy()[0] \
+            + float(linear.bias.detach())
+        return -np.logaddexp(0.0, -logits)
 
     def embed_texts(self, text_embeddings: np.ndarray) -> np.ndarray:
         """(M, embed_dim) float32 v_T of (M, text_dim) sentence embeddings."""

@@ -5,7 +5,8 @@ camera superlatives ("the red mug left of the bowl", "the largest box", "the obj
 the camera"). Each phrase scores every instance in log space: its noun by the learned
 similarity of v_T and v_X, its colour word by the instance's measured mean colour, its size
 word by the box volume or height against the other likely candidates; relations come from
-the boxes' geometry. The sum ranks the instances; the answer says which parts were used.
+the boxes' geometry. A head with an Objectness layer adds each instance's log-probability of
+being one whole object. The sum ranks the instances; the answer says which parts were used.
 
 Geometry is read in the cloud's frame: an optical frame (frame id containing 'optical', or
 none) has x right, y down, z forward; any other follows REP 103 (x forward, y left, z up) with
@@ -301,7 +302,9 @@ class QueryEngine:
                        geometry: _Geometry, head: GroundingHead | None,
                        parts: list[str]) -> np.ndarray:
         """(K,) log-membership of each instance in `phrase`; appends what was used to parts."""
-        scores = np.zeros(len(instances))
+        # Every phrase names whole objects: fragments and merges count for little.
+        scores = (np.zeros(len(instances)) if head is None else
+                  head.log_objectness(np.array([i.embedding for i in instances])))
         if phrase.noun and head is not None:
             # Membership, not rank: P(noun | instance) against the label words it is not a
             # synonym of, so that every mug fits 'mug' and colour or relation decide among them.
@@ -348,6 +351,8 @@ class QueryEngine:
         parsed = parse_query(clean)
         geometry = _geometry(instances, frame_id)
         parts: list[str] = []
+        if head is not None and head.objectness is not None:
+            parts.append('whole objects (learned objectness)')
         if not (parsed.target.colour or parsed.target.size or parsed.relation or parsed.unary):
             # Nothing structural understood (another language, a bare noun): the whole text.
             parsed.target = Phrase(noun=parsed.target.noun or clean)

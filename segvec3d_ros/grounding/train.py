@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from segvec3d_ros.data.scenes import CATEGORIES, SceneConfig, generate_scene
 from segvec3d_ros.evaluation.datasets import EVAL_SEED_BASE
@@ -45,7 +46,8 @@ class GroundingTrainConfig:
     pipeline: dict[str, Any] = field(default_factory=dict)   # PipelineConfig overrides
     backbone: str = ''                  # segmentation model; '' = the bundled one
     masks: str = 'both'                 # instances to train on: gt, predicted or both
-    unmatched: bool = False             # predicted instances matching no object: negatives
+    unmatched: bool = False             # predicted instances matching no object: InfoNCE negatives
+    objectness_weight: float = 0.0      # > 0: train an Objectness layer on whole vs unmatched
     points_per_instance: int = 128      # cached per instance
     points_per_step: int = 64           # drawn from those at each step
     templates_per_phrase: int = 2
@@ -74,6 +76,8 @@ class GroundingTrainConfig:
         if min(self.train_scenes, self.steps, self.batch_instances,
                self.points_per_instance, self.points_per_step) < 1:
             raise ValueError('scene, step, batch and point counts must be at least 1')
+        if self.objectness_weight < 0:
+            raise ValueError('objectness_weight must be >= 0')
         self.head_config(64)
 
     def pipeline_config(self) -> PipelineConfig:
@@ -83,7 +87,8 @@ class GroundingTrainConfig:
 
     def head_config(self, feature_dim: int) -> GroundingConfig:
         """The head this run trains, for backbone features of `feature_dim` channels."""
-        return GroundingConfig(**{**self.head, 'feature_dim': feature_dim})
+        return GroundingConfig(**{**self.head, 'feature_dim': feature_dim,
+                                  'objectness': self.objectness_weight > 0})
 
 
 @dataclass
@@ -219,6 +224,7 @@ def _train_head(config: GroundingTrainConfig, table: InstanceTable, text: np.nda
     # only competes with the objects for their captions (and draws a random one below).
     a = table.attributes
     known = a[:, 0] >= 0
+    whole = torch.from_numpy(known)
     true_of = torch.zeros((len(text), len(a)), dtype=torch.bool)
     true_of[:, known] = torch.from_numpy(truth[:, a[known, 0], a[known, 1], a[known, 2]])
     batch = min(config.batch_instances, len(a))
@@ -226,8 +232,9 @@ def _train_head(config: GroundingTrainConfig, table: InstanceTable, text: np.nda
     index = torch.arange(batch).repeat_interleave(per_step)
     for step in range(config.steps):
         rows = torch.from_numpy(rng.choice(len(a), batch, replace=False))
-        # One true caption per instance, drawn uniformly among its true ones
-        draw = torch.rand(true_of.shape[0], batch).masked_fill(~true_of[:, rows], -1.0)
+        # One true caption per instance, drawn uniformly among its true ones (among all
+        # captions for an instance with none)
+        draw = torch.rand(true_of.shape[0], batch) - 2.0 * (~true_of[:, rows]).float()
         negatives = rng.integers(0, len(text), config.negative_captions)
         captions = torch.cat([draw.argmax(dim=0), torch.from_numpy(negatives)])
         picks = torch.from_numpy(
@@ -235,7 +242,13 @@ def _train_head(config: GroundingTrainConfig, table: InstanceTable, text: np.nda
         sampled = torch.gather(points[rows], 1, picks[..., None].expand(-1, -1, points.shape[2]))
         v3d = head.instance_vectors(sampled.reshape(-1, points.shape[2]).float(), index, box[rows])
         vtxt = head.wtxt(text_t[captions])
-        loss = head.loss(v3d, vtxt, true_of[captions][:, rows].T)
+        # Fragments and merges join the InfoNCE only as its negatives with `unmatched`; the
+        # Objectness layer always sees them.
+        infonce = whole[rows] | config.unmatched
+        loss = head.loss(v3d[infonce], vtxt, true_of[captions][:, rows[infonce]].T)
+        if head.objectness is not None:
+            loss = loss + config.objectness_weight * F.binary_cross_entropy_with_logits(
+                head.objectness(v3d), whole[rows].float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -282,7 +295,7 @@ def train_grounding(config: GroundingTrainConfig, out_dir: str | Path,
         np.zeros(0, dtype=np.int64))])
     if config.masks != 'both':
         train_table = train_table.select(train_table.predicted == (config.masks == 'predicted'))
-    if not config.unmatched:
+    if not (config.unmatched or config.objectness_weight > 0):
         train_table = train_table.select(train_table.attributes[:, 0] >= 0)
     val_table = val_table.select(val_table.attributes[:, 0] >= 0)
     extracted = time.monotonic()
