@@ -15,6 +15,9 @@ from segvec3d_ros.colors import color_names
 from segvec3d_ros.data.scenes import CATEGORIES, OBJECT_COLOURS
 from segvec3d_ros.grounding import step
 from segvec3d_ros.grounding.captions import caption_bank
+from segvec3d_ros.grounding.dataset import GroundedScene, InstanceSet
+from segvec3d_ros.grounding.evaluate import (CAUSES, SYSTEMS, GroundingReport, Query,
+                                             answer_queries)
 from segvec3d_ros.grounding.model import (BOX_CHANNELS, GEOMETRY_CHANNELS, POOLS,
                                           GroundingConfig, GroundingHead, InfoNCELoss,
                                           Objectness, load_grounding, save_grounding)
@@ -378,6 +381,30 @@ def test_a_fragment_the_objectness_layer_doubts_answers_no_superlative():
     result = engine.query('the smallest box', instances, 1)
     assert instances[result.order[0]].id == 6, result.message
     assert 'objectness' in result.message
+
+
+def test_evaluation_names_why_the_predicted_instances_missed():
+    # Scene objects 0..5 are the six boxes; the predicted set lost object 2 (the blue mug),
+    # and its instance 2 is a fragment that matches no object.
+    instances = _scene()
+    engine = _learned_engine(instances)
+    empty = np.zeros((0, 1)), np.zeros(0, np.int64)
+    grounded = GroundedScene(
+        None, InstanceSet(instances, *empty, np.array([0, 1, -1, 3, 4, 5])),
+        InstanceSet(instances, *empty, np.arange(6)), [], np.zeros((6, 3)),
+        np.array([0.0, -1.0, 0.0]))
+    queries = [Query('category', 'the bowl', 1), Query('category', 'the bowl', 0),
+               Query('attribute', 'the blue mug', 2), Query('colour', 'the yellow one', 4)]
+    outcomes = answer_queries(grounded, queries, engine, BagOfWords())
+    assert [o.cause for o in outcomes] == ['', CAUSES[2], CAUSES[0], '']
+    # The blue mug's own instance answers, but it is the fragment of the predicted set.
+    grounded.predicted.objects[2], grounded.predicted.objects[0] = -1, 2
+    outcomes += answer_queries(grounded, [Query('attribute', 'the blue mug', 2)], engine,
+                               BagOfWords())
+    assert outcomes[-1].cause == CAUSES[1] and outcomes[-1].hits[SYSTEMS[4]] == 1.0
+    report = GroundingReport(outcomes, {}, 1, 0.0)
+    assert report.miss_rate(CAUSES[2], 'category') == 0.5
+    assert report.miss_rate(CAUSES[0], 'all') == 0.2
 
 
 def test_message_states_the_interpretation():

@@ -31,6 +31,8 @@ QUERY_TYPES = ('category', 'colour', 'attribute', 'relation', 'camera')
 SYSTEMS = ('segvec3d (predicted instances)', 'segvec3d (ground-truth masks)',
            'random instance', 'label-text rule',
            'target segmented (bound for predicted instances)')
+# Why the product's answer missed: its instances, not the ranking, can be the cause.
+CAUSES = ('target not segmented', 'a fragment or merge answered', 'another object answered')
 # m: a relation holds when a centre is this much beyond the anchor's (and fails when as much
 # short of it), so that small localisation errors do not decide a query
 _CLEAR = 0.05
@@ -117,6 +119,7 @@ class Outcome:
     kind: str
     hits: dict[str, float]      # system -> 1/0 (random: probability of a hit)
     seconds: float
+    cause: str = ''             # one of CAUSES when the predicted instances' answer missed
 
 
 def _label_rule(text: str, instances: InstanceSet, encoder: Encoder) -> int:
@@ -135,6 +138,7 @@ def answer_queries(grounded: GroundedScene, queries: Sequence[Query], engine: Qu
     for query in queries:
         hits: dict[str, float] = {}
         seconds = 0.0
+        answered = -1
         for system, instances in sets.items():
             if not instances.instances:
                 hits[system] = 0.0
@@ -144,6 +148,7 @@ def answer_queries(grounded: GroundedScene, queries: Sequence[Query], engine: Qu
             result = engine.query(query.text, instances.instances, 1)
             if system == SYSTEMS[0]:
                 seconds = time.perf_counter() - start
+                answered = int(instances.objects[result.order[0]]) if result.success else -1
             hits[system] = float(result.success
                                  and instances.objects[result.order[0]] == query.target)
         predicted = grounded.predicted
@@ -152,7 +157,9 @@ def answer_queries(grounded: GroundedScene, queries: Sequence[Query], engine: Qu
         hits[SYSTEMS[4]] = float(found.any())
         hits[SYSTEMS[3]] = float(bool(predicted.instances) and predicted.objects[
             _label_rule(query.text, predicted, encoder)] == query.target)
-        outcomes.append(Outcome(query.kind, hits, seconds))
+        cause = ('' if hits[SYSTEMS[0]] else CAUSES[0] if not found.any()
+                 else CAUSES[1] if answered < 0 else CAUSES[2])
+        outcomes.append(Outcome(query.kind, hits, seconds, cause))
     return outcomes
 
 
@@ -169,6 +176,12 @@ class GroundingReport:
         """Top-1 accuracy of `system` on queries of `kind` ('all' for every one) and count."""
         hits = [o.hits[system] for o in self.outcomes if kind in ('all', o.kind)]
         return (float(np.mean(hits)) if hits else float('nan')), len(hits)
+
+    def miss_rate(self, cause: str, kind: str) -> float:
+        """Share of the queries of `kind` ('all' for every one) that the predicted instances
+        missed for `cause`."""
+        causes = [o.cause for o in self.outcomes if kind in ('all', o.kind)]
+        return float(np.mean([c == cause for c in causes])) if causes else float('nan')
 
     def label_accuracy(self, source: str) -> tuple[float, int]:
         """Zero-shot label accuracy of the matched instances of `source`."""
@@ -247,6 +260,9 @@ def markdown_section(report: GroundingReport, command: str, plot: str) -> str:
         cells = [_pct(report.accuracy(system, kind)[0]) for kind in (*QUERY_TYPES, 'all')]
         rows.append(f'| {system} | ' + ' | '.join(cells) + ' |')
     counts = ' | '.join(str(report.accuracy(SYSTEMS[0], k)[1]) for k in (*QUERY_TYPES, 'all'))
+    misses = [f'| {cause} | ' + ' | '.join(_pct(report.miss_rate(cause, kind))
+                                          for kind in (*QUERY_TYPES, 'all')) + ' |'
+              for cause in CAUSES]
     latency = np.array([o.seconds for o in report.outcomes]) * 1000
     labels = {source: report.label_accuracy(source) for source in report.labels}
     return '\n'.join([
@@ -262,6 +278,12 @@ def markdown_section(report: GroundingReport, command: str, plot: str) -> str:
         'share of queries whose target the segmenter produced at all).',
         '',
         header, *rows, f'| queries | {counts} |',
+        '',
+        'Misses of segvec3d (predicted instances) by cause (% of the queries): the target '
+        'overlaps no instance with IoU > 0.5; the answer matches no object; it is another '
+        'object.',
+        '',
+        header.replace('| system |', '| cause |'), *misses,
         '',
         'Zero-shot labels (default vocabulary, `other` counts as wrong): '
         + ', '.join(f'{_pct(acc)} % of {n} {source} instances matched to an object'
