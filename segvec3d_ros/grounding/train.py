@@ -46,7 +46,7 @@ class GroundingTrainConfig:
     pipeline: dict[str, Any] = field(default_factory=dict)   # PipelineConfig overrides
     backbone: str = ''                  # segmentation model; '' = the bundled one
     masks: str = 'both'                 # instances to train on: gt, predicted or both
-    unmatched: bool = False             # predicted instances matching no object: InfoNCE negatives
+    unmatched: bool = False             # instances matching no object: InfoNCE negatives
     objectness_weight: float = 0.0      # > 0: train an Objectness layer on whole vs unmatched
     points_per_instance: int = 128      # cached per instance
     points_per_step: int = 64           # drawn from those at each step
