@@ -300,11 +300,10 @@ class QueryEngine:
 
     def _phrase_scores(self, phrase: Phrase, instances: Sequence[InstanceInfo],
                        geometry: _Geometry, head: GroundingHead | None,
-                       parts: list[str]) -> np.ndarray:
-        """(K,) log-membership of each instance in `phrase`; appends what was used to parts."""
-        # Every phrase names whole objects: fragments and merges count for little.
-        scores = (np.zeros(len(instances)) if head is None else
-                  head.log_objectness(np.array([i.embedding for i in instances])))
+                       parts: list[str], whole: np.ndarray) -> np.ndarray:
+        """(K,) log-membership of each instance in `phrase`, from the instances' `whole`
+        log-probabilities of being one object; appends what was used to parts."""
+        scores = whole.copy()
         if phrase.noun and head is not None:
             # Membership, not rank: P(noun | instance) against the label words it is not a
             # synonym of, so that every mug fits 'mug' and colour or relation decide among them.
@@ -351,16 +350,19 @@ class QueryEngine:
         parsed = parse_query(clean)
         geometry = _geometry(instances, frame_id)
         parts: list[str] = []
+        # Every phrase names whole objects: fragments and merges count for little.
+        whole = (np.zeros(len(instances)) if head is None else
+                 head.log_objectness(np.array([i.embedding for i in instances])))
         if head is not None and head.objectness is not None:
             parts.append('whole objects (learned objectness)')
         if not (parsed.target.colour or parsed.target.size or parsed.relation or parsed.unary):
             # Nothing structural understood (another language, a bare noun): the whole text.
             parsed.target = Phrase(noun=parsed.target.noun or clean)
-        scores = self._phrase_scores(parsed.target, instances, geometry, head, parts)
+        scores = self._phrase_scores(parsed.target, instances, geometry, head, parts, whole)
         if parsed.relation and parsed.anchor is not None:
             anchor_parts: list[str] = []
             anchor = np.exp(self._phrase_scores(parsed.anchor, instances, geometry, head,
-                                                anchor_parts))
+                                                anchor_parts, whole))
             fits = relation_matrix(parsed.relation, geometry) * anchor[None, :]
             np.fill_diagonal(fits, 0.0)
             scores += np.log(fits.max(axis=1) + _FLOOR)

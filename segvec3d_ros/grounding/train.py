@@ -220,8 +220,8 @@ def _train_head(config: GroundingTrainConfig, table: InstanceTable, text: np.nda
     points = torch.from_numpy(table.points)
     box = torch.from_numpy(table.box)
     text_t = torch.from_numpy(np.asarray(text, np.float32))
-    # (M, N) truth of each caption for each cached instance; none is true of a fragment, so it
-    # only competes with the objects for their captions (and draws a random one below).
+    # (M, N) truth of each caption for each cached instance; none is true of a fragment or a
+    # merge (`whole` False), which the InfoNCE sees only as a negative, with `unmatched`.
     a = table.attributes
     known = a[:, 0] >= 0
     whole = torch.from_numpy(known)
