@@ -108,6 +108,32 @@ def test_head_vectors_are_unit_and_pool_each_instance_separately(pool):
                               both, atol=1e-5)
 
 
+def test_inference_pools_draws_of_the_training_row_count_whatever_the_instance_size():
+    # The max of phi grows with the rows pooled: inference pools as many as training did.
+    rows = np.random.default_rng(1).normal(
+        size=(5 + 4000, FEATURES + GEOMETRY_CHANNELS)).astype(np.float32)
+    index = np.repeat([0, 2], [5, 4000])        # instance 1 has no rows
+    instances = [box(k + 1, [0.1 * k, 0, 1], [0.1, 0.1, 0.1]) for k in range(3)]
+    head = make_head(pool='mean_max', draw_points=16, draws=3)
+    pooled = {}
+    original = head.instance_vectors
+
+    def spy(inputs: torch.Tensor, point_index: torch.Tensor, boxes: torch.Tensor):
+        pooled.update(inputs=inputs, index=point_index)
+        return original(inputs, point_index, boxes)
+
+    head.instance_vectors = spy
+    vectors = head.embed_instances(rows, index, instances)
+    per_draw = torch.bincount(pooled['index'], minlength=9).reshape(3, 3)
+    assert per_draw.tolist() == [[16, 0, 16]] * 3
+    own = {tuple(r) for r in rows[:5]}
+    assert all(tuple(r) in own for r in pooled['inputs'][pooled['index'] % 3 == 0].numpy())
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    np.testing.assert_array_equal(vectors, head.embed_instances(rows, index, instances))
+    with pytest.raises(ValueError, match='draws'):
+        GroundingConfig(draws=0)
+
+
 def test_head_config_rejects_an_unknown_pool():
     with pytest.raises(ValueError, match='pool'):
         GroundingConfig(pool='median')

@@ -48,6 +48,8 @@ class GroundingConfig:
     use_geometry: bool = True   # phi sees g_i
     point_hidden: int = 128     # phi: hidden and output width
     pool: str = 'mean'          # over an instance's phi rows: mean (Eq. 9) or mean_max
+    draw_points: int = 64       # inference pools draws of this many rows per instance, as
+    draws: int = 8              # training pools points_per_step rows; 0 = all rows, once
     use_box: bool = True        # append the box term b_X to u_X
     hidden: int = 256           # W3D hidden width; 0 = W3D is one linear map
     embed_dim: int = 128        # the shared space
@@ -62,6 +64,8 @@ class GroundingConfig:
         if self.pool not in POOLS:
             raise ValueError(f'GroundingConfig: pool must be one of {tuple(POOLS)}, '
                              f'got {self.pool!r}')
+        if self.draw_points < 0 or self.draws < 1:
+            raise ValueError('GroundingConfig: draw_points must be >= 0 and draws >= 1')
 
     @property
     def input_dim(self) -> int:
@@ -177,6 +181,18 @@ def point_geometry(xyz: np.ndarray, normals: np.ndarray, index: np.ndarray,
                             np.abs(facing[:, 2]), outward]).astype(np.float32)
 
 
+def sample_rows(point_index: np.ndarray, count: int, size: int, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The instances (of `count`) that have rows in `point_index`, and (len(kept), size)
+    indices of rows of each, drawn uniformly with repeats."""
+    order = np.argsort(point_index, kind='stable')
+    sizes = np.bincount(point_index, minlength=count)
+    ends = np.cumsum(sizes)
+    kept = np.flatnonzero(sizes)
+    picks = rng.integers((ends - sizes)[kept, None], ends[kept, None], (len(kept), size))
+    return kept, order[picks]
+
+
 def box_term(instances: list[InstanceInfo]) -> np.ndarray:
     """(K, BOX_CHANNELS) float32: log sorted box extents and mean colour in L*a*b* / 100."""
     if not instances:
@@ -228,12 +244,30 @@ class GroundingHead(nn.Module):
     def embed_instances(self, point_inputs: np.ndarray, point_index: np.ndarray,
                         instances: list[InstanceInfo]) -> np.ndarray:
         """(K, embed_dim) float32 v_X of `instances` from their points' rows (see
-        `instance_vectors`)."""
+        `instance_vectors`).
+
+        With `draw_points`, each v_X is the normalised mean over `draws` random samples of
+        that many rows of the instance, as training pools a fixed number of points: the max of
+        phi grows with the number of rows pooled. The seed is fixed, so that a frame always
+        gets the same vectors.
+        """
+        inputs = np.asarray(point_inputs, np.float32)
+        index = np.asarray(point_index, np.int64)
+        box = box_term(instances)
+        draws = self.config.draws if self.config.draw_points else 1
+        if self.config.draw_points:
+            kept, rows = sample_rows(index, len(instances), self.config.draw_points * draws,
+                                     np.random.default_rng(0))
+            rows = rows.reshape(len(kept), draws, -1).transpose(1, 0, 2)
+            inputs = inputs[rows.ravel()]
+            index = (np.arange(draws)[:, None, None] * len(instances)
+                     + kept[None, :, None]).repeat(rows.shape[2], axis=2).ravel()
+            box = np.tile(box, (draws, 1))
         with torch.inference_mode():
-            return self.instance_vectors(
-                torch.from_numpy(np.asarray(point_inputs, np.float32)),
-                torch.from_numpy(np.asarray(point_index, np.int64)),
-                torch.from_numpy(box_term(instances))).numpy()
+            vectors = self.instance_vectors(torch.from_numpy(inputs), torch.from_numpy(index),
+                                            torch.from_numpy(box)).numpy()
+        mean = vectors.reshape(draws, len(instances), -1).mean(axis=0)
+        return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
 
     def log_objectness(self, embeddings: np.ndarray) -> np.ndarray:
         """(K,) float64 log-probability that each v_X is one whole object; 0 without an

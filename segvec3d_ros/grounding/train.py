@@ -24,7 +24,7 @@ from segvec3d_ros.grounding.captions import caption_bank
 from segvec3d_ros.grounding.dataset import (GroundedScene, InstanceSet, RecordingSegmenter,
                                             attribute_indices, ground_scene)
 from segvec3d_ros.grounding.model import (GEOMETRY_CHANNELS, GroundingConfig, GroundingHead,
-                                          box_term, save_grounding)
+                                          box_term, sample_rows, save_grounding)
 from segvec3d_ros.grounding.step import (Encoder, Grounder, backbone_probe,
                                          shared_text_encoder)
 from segvec3d_ros.pipeline import Pipeline, PipelineConfig, make_segmenter
@@ -88,6 +88,7 @@ class GroundingTrainConfig:
     def head_config(self, feature_dim: int) -> GroundingConfig:
         """The head this run trains, for backbone features of `feature_dim` channels."""
         return GroundingConfig(**{**self.head, 'feature_dim': feature_dim,
+                                  'draw_points': self.points_per_step,
                                   'objectness': self.objectness_weight > 0})
 
 
@@ -115,13 +116,8 @@ def _sampled(instances: InstanceSet, grounded: GroundedScene, predicted: bool, c
              rng: np.random.Generator) -> InstanceTable:
     """`count` points (with repeats when fewer) of each instance; one that matches no object
     (a fragment, or several objects merged) has attributes -1."""
-    order = np.argsort(instances.point_index, kind='stable')
-    ends = np.cumsum(np.bincount(instances.point_index, minlength=len(instances.instances)))
-    starts = ends - np.bincount(instances.point_index, minlength=len(instances.instances))
-    keep = np.flatnonzero(ends > starts)
-    rows = [order[rng.integers(starts[k], ends[k], count)] for k in keep]
-    points = (instances.point_inputs[np.stack(rows)] if rows
-              else np.zeros((0, count, instances.point_inputs.shape[1])))
+    keep, rows = sample_rows(instances.point_index, len(instances.instances), count, rng)
+    points = instances.point_inputs[rows]
     attributes = np.full((len(keep), 3), -1, dtype=np.int64)
     matched = instances.objects[keep] >= 0
     attributes[matched] = attribute_indices(grounded.objects, instances.objects[keep][matched])
