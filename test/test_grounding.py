@@ -16,7 +16,7 @@ from segvec3d_ros.data.scenes import CATEGORIES, OBJECT_COLOURS
 from segvec3d_ros.grounding import step
 from segvec3d_ros.grounding.captions import caption_bank
 from segvec3d_ros.grounding.dataset import GroundedScene, InstanceSet
-from segvec3d_ros.grounding.evaluate import (CAUSES, SYSTEMS, GroundingReport, Query,
+from segvec3d_ros.grounding.evaluate import (CAUSES, SYSTEMS, GroundingReport, Outcome, Query,
                                              answer_queries)
 from segvec3d_ros.grounding.model import (BOX_CHANNELS, GEOMETRY_CHANNELS, POOLS,
                                           GroundingConfig, GroundingHead, InfoNCELoss,
@@ -431,6 +431,16 @@ def test_evaluation_names_why_the_predicted_instances_missed():
     report = GroundingReport(outcomes, {}, 1, 0.0)
     assert report.miss_rate(CAUSES[2], 'category') == 0.5
     assert report.miss_rate(CAUSES[0], 'all') == 0.2
+
+
+@pytest.mark.parametrize('hits, count, low, high', [(9, 10, 0.596, 0.982),
+                                                     (900, 1000, 0.880, 0.917),
+                                                     (0, 10, 0.0, 0.278)])
+def test_evaluation_gives_the_wilson_interval_of_each_accuracy(hits, count, low, high):
+    outcomes = [Outcome('category', {SYSTEMS[0]: float(k < hits)}, 0.0, '')
+                for k in range(count)]
+    interval = GroundingReport(outcomes, {}, 1, 0.0).interval(SYSTEMS[0], 'category')
+    assert interval == pytest.approx((low, high), abs=1e-3)
 
 
 def test_message_states_the_interpretation():

@@ -177,6 +177,17 @@ class GroundingReport:
         hits = [o.hits[system] for o in self.outcomes if kind in ('all', o.kind)]
         return (float(np.mean(hits)) if hits else float('nan')), len(hits)
 
+    def interval(self, system: str, kind: str, z: float = 1.96) -> tuple[float, float]:
+        """Wilson score interval (95 % for z = 1.96) of `accuracy(system, kind)`: with a few
+        hundred queries per type, a point or two either way is noise."""
+        accuracy, count = self.accuracy(system, kind)
+        if not count:
+            return float('nan'), float('nan')
+        centre = (accuracy + z * z / (2 * count)) / (1 + z * z / count)
+        half = z / (1 + z * z / count) * np.sqrt(accuracy * (1 - accuracy) / count
+                                                  + z * z / (4 * count * count))
+        return centre - half, centre + half
+
     def miss_rate(self, cause: str, kind: str) -> float:
         """Share of the queries of `kind` ('all' for every one) that the predicted instances
         missed for `cause`."""
@@ -260,6 +271,8 @@ def markdown_section(report: GroundingReport, command: str, plot: str) -> str:
         cells = [_pct(report.accuracy(system, kind)[0]) for kind in (*QUERY_TYPES, 'all')]
         rows.append(f'| {system} | ' + ' | '.join(cells) + ' |')
     counts = ' | '.join(str(report.accuracy(SYSTEMS[0], k)[1]) for k in (*QUERY_TYPES, 'all'))
+    intervals = ' | '.join('–'.join(map(_pct, report.interval(SYSTEMS[0], k)))
+                           for k in (*QUERY_TYPES, 'all'))
     misses = [f'| {cause} | ' + ' | '.join(_pct(report.miss_rate(cause, kind))
                                           for kind in (*QUERY_TYPES, 'all')) + ' |'
               for cause in CAUSES]
@@ -278,6 +291,7 @@ def markdown_section(report: GroundingReport, command: str, plot: str) -> str:
         'share of queries whose target the segmenter produced at all).',
         '',
         header, *rows, f'| queries | {counts} |',
+        f'| 95 % interval, {SYSTEMS[0]} | {intervals} |',
         '',
         'Misses of segvec3d (predicted instances) by cause (% of the queries): the target '
         'overlaps no instance with IoU > 0.5; the answer matches no object; it is another '
