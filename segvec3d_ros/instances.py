@@ -7,7 +7,7 @@ import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.transform import Rotation
 
-from segvec3d_ros.segmentation.geometry import group_means
+from segvec3d_ros.segmentation.geometry import group_means, plane_basis
 
 _YAW_STEP = np.deg2rad(1.0)    # resolution at which box yaw candidates count as distinct
 
@@ -49,7 +49,11 @@ def describe_instances(xyz: np.ndarray, rgb: np.ndarray | None, instance_ids: np
     if rgb is not None:
         colours[:, :3] = group_means(ids, np.asarray(rgb)[members], len(counts)) / 255.0
         colours[:, 3] = 1.0
-    plane_axes = None if up is None else _plane_axes(np.asarray(up, dtype=np.float64))
+    plane_axes = None
+    if up is not None:
+        # Columns e1, e2, up: a right-handed frame whose first two axes span the plane.
+        up = np.asarray(up, dtype=np.float64) / np.linalg.norm(up)
+        plane_axes = np.column_stack([plane_basis(up), up])
     # One sort groups every instance's points, so the loop below runs per instance, not per point;
     # on 16-bit keys numpy's stable sort is a radix sort, five times faster for the same order.
     order = np.argsort(ids.astype(np.uint16) if len(counts) <= 2**16 else ids, kind='stable')
@@ -61,15 +65,6 @@ def describe_instances(xyz: np.ndarray, rgb: np.ndarray | None, instance_ids: np
                          bbox_center=centroids[i] + axes @ mid, bbox_quaternion=quat,
                          bbox_size=size, mean_color=colours[i])
             for i, (axes, mid, size), quat in zip(present, boxes, quaternions)]
-
-
-def _plane_axes(up: np.ndarray) -> np.ndarray:
-    """(3, 3) columns e1, e2, up: a right-handed frame whose first two axes span the plane."""
-    up = up / np.linalg.norm(up)
-    helper = np.eye(3)[np.argmin(np.abs(up))]
-    e1 = np.cross(helper, up)
-    e1 /= np.linalg.norm(e1)
-    return np.column_stack([e1, np.cross(up, e1), up])
 
 
 def _oriented_box(centered: np.ndarray,
