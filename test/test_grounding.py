@@ -116,18 +116,20 @@ def test_inference_pools_draws_of_the_training_row_count_whatever_the_instance_s
     instances = [box(k + 1, [0.1 * k, 0, 1], [0.1, 0.1, 0.1]) for k in range(3)]
     head = make_head(pool='mean_max', draw_points=16, draws=3)
     pooled = {}
-    original = head.instance_vectors
+    original = head.pool
 
-    def spy(inputs: torch.Tensor, point_index: torch.Tensor, boxes: torch.Tensor):
-        pooled.update(inputs=inputs, index=point_index)
-        return original(inputs, point_index, boxes)
+    def spy(per_point: torch.Tensor, point_index: torch.Tensor, boxes: torch.Tensor):
+        pooled.update(per_point=per_point, index=point_index)
+        return original(per_point, point_index, boxes)
 
-    head.instance_vectors = spy
+    head.pool = spy
     vectors = head.embed_instances(rows, index, instances)
     per_draw = torch.bincount(pooled['index'], minlength=9).reshape(3, 3)
     assert per_draw.tolist() == [[16, 0, 16]] * 3
-    own = {tuple(r) for r in rows[:5]}
-    assert all(tuple(r) in own for r in pooled['inputs'][pooled['index'] % 3 == 0].numpy())
+    with torch.no_grad():
+        own = head.phi(torch.from_numpy(rows[:5])[:, head.columns])
+    drawn = pooled['per_point'][pooled['index'] % 3 == 0]
+    assert (drawn[:, None] - own[None]).abs().amax(dim=2).min(dim=1).values.max() < 1e-6
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     np.testing.assert_array_equal(vectors, head.embed_instances(rows, index, instances))
     with pytest.raises(ValueError, match='draws'):

@@ -227,7 +227,11 @@ class GroundingHead(nn.Module):
 
         point_index (P,) names each row's instance; box is the (K, BOX_CHANNELS) box term.
         """
-        per_point = self.phi(point_inputs[:, self.columns])
+        return self.pool(self.phi(point_inputs[:, self.columns]), point_index, box)
+
+    def pool(self, per_point: Tensor, point_index: Tensor, box: Tensor) -> Tensor:
+        """(K, embed_dim) v_X from (P, point_hidden) phi rows of K instances (see
+        `instance_vectors`)."""
         empty = torch.zeros((len(box), per_point.shape[1]), dtype=per_point.dtype,
                             device=per_point.device)
         counts = torch.bincount(point_index, minlength=len(box)).clamp(min=1)
@@ -251,21 +255,22 @@ class GroundingHead(nn.Module):
         phi grows with the number of rows pooled. The seed is fixed, so that a frame always
         gets the same vectors.
         """
-        inputs = np.asarray(point_inputs, np.float32)
         index = np.asarray(point_index, np.int64)
         box = box_term(instances)
         draws = self.config.draws if self.config.draw_points else 1
-        if self.config.draw_points:
-            kept, rows = sample_rows(index, len(instances), self.config.draw_points * draws,
-                                     np.random.default_rng(0))
-            rows = rows.reshape(len(kept), draws, -1).transpose(1, 0, 2)
-            inputs = inputs[rows.ravel()]
-            index = (np.arange(draws)[:, None, None] * len(instances)
-                     + kept[None, :, None]).repeat(rows.shape[2], axis=2).ravel()
-            box = np.tile(box, (draws, 1))
         with torch.inference_mode():
-            vectors = self.instance_vectors(torch.from_numpy(inputs), torch.from_numpy(index),
-                                            torch.from_numpy(box)).numpy()
+            # phi is point-wise: once per row, however many draws pool the row.
+            per_point = self.phi(torch.from_numpy(
+                np.asarray(point_inputs, np.float32))[:, self.columns])
+            if self.config.draw_points:
+                kept, rows = sample_rows(index, len(instances), self.config.draw_points * draws,
+                                         np.random.default_rng(0))
+                rows = rows.reshape(len(kept), draws, -1).transpose(1, 0, 2)
+                per_point = per_point[torch.from_numpy(rows.ravel())]
+                index = (np.arange(draws)[:, None, None] * len(instances)
+                         + kept[None, :, None]).repeat(rows.shape[2], axis=2).ravel()
+                box = np.tile(box, (draws, 1))
+            vectors = self.pool(per_point, torch.from_numpy(index), torch.from_numpy(box)).numpy()
         mean = vectors.reshape(draws, len(instances), -1).mean(axis=0)
         return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
 
