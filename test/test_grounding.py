@@ -132,6 +132,8 @@ def test_inference_pools_draws_of_the_training_row_count_whatever_the_instance_s
     assert (drawn[:, None] - own[None]).abs().amax(dim=2).min(dim=1).values.max() < 1e-6
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
     np.testing.assert_array_equal(vectors, head.embed_instances(rows, index, instances))
+    assert head.embed_instances(rows[:0], index[:0], instances).shape == (3, 128)
+    assert head.embed_instances(rows[:0], index[:0], []).shape == (0, 128)
     with pytest.raises(ValueError, match='draws'):
         GroundingConfig(draws=0)
 

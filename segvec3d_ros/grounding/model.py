@@ -265,13 +265,13 @@ class GroundingHead(nn.Module):
             if self.config.draw_points:
                 kept, rows = sample_rows(index, len(instances), self.config.draw_points * draws,
                                          np.random.default_rng(0))
-                rows = rows.reshape(len(kept), draws, -1).transpose(1, 0, 2)
+                rows = rows.reshape(len(kept), draws, self.config.draw_points).transpose(1, 0, 2)
                 per_point = per_point[torch.from_numpy(rows.ravel())]
                 index = (np.arange(draws)[:, None, None] * len(instances)
                          + kept[None, :, None]).repeat(rows.shape[2], axis=2).ravel()
                 box = np.tile(box, (draws, 1))
             vectors = self.pool(per_point, torch.from_numpy(index), torch.from_numpy(box)).numpy()
-        mean = vectors.reshape(draws, len(instances), -1).mean(axis=0)
+        mean = vectors.reshape(draws, len(instances), vectors.shape[1]).mean(axis=0)
         return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
 
     def log_objectness(self, embeddings: np.ndarray) -> np.ndarray:
