@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 
 rclpy = pytest.importorskip('rclpy')
 from ament_index_python.packages import get_package_share_directory  # noqa: E402
+import rclpy.context  # noqa: E402
+from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 from rosbags.rosbag2 import Reader  # noqa: E402
@@ -27,6 +30,7 @@ from segvec3d_ros.io.pointcloud2 import decode_pointcloud2, encode_pointcloud2  
 from segvec3d_ros.nodes.conversions import instance_array_msg, pointcloud2_msg  # noqa: E402
 from segvec3d_ros.pipeline import Pipeline, PipelineConfig  # noqa: E402
 from segvec3d_ros.tools import bag as bag_tool  # noqa: E402
+from segvec3d_ros.tools import play as play_tool  # noqa: E402
 from segvec3d_ros.tools.dds import isolate_dds  # noqa: E402
 
 isolate_dds()
@@ -250,6 +254,23 @@ def test_segvec3d_play_restamps_on_the_recorded_topic_reliably(input_bag):
     for msg in messages:
         assert abs(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9 - now) < 60.0
         assert msg.header.frame_id == FRAME
+
+
+@pytest.mark.ros
+def test_segvec3d_play_stops_quietly_when_shutdown_lands_between_two_clouds(input_bag):
+    # Ctrl-C shuts the context down before Python raises KeyboardInterrupt; the next publish
+    # then fails on the invalid context, which must end the playing, not raise.
+    context = rclpy.context.Context()
+    rclpy.init(context=context)
+    node = Node('segvec3d_play_shutdown_test', context=context)
+    args = play_tool.build_parser().parse_args(
+        [str(input_bag[0]), '--loop', '--rate', '0.5', '--remap', '/play_shutdown_test'])
+    # The bag's clouds are 0.5 s apart: 1 s at rate 0.5, and the shutdown lands in between.
+    threading.Timer(0.3, rclpy.shutdown, kwargs={'context': context}).start()
+    try:
+        assert play_tool.play(node, args) == 1
+    finally:
+        node.destroy_node()
 
 
 def test_segvec3d_play_reports_a_bad_bag_without_a_traceback(tmp_path):

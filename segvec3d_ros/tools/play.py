@@ -62,7 +62,14 @@ def play(node: Node, args: argparse.Namespace) -> int:
             msg = deserialize_message(message.raw, PointCloud2)
             if args.restamp:
                 msg.header.stamp = node.get_clock().now().to_msg()
-            publisher.publish(msg)
+            try:
+                publisher.publish(msg)
+            except Exception:
+                # Ctrl-C shuts the context down before Python raises KeyboardInterrupt: a
+                # publish in between fails on the invalid context, and that is a shutdown.
+                if node.context.ok():
+                    raise
+                return count
             count += 1
         if not args.loop or start_bag is None:
             return count
