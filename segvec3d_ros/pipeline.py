@@ -57,6 +57,10 @@ class PipelineConfig:
     claim_openings: bool = setting(True, 'learned segmenter: support points seen through an '
                                    'instance\'s opening (the floor inside a mug or bowl), ringed '
                                    'by it in the view from the cloud origin (the sensor), join it')
+    split_touching: bool = setting(True, 'learned segmenter with a grounding head: split an '
+                                   'instance where a weak cut of its embeddings meets in a '
+                                   'concave junction and the grounding head labels the two '
+                                   'parts differently (touching or stacked objects)')
     plane_distance: float = setting(0.01, 'RANSAC inlier distance of the support surface in m',
                                     range=(0.001, 0.5))
     plane_iterations: int = setting(200, 'RANSAC hypotheses per support surface',
@@ -161,6 +165,14 @@ class Pipeline:
                                      None if grid.rgb is None else grid.rgb[working])
         timings.update(seg.timings or {})
         tick = perf_counter()
+        if (self.grounder is not None and seg.features is not None
+                and seg.split_proposals is not None and seg.split_proposals.any()):
+            up = self._support_normal(grid.xyz[working], seg.support_mask,
+                                      seg.instance_ids > 0)
+            seg.instance_ids = self.grounder.resolve_splits(
+                grid.xyz[working], None if grid.rgb is None else grid.rgb[working],
+                seg.features, seg.instance_ids, seg.split_proposals, up)
+            lap('resolve splits')
 
         # Voxels outside the working subset take the labels of their nearest working voxel.
         voxel_labels = np.column_stack([seg.instance_ids, seg.support_mask]).astype(np.int64)

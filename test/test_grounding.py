@@ -320,6 +320,27 @@ def _two_boxes():
     return Cloud(xyz=xyz, rgb=rgb)
 
 
+@pytest.mark.parametrize('labels, taken', [(['box', 'ball', 'can'], True),
+                                           (['box', 'box', 'can'], False),
+                                           (['box', OTHER, 'can'], False)])
+def test_a_proposed_split_is_taken_when_its_parts_get_different_labels(labels, taken):
+    # instance 1: two touching 8 cm boxes, the second one proposed to leave (proposal 1);
+    # instance 2: a box on its own; proposal 2 lies on points of no instance
+    rng = np.random.default_rng(0)
+    xyz = np.concatenate([np.array([x, 0.0, 1.0]) + rng.uniform(-0.04, 0.04, (300, 3))
+                          for x in (-0.04, 0.04, 0.4, 0.8)]).astype(np.float32)
+    ids = np.repeat([1, 1, 2, 0], 300)
+    proposals = np.repeat([0, 1, 0, 2], 300)
+    grounder = Grounder(make_head(), ['box', 'ball', 'can'], 0.0, BagOfWords())
+    # The trial parts are described in id order: instance 1 staying, instance 1 leaving.
+    grounder.label = lambda embeddings: (labels[:len(embeddings)],
+                                         np.ones(len(embeddings), np.float32))
+    features = rng.normal(size=(len(xyz), FEATURES)).astype(np.float32)
+    resolved = grounder.resolve_splits(xyz, None, features, ids, proposals, None)
+    expected = np.repeat([1, 3 if taken else 1, 2, 0], 300)
+    np.testing.assert_array_equal(resolved, expected)
+
+
 # --------------------------------------------------------------------------- parsing
 
 

@@ -8,13 +8,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from segvec3d_ros.model.clustering import absorb_fragments, cluster_embeddings, graph_clusters
+from segvec3d_ros.model.clustering import (MIN_SPLIT_POINTS, absorb_fragments,
+                                           cluster_embeddings, graph_clusters, propose_splits)
 from segvec3d_ros.model.export import export_onnx
 from segvec3d_ros.model.features import input_features
 from segvec3d_ros.model.knn import knn_graph
 from segvec3d_ros.model.layers import GraphAttentionLayer, relative_geometry
 from segvec3d_ros.model.loss import PullPushLoss, sparse_labels
-from segvec3d_ros.model.segmenter import LearnedSegmenter, load_network
+from segvec3d_ros.model.segmenter import LearnedSegmenter, cluster_edges, load_network
 from segvec3d_ros.model.segvec3d import SegVec3D, SegVec3DConfig, save_checkpoint
 from segvec3d_ros.pipeline import PipelineConfig
 
@@ -331,8 +332,9 @@ def test_learned_segmenter_runs_end_to_end_from_torch_and_onnx(tmp_path: Path) -
         assert seg.instance_ids.shape == (len(xyz),) and seg.instance_ids.dtype == np.int64
         assert seg.support_mask.shape == (len(xyz),)
         assert seg.features.shape == (len(xyz), 64) and seg.features.dtype == np.float32
-        assert set(seg.timings) == {'features', 'knn', 'network', 'plane', 'cluster',
+        assert set(seg.timings) == {'features', 'knn', 'network', 'plane', 'cluster', 'split',
                                     'occlusion', 'openings'}
+        assert seg.split_proposals.shape == (len(xyz),)
         assert seg.support_mask[:1500].mean() > 0.95 and not seg.support_mask[1500:].any()
         assert (seg.instance_ids[seg.support_mask] == 0).all()
         assert (seg.instance_ids[1500:] > 0).all()
@@ -342,6 +344,7 @@ def test_learned_segmenter_runs_end_to_end_from_torch_and_onnx(tmp_path: Path) -
         empty = segmenter.segment(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8))
         table_only = segmenter.segment(xyz[:1500], rgb[:1500])
         assert table_only.support_mask.all() and not table_only.instance_ids.any()
+        assert not table_only.split_proposals.any()
         assert 'network' not in table_only.timings and not table_only.features.any()
         assert empty.instance_ids.shape == (0,) and empty.features.shape == (0, 64)
     np.testing.assert_allclose(results[0].features, results[1].features, atol=1e-4)
@@ -375,3 +378,60 @@ def test_fragments_join_the_instance_they_touch_and_isolated_ones_stay_alone() -
     knn_index = np.array([[0, 1], [1, 0], [2, 1], [3, 2], [4, 3], [5, -1]])
     out = absorb_fragments(labels, knn_index, min_size=3)
     np.testing.assert_array_equal(out, [1, 1, 1, 1, 1, 2])
+
+
+# ---- split proposals -------------------------------------------------------------------------
+
+def sphere_fronts(centres: list[tuple[float, float, float]], radius: float, per_sphere: int,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """xyz, normals (facing the sensor at the origin) and sphere index of the halves of
+    spheres that face the sensor, as a depth camera sees them."""
+    rng = np.random.default_rng(seed)
+    xyz, normals, owner = [], [], []
+    for index, centre in enumerate(centres):
+        directions = rng.normal(size=(4 * per_sphere, 3))
+        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        facing = directions[directions[:, 2] < 0][:per_sphere]
+        xyz.append(np.asarray(centre) + radius * facing)
+        normals.append(facing)
+        owner.append(np.full(len(facing), index))
+    return (np.concatenate(xyz).astype(np.float32), np.concatenate(normals),
+            np.concatenate(owner))
+
+
+def split_inputs(xyz: np.ndarray, sides: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unit embeddings that shade from one direction (side 0) to another (side 1) over the
+    2 cm around x = 0, as the boundary points between two touching objects do, and the k-NN
+    edges of `xyz` no longer than 2 cm."""
+    blend = np.clip(xyz[:, 0] / 0.02 + 0.5, 0, 1)[:, None] if sides is None else \
+        sides[:, None].astype(float)
+    embeddings = (1 - blend) * np.eye(16)[0] + blend * np.eye(16)[1]
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    knn = knn_graph(torch.from_numpy(xyz), 16).numpy()
+    return embeddings, cluster_edges(xyz, knn, 0.02)
+
+
+def test_touching_objects_merged_into_one_instance_are_proposed_for_a_split() -> None:
+    # two 5 cm balls side by side, touching at x = 0: one instance, a valley between them
+    xyz, normals, owner = sphere_fronts([(-0.05, 0, 1), (0.05, 0, 1)], 0.05, 1500)
+    embeddings, edges = split_inputs(xyz, None)
+    ids = np.ones(len(xyz), dtype=np.int64)
+    proposals = propose_splits(ids, embeddings, edges, xyz, normals, 0.3)
+    assert set(np.unique(proposals)) == {0, 1}
+    leaving = proposals == 1
+    agree = max(np.mean(leaving == (owner == 0)), np.mean(leaving == (owner == 1)))
+    assert agree > 0.95
+
+
+def test_faces_of_one_object_and_small_instances_are_not_proposed() -> None:
+    # one 8 cm ball whose embeddings differ between its halves (a weak cut, as a box's two
+    # faces may give): the halves meet convexly, so no split
+    xyz, normals, _ = sphere_fronts([(0, 0, 1)], 0.08, 3000)
+    embeddings, edges = split_inputs(xyz, xyz[:, 0] > 0)
+    ids = np.ones(len(xyz), dtype=np.int64)
+    assert not propose_splits(ids, embeddings, edges, xyz, normals, 0.3).any()
+    # two touching balls too small to be worth splitting, and points of no instance
+    xyz, normals, _ = sphere_fronts([(-0.05, 0, 1), (0.05, 0, 1)], 0.05, MIN_SPLIT_POINTS)
+    embeddings, edges = split_inputs(xyz, None)
+    for ids in (np.ones(len(xyz), dtype=np.int64), np.zeros(len(xyz), dtype=np.int64)):
+        assert not propose_splits(ids, embeddings, edges, xyz, normals, 0.3).any()

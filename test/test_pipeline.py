@@ -320,3 +320,41 @@ def test_mosd_boxes_frame(shared_dir):
         assert max(ious) > 0.9
     table = (label >= 1) & (label <= 9)
     assert result.support_mask[table].mean() > 0.95
+
+
+def _objects_found(result, objects: np.ndarray) -> int:
+    """How many of the objects (ids > 0) an instance overlaps with IoU > 0.5."""
+    found = 0
+    for k in np.unique(objects[objects > 0]):
+        truth = objects == k
+        found += any(((result.labels == i.id) & truth).sum()
+                     > 0.5 * ((result.labels == i.id) | truth).sum() for i in result.instances)
+    return found
+
+
+def _learned_pipelines():
+    from segvec3d_ros.grounding.step import bundled_grounding_path
+    from segvec3d_ros.model.segmenter import bundled_model_path
+    if not (bundled_model_path().is_file() and bundled_grounding_path().is_file()):
+        pytest.skip('models/segvec3d.onnx or models/grounding.pt is absent')
+    config = PipelineConfig(segmenter='segvec3d', device='cpu')
+    return Pipeline(dataclasses.replace(config, split_touching=False)), Pipeline(config)
+
+
+def test_touching_objects_of_a_generated_scene_are_split_apart():
+    from segvec3d_ros.data.scenes import generate_scene
+    from segvec3d_ros.evaluation.datasets import synthetic_ground_truth
+    scene = generate_scene(2_000_002, 'tabletop')   # a validation scene: a ball against a box
+    objects = synthetic_ground_truth(scene)[0]
+    merged, split = (_objects_found(p.process(scene.cloud), objects) for p in _learned_pipelines())
+    assert split > merged
+
+
+@pytest.mark.shared
+def test_stacked_mosd_boxes_are_split_apart(shared_dir):
+    # learn20: two boxes of one colour, one on the other; one instance without the split
+    cloud = read_cloud(shared_dir / 'data/mosd/learn/learn20.pcd')
+    label = np.where(cloud.valid, cloud.extra['label'], 0)
+    objects = np.where(label >= 20, label // 10 - 1, 0)
+    merged, split = (_objects_found(p.process(cloud), objects) for p in _learned_pipelines())
+    assert split == merged + 1

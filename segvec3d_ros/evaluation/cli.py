@@ -59,6 +59,9 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument('--no-claim-openings', dest='claim_openings', action='store_false',
                         default=None, help='learned segmenter: leave support points seen '
                         'through an instance\'s opening as support (claim_openings false)')
+    parser.add_argument('--no-split-touching', dest='split_touching', action='store_false',
+                        default=None, help='learned segmenter: take no proposed split of '
+                        'touching objects (split_touching false)')
     parser.add_argument('--mosd-dir', default=str(DEFAULT_MOSD_DIR), metavar='DIR',
                         help='folder of learn0.pcd ... learn44.pcd (default: %(default)s)')
     parser.add_argument('--out', metavar='MD', help='default: docs/EVALUATION.md, with '
@@ -96,6 +99,8 @@ def command_line(args: argparse.Namespace) -> str:
         words += ['--min-support-extent', str(args.min_support_extent)]
     if args.claim_openings is False:
         words += ['--no-claim-openings']
+    if args.split_touching is False:
+        words += ['--no-split-touching']
     return shlex.join(words + ['--out', args.out, '--plot', args.plot])
 
 
@@ -123,7 +128,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                  embedding_radius=args.embedding_radius,
                                  occlusion_gap=args.occlusion_gap,
                                  min_support_extent=args.min_support_extent,
-                                 claim_openings=args.claim_openings)
+                                 claim_openings=args.claim_openings,
+                                 split_touching=args.split_touching)
     except ValueError as error:
         return _error(str(error))
     pipelines: dict[str, Pipeline] = {}

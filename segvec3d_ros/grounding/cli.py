@@ -7,6 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from segvec3d_ros.evaluation.datasets import EVAL_SEED_BASE
 from segvec3d_ros.grounding.dataset import RecordingSegmenter
 from segvec3d_ros.grounding.evaluate import (QUERY_TYPES, SYSTEMS, evaluate_grounding,
                                              markdown_section, plot_confusion, plot_reference,
@@ -66,7 +67,8 @@ def run_grounding_evaluation(args: argparse.Namespace) -> int:
     plot = args.plot or 'docs/grounding_confusion.png'
     try:
         config = pipeline_config(args.params_file, segmenter='segvec3d', model_path=args.model,
-                                 grounding_model_path=args.grounding_model)
+                                 grounding_model_path=args.grounding_model,
+                                 split_touching=args.split_touching)
         pipeline = Pipeline(config, RecordingSegmenter(make_segmenter(config)))
         if pipeline.grounder is None:
             raise ValueError(pipeline.grounding_status)
@@ -80,10 +82,14 @@ def run_grounding_evaluation(args: argparse.Namespace) -> int:
                                 progress=lambda line: print(line, flush=True))
     words = ['segvec3d', 'evaluate', '--grounding', '--synthetic-scenes',
              str(args.synthetic_scenes)]
+    if args.synthetic_first_seed != EVAL_SEED_BASE:
+        words += ['--synthetic-first-seed', str(args.synthetic_first_seed)]
     for option, value in (('--params-file', args.params_file), ('--model', args.model),
                           ('--grounding-model', args.grounding_model)):
         if value:
             words += [option, value]
+    if args.split_touching is False:
+        words += ['--no-split-touching']
     for path in (out, plot):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     plot_confusion(plot, report.labels.get('predicted', []), config.label_vocabulary,

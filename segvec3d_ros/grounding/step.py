@@ -10,7 +10,7 @@ import numpy as np
 
 from segvec3d_ros.grounding.model import GroundingHead, load_grounding, point_geometry
 from segvec3d_ros.grounding.vocabulary import OTHER, PROMPTS
-from segvec3d_ros.instances import InstanceInfo
+from segvec3d_ros.instances import InstanceInfo, describe_instances
 from segvec3d_ros.model.features import estimate_normals
 from segvec3d_ros.segmentation.base import Segmenter
 
@@ -129,6 +129,43 @@ class Grounder:
             instance.embedding = vector
             instance.label = label
             instance.label_score = float(score)
+
+
+    def resolve_splits(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,
+                       ids: np.ndarray, proposals: np.ndarray, up: np.ndarray | None
+                       ) -> np.ndarray:
+        """`ids` of the working points with the proposed splits (`Segmentation.
+        split_proposals`) taken where the two parts get different labels, neither of them
+        other: two objects, not two faces of one.
+
+        One proposal per instance, the first; a proposal whose points have no instance is
+        ignored.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        trial = np.zeros_like(ids)
+        taken: list[np.ndarray] = []
+        parents: set[int] = set()
+        for number in np.unique(proposals[proposals > 0]):
+            leaving = proposals == number
+            parent = int(np.bincount(ids[leaving]).argmax())
+            staying = (ids == parent) & ~leaving
+            if parent == 0 or parent in parents or not staying.any():
+                continue
+            parents.add(parent)
+            trial[staying] = 2 * len(taken) + 1
+            trial[leaving & (ids == parent)] = 2 * len(taken) + 2
+            taken.append(leaving & (ids == parent))
+        if not taken:
+            return ids
+        parts = describe_instances(xyz, rgb, trial, up)
+        self.ground(parts, xyz, features, trial)
+        labels = {part.id: part.label for part in parts}
+        resolved = ids.copy()
+        for number, leaving in enumerate(taken):
+            pair = {labels.get(2 * number + 1, OTHER), labels.get(2 * number + 2, OTHER)}
+            if len(pair) == 2 and OTHER not in pair:
+                resolved[leaving] = resolved.max() + 1
+        return resolved
 
 
 def load_grounder(config: PipelineConfig, segmenter: Segmenter

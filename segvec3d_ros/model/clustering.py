@@ -4,7 +4,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import scipy.sparse as sp
 import torch
+from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh
 from scipy.spatial import cKDTree
 
 from segvec3d_ros.segmentation.geometry import edge_components, rank_labels
@@ -61,6 +63,143 @@ def absorb_fragments(labels: np.ndarray, knn_index: np.ndarray, min_size: int,
         pending[rows[found]] = False
     out[pending] = labels[pending] + out.max(initial=0)
     return rank_labels(out)[0]
+
+
+# A split is proposed where the normalised cut of an instance's k-NN graph, its edges weighted
+# by embedding similarity, is this weak: a chain of boundary points between two touching
+# objects. On the validation scenes 48 of 76 merged instances cut at 0.02 or less, and 10 %
+# of the whole objects (median 0.07).
+MAX_SPLIT_NCUT = 0.02
+# ... and where the two parts meet in a valley: touching and stacked objects meet concavely,
+# the faces of one object (a box's edge) convexly. Units: the convergence of the normals of
+# the two bands along the junction (see `junction_convexity`).
+MAX_SPLIT_CONVEXITY = -0.2
+MIN_SPLIT_FRACTION = 0.15   # of the instance's points in the smaller part
+MIN_SPLIT_POINTS = 30       # working points in the smaller part
+_JUNCTION_BAND = 0.04       # m on either side of the cut that describes the junction
+_CUT_CELL = 0.03            # m, the cubes the eigenvector is solved on
+_DENSE_CELLS = 160          # up to this many cubes dense matrices are faster than sparse
+
+
+def propose_splits(ids: np.ndarray, embeddings: np.ndarray, edges: np.ndarray,
+                   xyz: np.ndarray, normals: np.ndarray, scale: float) -> np.ndarray:
+    """(N,) int64: 0, or the number j >= 1 of a proposed split on the points that would leave
+    their instance in it.
+
+    An instance is proposed for a split when its normalised cut (Shi and Malik) over the
+    spatial k-NN `edges` (-1 = none), weighted by exp(-|e_i - e_j|^2 / scale^2), is below
+    MAX_SPLIT_NCUT, both parts are large enough, and they meet concavely (see
+    `junction_convexity`). Graph clustering merges two touching objects through a chain of
+    boundary points whose embeddings shade from one to the other; such a chain is a weak cut.
+    Whether the split is taken is the caller's decision (the grounding step's labels).
+    """
+    proposals = np.zeros(len(ids), dtype=np.int64)
+    sizes = np.bincount(ids, minlength=1)
+    weights = np.zeros(edges.shape)
+    examined = (ids > 0) & (sizes[ids] >= 2 * MIN_SPLIT_POINTS)
+    gaps = embeddings[np.maximum(edges[examined], 0)] - embeddings[examined][:, None]
+    weights[examined] = np.exp(-np.einsum('nkd,nkd->nk', gaps, gaps) / scale**2)
+    for instance in np.flatnonzero(sizes >= 2 * MIN_SPLIT_POINTS):
+        if instance == 0:
+            continue
+        rows = np.flatnonzero(ids == instance)
+        part, cut = normalized_cut(rows, edges, weights, xyz)
+        if part is None or cut > MAX_SPLIT_NCUT:
+            continue
+        if junction_convexity(xyz, normals, rows[part], rows[~part]) > MAX_SPLIT_CONVEXITY:
+            continue
+        leaving = part if part.sum() <= len(rows) / 2 else ~part
+        proposals[rows[leaving]] = proposals.max(initial=0) + 1
+    return proposals
+
+
+def normalized_cut(rows: np.ndarray, edges: np.ndarray, edge_weights: np.ndarray,
+                   xyz: np.ndarray) -> tuple[np.ndarray | None, float]:
+    """The best two-way normalised cut of the points `rows`, connected by their k-NN graph
+    (`edges`, -1 = none, with (N, k) `edge_weights`), along its Fiedler vector: (mask of one
+    side, its Ncut value), or (None, inf) when there is none or the eigensolver fails.
+
+    The eigenvector is solved on the graph summed over _CUT_CELL cubes (exactly the fine
+    graph's cuts and volumes for cuts along cell faces, at a tenth of the nodes or fewer);
+    the cut and its value are then those of the fine graph. Each side keeps MIN_SPLIT_POINTS
+    and MIN_SPLIT_FRACTION of the points.
+    """
+    smallest = max(MIN_SPLIT_POINTS, int(np.ceil(MIN_SPLIT_FRACTION * len(rows))))
+    if len(rows) < 2 * smallest:
+        return None, float('inf')
+    local = np.full(len(edges), -1, dtype=np.int64)
+    local[rows] = np.arange(len(rows))
+    neighbours = edges[rows]
+    targets = np.where(neighbours >= 0, local[np.maximum(neighbours, 0)], -1)
+    inside = targets >= 0
+    sources = np.nonzero(inside)[0]
+    weights = edge_weights[rows][inside]
+    targets = targets[inside]
+    degree = (np.bincount(sources, weights, len(rows))
+              + np.bincount(targets, weights, len(rows)))
+    corner = np.floor(xyz[rows] / _CUT_CELL).astype(np.int64)
+    corner -= corner.min(axis=0)
+    span = corner.max(axis=0) + 1
+    cell = np.unique((corner[:, 0] * span[1] + corner[:, 1]) * span[2] + corner[:, 2],
+                     return_inverse=True)[1].ravel()
+    cells = int(cell.max(initial=-1)) + 1
+    pairs = (cell[sources], cell[targets])
+    if cells <= _DENSE_CELLS:
+        coarse = np.zeros((cells, cells))
+        np.add.at(coarse, pairs, weights)
+    else:
+        coarse = sp.coo_matrix((weights, pairs), shape=(cells, cells)).tocsr()
+    coarse = coarse + coarse.T
+    if cells < 2 or not (degree > 0).all():
+        return None, float('inf')
+    root = np.sqrt(np.bincount(cell, degree, cells))
+    # D^-1/2 W D^-1/2 has the eigenvector D^1/2 1 with eigenvalue 1; with it projected out,
+    # the largest eigenvector is the Fiedler vector, even where nearly disconnected parts
+    # make 1 a double eigenvalue.
+    trivial = root / np.linalg.norm(root)
+    if cells <= _DENSE_CELLS:
+        normalised = coarse / np.outer(root, root) - np.outer(trivial, trivial)
+        vector = np.linalg.eigh(normalised)[1][:, -1]
+    else:
+        normalised = sp.diags(1 / root) @ coarse @ sp.diags(1 / root)
+        deflated = LinearOperator((cells, cells), dtype=np.float64,
+                                  matvec=lambda x: normalised @ x - trivial * (trivial @ x))
+        try:
+            vector = eigsh(deflated, k=1, which='LA', tol=1e-4, maxiter=2000)[1][:, 0]
+        except ArpackError:
+            return None, float('inf')
+    fiedler = (vector / root)[cell]
+    # Every threshold along the vector at once: an edge is cut by the thresholds between its
+    # ends' ranks, so the cut at each rank is a cumulative sum, as are the volumes.
+    order = np.argsort(fiedler, kind='stable')
+    rank = np.empty(len(rows), dtype=np.int64)
+    rank[order] = np.arange(len(rows))
+    low = np.minimum(rank[sources], rank[targets])
+    high = np.maximum(rank[sources], rank[targets])
+    cut = np.cumsum(np.bincount(low, weights, len(rows)) - np.bincount(high, weights, len(rows)))
+    volume = np.cumsum(degree[order])
+    # Threshold after rank i: ranks 0..i on one side; both sides at least `smallest` points.
+    after = np.arange(smallest - 1, len(rows) - smallest)
+    ncut = cut[after] / volume[after] + cut[after] / (volume[-1] - volume[after])
+    best = after[int(ncut.argmin())]
+    return rank <= best, float(ncut.min())
+
+
+def junction_convexity(xyz: np.ndarray, normals: np.ndarray, first: np.ndarray,
+                       second: np.ndarray) -> float:
+    """(n_a - n_b) . (c_a - c_b) / |c_a - c_b| of the bands of the two point sets (indices)
+    within _JUNCTION_BAND of each other: c the band's centroid, n its mean normal (normals
+    facing the sensor). Positive where the surfaces bend away from each other (a convex edge),
+    negative in a valley; 0 when the sets do not meet."""
+    near = [group[np.isfinite(cKDTree(xyz[other]).query(
+        xyz[group], distance_upper_bound=_JUNCTION_BAND)[0])]
+        for group, other in ((first, second), (second, first))]
+    if not all(len(band) for band in near):
+        return 0.0
+    centres = [xyz[band].mean(axis=0) for band in near]
+    facing = [normals[band].mean(axis=0) for band in near]
+    offset = centres[0] - centres[1]
+    return float((facing[0] - facing[1]) @ offset / max(float(np.linalg.norm(offset)), 1e-9))
 
 
 def dbscan_clusters(embeddings: Array, eps: float = 0.3, min_samples: int = 10,

@@ -1,5 +1,5 @@
 """The learned segmenter: RANSAC support surface, SegVec3D embeddings, graph clustering,
-occlusion reasoning, support seen through openings."""
+split proposals, occlusion reasoning, support seen through openings."""
 from __future__ import annotations
 
 import json
@@ -13,9 +13,10 @@ import onnx.numpy_helper
 import onnxruntime as ort
 import torch
 
-from segvec3d_ros.model.clustering import Array, absorb_fragments, graph_clusters
+from segvec3d_ros.model.clustering import (Array, absorb_fragments, graph_clusters,
+                                           propose_splits)
 from segvec3d_ros.model.export import CONFIG_KEY, INPUTS, OUTPUTS
-from segvec3d_ros.model.features import input_features
+from segvec3d_ros.model.features import estimate_normals, input_features
 from segvec3d_ros.model.knn import knn_graph
 from segvec3d_ros.model.segvec3d import SegVec3DConfig, load_checkpoint
 from segvec3d_ros.segmentation.base import Segmentation, peel_support
@@ -188,7 +189,9 @@ class LearnedSegmenter:
     them, connected components of the spatial k-NN edges whose embeddings are closer than
     `embedding_radius`, then the pieces of objects that a nearer object splits joined again
     (`occlusion_gap`), and the support points seen through an object's opening given to it
-    (`claim_openings`).
+    (`claim_openings`). With `split_touching`, instances that look like two touching objects
+    come with a proposed split (`propose_splits`), which the pipeline's grounding step takes
+    or leaves.
 
     The support surfaces are found as in the geometric baseline, so the table is one region
     however embeddings would split it, and the network, the costly stage, runs only on what
@@ -229,11 +232,12 @@ class LearnedSegmenter:
         lap('plane')
         ids = np.zeros(len(pts), dtype=np.int64)
         features = np.zeros((len(pts), self.network.config.channels), dtype=np.float32)
+        splits = np.zeros(len(pts), dtype=np.int64)
         if rest.any():
             # The network sees only what may be objects: the support surfaces, often most of a
             # tabletop frame, cost it nothing. Weights trained on whole clouds lose little here
             # (models/MODEL_CARD.md).
-            ids[rest], features[rest] = self._embed_and_cluster(
+            ids[rest], features[rest], splits[rest] = self._embed_and_cluster(
                 pts[rest], None if rgb is None else np.asarray(rgb).reshape(-1, 3)[rest], lap)
         # The spacing of the working points, which both view-ray steps resolve.
         spacing = cfg.voxel_size or cfg.cluster_tolerance / 2
@@ -243,12 +247,15 @@ class LearnedSegmenter:
         if cfg.claim_openings:
             ids, support = claim_seen_through(pts, ids, support, spacing)
             lap('openings')
-        return Segmentation(ids, support, features, timings)
+        return Segmentation(ids, support, features, timings,
+                            split_proposals=splits if cfg.split_touching else None)
 
     def _embed_and_cluster(self, pts: np.ndarray, rgb: np.ndarray | None,
-                           lap: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
-        """(M,) instance ids 1..K and (M, C) point features of M >= 1 points in front of the
-        support: connected components of the short k-NN edges with close embeddings."""
+                           lap: Callable[[str], None]
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(M,) instance ids 1..K, (M, C) point features and (M,) proposed splits (see
+        `propose_splits`) of M >= 1 points in front of the support: connected components of
+        the short k-NN edges with close embeddings."""
         cfg, net_cfg, device = self.config, self.network.config, self.network.device
         features = torch.from_numpy(input_features(pts, rgb, net_cfg)).to(device)
         lap('features')
@@ -270,4 +277,11 @@ class LearnedSegmenter:
         # Size filtering of whole instances is the caller's: it counts input points.
         ids = absorb_fragments(clusters, edges, FRAGMENT_POINTS)
         lap('cluster')
-        return ids, point_features.cpu().numpy()
+        splits = np.zeros(len(pts), dtype=np.int64)
+        if cfg.split_touching:
+            normals = (features[:, 3 + 3 * net_cfg.use_rgb:].cpu().numpy() if net_cfg.use_normals
+                       else estimate_normals(pts, net_cfg.normal_radius, net_cfg.normal_max_nn))
+            splits = propose_splits(ids, embeddings.cpu().numpy(), edges, pts, normals,
+                                    cfg.embedding_radius)
+            lap('split')
+        return ids, point_features.cpu().numpy(), splits

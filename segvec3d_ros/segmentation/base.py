@@ -20,6 +20,9 @@ class Segmentation:
     support_mask: np.ndarray            # (M,) bool: support surface (table, floor)
     features: np.ndarray | None = None  # (M, C) float32 point features F_i for grounding, or None
     timings: dict[str, float] | None = None  # seconds per stage, for diagnostics and benchmarks
+    # (M,) int64: 0, or the number of a proposed split on the points that would leave their
+    # instance in it; the pipeline's grounding step decides (None: no proposals)
+    split_proposals: np.ndarray | None = None
 
 
 class Segmenter(Protocol):
