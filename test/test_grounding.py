@@ -236,6 +236,12 @@ def test_training_config_keeps_evaluation_seeds_out(tmp_path):
         GroundingTrainConfig.from_file(path)
 
 
+def test_training_instances_do_not_depend_on_the_installed_head():
+    # split_touching takes splits on a head's labels: the cache is segmented without it
+    for pipeline in ({}, {'split_touching': True}):
+        assert not GroundingTrainConfig(pipeline=pipeline).pipeline_config().split_touching
+
+
 # --------------------------------------------------------------------------- labels
 
 

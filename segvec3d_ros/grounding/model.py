@@ -248,6 +248,12 @@ class GroundingHead(nn.Module):
     def embed_instances(self, point_inputs: np.ndarray, point_index: np.ndarray,
                         instances: list[InstanceInfo]) -> np.ndarray:
         """(K, embed_dim) float32 v_X of `instances` from their points' rows (see
+        `embed_rows`)."""
+        return self.embed_rows(point_inputs, point_index, box_term(instances))
+
+    def embed_rows(self, point_inputs: np.ndarray, point_index: np.ndarray,
+                   box: np.ndarray) -> np.ndarray:
+        """(K, embed_dim) float32 v_X from point rows and the (K, BOX_CHANNELS) box terms (see
         `instance_vectors`).
 
         With `draw_points`, each v_X is the normalised mean over `draws` random samples of
@@ -256,22 +262,23 @@ class GroundingHead(nn.Module):
         gets the same vectors.
         """
         index = np.asarray(point_index, np.int64)
-        box = box_term(instances)
+        count = len(box)
         draws = self.config.draws if self.config.draw_points else 1
         with torch.inference_mode():
             # phi is point-wise: once per row, however many draws pool the row.
             per_point = self.phi(torch.from_numpy(
                 np.asarray(point_inputs, np.float32))[:, self.columns])
             if self.config.draw_points:
-                kept, rows = sample_rows(index, len(instances), self.config.draw_points * draws,
+                kept, rows = sample_rows(index, count, self.config.draw_points * draws,
                                          np.random.default_rng(0))
                 rows = rows.reshape(len(kept), draws, self.config.draw_points).transpose(1, 0, 2)
                 per_point = per_point[torch.from_numpy(rows.ravel())]
-                index = (np.arange(draws)[:, None, None] * len(instances)
+                index = (np.arange(draws)[:, None, None] * count
                          + kept[None, :, None]).repeat(rows.shape[2], axis=2).ravel()
                 box = np.tile(box, (draws, 1))
-            vectors = self.pool(per_point, torch.from_numpy(index), torch.from_numpy(box)).numpy()
-        mean = vectors.reshape(draws, len(instances), vectors.shape[1]).mean(axis=0)
+            vectors = self.pool(per_point, torch.from_numpy(index),
+                                torch.from_numpy(np.asarray(box, np.float32))).numpy()
+        mean = vectors.reshape(draws, count, vectors.shape[1]).mean(axis=0)
         return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
 
     def log_objectness(self, embeddings: np.ndarray) -> np.ndarray:

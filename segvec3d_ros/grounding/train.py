@@ -81,9 +81,14 @@ class GroundingTrainConfig:
         self.head_config(64)
 
     def pipeline_config(self) -> PipelineConfig:
-        """The learned-segmenter pipeline whose features are grounded."""
+        """The learned-segmenter pipeline whose features are grounded.
+
+        Without `split_touching`: a split is taken on a grounding head's labels, and the
+        training data must not depend on the head that happens to be installed.
+        """
         return replace(PipelineConfig(), **{**self.pipeline, 'segmenter': 'segvec3d',
-                                            'model_path': self.backbone, 'device': 'cpu'})
+                                            'model_path': self.backbone, 'device': 'cpu',
+                                            'split_touching': False})
 
     def head_config(self, feature_dim: int) -> GroundingConfig:
         """The head this run trains, for backbone features of `feature_dim` channels."""
@@ -260,12 +265,10 @@ def label_accuracy(head: GroundingHead, table: InstanceTable, encoder: Encoder) 
     if len(table.box) == 0:
         return float('nan')
     grounder = Grounder(head, CATEGORIES, -1.0, encoder)
-    with torch.inference_mode():
-        count = table.points.shape[1]
-        vectors = head.instance_vectors(
-            torch.from_numpy(table.points.reshape(-1, table.points.shape[2]).astype(np.float32)),
-            torch.arange(len(table.box)).repeat_interleave(count),
-            torch.from_numpy(table.box)).numpy()
+    # Pooled as the product pools: draws of the cached rows.
+    vectors = head.embed_rows(table.points.reshape(-1, table.points.shape[2]),
+                              np.arange(len(table.box)).repeat(table.points.shape[1]),
+                              table.box)
     labels, _ = grounder.label(vectors)
     return float(np.mean(np.array(labels) == np.array(CATEGORIES)[table.attributes[:, 0]]))
 
