@@ -17,7 +17,7 @@ from segvec3d_ros.grounding import step
 from segvec3d_ros.grounding.captions import caption_bank
 from segvec3d_ros.grounding.dataset import GroundedScene, InstanceSet
 from segvec3d_ros.grounding.evaluate import (CAUSES, SYSTEMS, GroundingReport, Outcome, Query,
-                                             answer_queries)
+                                             answer_queries, markdown_section)
 from segvec3d_ros.grounding.model import (BOX_CHANNELS, GEOMETRY_CHANNELS, POOLS,
                                           GroundingConfig, GroundingHead, InfoNCELoss,
                                           Objectness, load_grounding, save_grounding)
@@ -459,9 +459,13 @@ def test_evaluation_names_why_the_predicted_instances_missed():
     outcomes += answer_queries(grounded, [Query('attribute', 'the blue mug', 2)], engine,
                                BagOfWords())
     assert outcomes[-1].cause == CAUSES[1] and outcomes[-1].hits[SYSTEMS[4]] == 1.0
-    report = GroundingReport(outcomes, {}, 1, 0.0)
+    report = GroundingReport(outcomes, {}, 1, 0.0, 2_000_000)
     assert report.miss_rate(CAUSES[2], 'category') == 0.5
     assert report.miss_rate(CAUSES[0], 'all') == 0.2
+    # The report names its seeds and counts the answered queries exactly (1 of 2 category).
+    section = markdown_section(report, 'segvec3d evaluate --grounding', 'plot.png')
+    assert 'seeds 2000000–2000000' in section
+    assert f'| answered, {SYSTEMS[0]} | 1 | 1 | 0 | 0 | 0 | 2 |' in section
 
 
 @pytest.mark.parametrize('hits, count, low, high', [(9, 10, 0.596, 0.982),

@@ -171,6 +171,7 @@ class GroundingReport:
     labels: dict[str, list[tuple[str, str]]]   # instance set -> (true category, label) pairs
     scenes: int
     seconds_per_scene: float
+    first_seed: int = EVAL_SEED_BASE
 
     def accuracy(self, system: str, kind: str) -> tuple[float, int]:
         """Top-1 accuracy of `system` on queries of `kind` ('all' for every one) and count."""
@@ -226,7 +227,7 @@ def evaluate_grounding(pipeline: Pipeline, engine: QueryEngine, encoder: Encoder
                  f'instances, {len(scene_outcomes)} queries, '
                  f'{sum(o.hits[SYSTEMS[0]] for o in scene_outcomes):.0f} answered')
     return GroundingReport(outcomes, dict(labels), scenes,
-                           (time.monotonic() - started) / max(scenes, 1))
+                           (time.monotonic() - started) / max(scenes, 1), first_seed)
 
 
 def plot_confusion(path: str | Path, pairs: Sequence[tuple[str, str]],
@@ -271,6 +272,8 @@ def markdown_section(report: GroundingReport, command: str, plot: str) -> str:
         cells = [_pct(report.accuracy(system, kind)[0]) for kind in (*QUERY_TYPES, 'all')]
         rows.append(f'| {system} | ' + ' | '.join(cells) + ' |')
     counts = ' | '.join(str(report.accuracy(SYSTEMS[0], k)[1]) for k in (*QUERY_TYPES, 'all'))
+    answered = ' | '.join(str(int(sum(o.hits[SYSTEMS[0]] for o in report.outcomes
+                                      if k in ('all', o.kind)))) for k in (*QUERY_TYPES, 'all'))
     intervals = ' | '.join('–'.join(map(_pct, report.interval(SYSTEMS[0], k)))
                            for k in (*QUERY_TYPES, 'all'))
     misses = [f'| {cause} | ' + ' | '.join(_pct(report.miss_rate(cause, kind))
@@ -282,7 +285,9 @@ def markdown_section(report: GroundingReport, command: str, plot: str) -> str:
         BEGIN,
         f'Command: `{command}`',
         '',
-        f'{report.scenes} held-out tabletop scenes (seeds {EVAL_SEED_BASE} on); '
+        f'{report.scenes} tabletop scenes, seeds {report.first_seed}–'
+        f'{report.first_seed + report.scenes - 1} (training uses seeds below '
+        f'{EVAL_SEED_BASE}); '
         f'{machine_description()}; {report.seconds_per_scene:.1f} s per scene for '
         f'segmentation, grounding and all queries.',
         '',
@@ -290,7 +295,7 @@ def markdown_section(report: GroundingReport, command: str, plot: str) -> str:
         'overlaps the target object with IoU > 0.5 (random: expected accuracy; last row: '
         'share of queries whose target the segmenter produced at all).',
         '',
-        header, *rows, f'| queries | {counts} |',
+        header, *rows, f'| queries | {counts} |', f'| answered, {SYSTEMS[0]} | {answered} |',
         f'| 95 % interval, {SYSTEMS[0]} | {intervals} |',
         '',
         'Misses of segvec3d (predicted instances) by cause (% of the queries): the target '
