@@ -130,7 +130,6 @@ class Grounder:
             instance.label = label
             instance.label_score = float(score)
 
-
     def resolve_splits(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,
                        ids: np.ndarray, proposals: np.ndarray, up: np.ndarray | None
                        ) -> np.ndarray:

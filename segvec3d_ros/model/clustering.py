@@ -87,7 +87,7 @@ def propose_splits(ids: np.ndarray, embeddings: np.ndarray, edges: np.ndarray,
     their instance in it.
 
     An instance is proposed for a split when its normalised cut (Shi and Malik) over the
-    spatial k-NN `edges` (-1 = none), weighted by exp(-|e_i - e_j|^2 / scale^2), is below
+    spatial k-NN `edges` (-1 = none), weighted by exp(-|e_i - e_j|^2 / scale^2), is at most
     MAX_SPLIT_NCUT, both parts are large enough, and they meet concavely (see
     `junction_convexity`). Graph clustering merges two touching objects through a chain of
     boundary points whose embeddings shade from one to the other; such a chain is a weak cut.
@@ -106,7 +106,8 @@ def propose_splits(ids: np.ndarray, embeddings: np.ndarray, edges: np.ndarray,
         part, cut = normalized_cut(rows, edges, weights, xyz)
         if part is None or cut > MAX_SPLIT_NCUT:
             continue
-        if junction_convexity(xyz, normals, rows[part], rows[~part]) > MAX_SPLIT_CONVEXITY:
+        # Written so that a NaN (normals of degenerate points) proposes nothing.
+        if not junction_convexity(xyz, normals, rows[part], rows[~part]) <= MAX_SPLIT_CONVEXITY:
             continue
         leaving = part if part.sum() <= len(rows) / 2 else ~part
         proposals[rows[leaving]] = proposals.max(initial=0) + 1
@@ -117,10 +118,12 @@ def normalized_cut(rows: np.ndarray, edges: np.ndarray, edge_weights: np.ndarray
                    xyz: np.ndarray) -> tuple[np.ndarray | None, float]:
     """The best two-way normalised cut of the points `rows`, connected by their k-NN graph
     (`edges`, -1 = none, with (N, k) `edge_weights`), along its Fiedler vector: (mask of one
-    side, its Ncut value), or (None, inf) when there is none or the eigensolver fails.
+    side, its Ncut value), or (None, inf) for too few points, points in one cell, or a failed
+    eigensolver.
 
     The eigenvector is solved on the graph summed over _CUT_CELL cubes (exactly the fine
-    graph's cuts and volumes for cuts along cell faces, at a tenth of the nodes or fewer);
+    graph's cuts and volumes for cuts along cell faces, with about a ninth of the nodes of a
+    surface sampled at 1 cm);
     the cut and its value are then those of the fine graph. Each side keeps MIN_SPLIT_POINTS
     and MIN_SPLIT_FRACTION of the points.
     """
@@ -143,6 +146,8 @@ def normalized_cut(rows: np.ndarray, edges: np.ndarray, edge_weights: np.ndarray
     cell = np.unique((corner[:, 0] * span[1] + corner[:, 1]) * span[2] + corner[:, 2],
                      return_inverse=True)[1].ravel()
     cells = int(cell.max(initial=-1)) + 1
+    if cells < 2 or not (degree > 0).all():
+        return None, float('inf')
     pairs = (cell[sources], cell[targets])
     if cells <= _DENSE_CELLS:
         coarse = np.zeros((cells, cells))
@@ -150,16 +155,14 @@ def normalized_cut(rows: np.ndarray, edges: np.ndarray, edge_weights: np.ndarray
     else:
         coarse = sp.coo_matrix((weights, pairs), shape=(cells, cells)).tocsr()
     coarse = coarse + coarse.T
-    if cells < 2 or not (degree > 0).all():
-        return None, float('inf')
     root = np.sqrt(np.bincount(cell, degree, cells))
     # D^-1/2 W D^-1/2 has the eigenvector D^1/2 1 with eigenvalue 1; with it projected out,
     # the largest eigenvector is the Fiedler vector, even where nearly disconnected parts
     # make 1 a double eigenvalue.
     trivial = root / np.linalg.norm(root)
     if cells <= _DENSE_CELLS:
-        normalised = coarse / np.outer(root, root) - np.outer(trivial, trivial)
-        vector = np.linalg.eigh(normalised)[1][:, -1]
+        deflated = coarse / np.outer(root, root) - np.outer(trivial, trivial)
+        vector = np.linalg.eigh(deflated)[1][:, -1]
     else:
         normalised = sp.diags(1 / root) @ coarse @ sp.diags(1 / root)
         deflated = LinearOperator((cells, cells), dtype=np.float64,
