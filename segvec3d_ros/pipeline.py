@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.spatial import cKDTree
+from threadpoolctl import ThreadpoolController
 
 from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.grounding.vocabulary import DEFAULT_VOCABULARY
@@ -126,6 +127,7 @@ class Pipeline:
         config.validate()
         self.config = config
         self.segmenter = make_segmenter(config) if segmenter is None else segmenter
+        self._blas = ThreadpoolController()
         self.grounder: Grounder | None = None
         self.grounding_status = f'no grounding: the {config.segmenter} segmenter has no features'
         if config.segmenter == 'segvec3d':
@@ -135,6 +137,13 @@ class Pipeline:
 
     def process(self, cloud: Cloud) -> SceneResult:
         """Segment `cloud`; never raises on NaN, empty or degenerate content."""
+        # A frame's many small matrix problems (plane fits, box axes, split eigenvectors) gain
+        # nothing from OpenBLAS threads, which then spin against torch's and ONNX Runtime's
+        # own threads: on 2 cores, frames took longer and their times spiked.
+        with self._blas.limit(limits=1, user_api='blas'):
+            return self._process(cloud)
+
+    def _process(self, cloud: Cloud) -> SceneResult:
         cfg = self.config
         timings: dict[str, float] = {}
         start = tick = perf_counter()

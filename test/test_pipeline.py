@@ -358,3 +358,23 @@ def test_stacked_mosd_boxes_are_split_apart(shared_dir):
     objects = np.where(label >= 20, label // 10 - 1, 0)
     merged, split = (_objects_found(p.process(cloud), objects) for p in _learned_pipelines())
     assert split == merged + 1
+
+
+def test_frames_run_with_one_blas_thread_and_the_setting_is_restored():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads() -> set[int]:
+        return {pool['num_threads'] for pool in threadpool_info() if pool['user_api'] == 'blas'}
+
+    class Recording(EuclideanSegmenter):
+        def segment(self, xyz, rgb):
+            self.threads = blas_threads()
+            return super().segment(xyz, rgb)
+
+    before = blas_threads()
+    config = PipelineConfig()
+    segmenter = Recording(config)
+    Pipeline(config, segmenter).process(Cloud(xyz=np.random.default_rng(0).uniform(
+        -1, 1, (500, 3)).astype(np.float32)))
+    assert segmenter.threads == {1}
+    assert blas_threads() == before
