@@ -173,9 +173,14 @@ class GroundingReport:
     seconds_per_scene: float
     first_seed: int = EVAL_SEED_BASE
 
+    def hits(self, system: str, kind: str) -> list[float]:
+        """`system`'s hit (1/0; random: probability) on each query of `kind` ('all' for every
+        one)."""
+        return [o.hits[system] for o in self.outcomes if kind in ('all', o.kind)]
+
     def accuracy(self, system: str, kind: str) -> tuple[float, int]:
         """Top-1 accuracy of `system` on queries of `kind` ('all' for every one) and count."""
-        hits = [o.hits[system] for o in self.outcomes if kind in ('all', o.kind)]
+        hits = self.hits(system, kind)
         return (float(np.mean(hits)) if hits else float('nan')), len(hits)
 
     def interval(self, system: str, kind: str, z: float = 1.96) -> tuple[float, float]:
@@ -272,8 +277,8 @@ def markdown_section(report: GroundingReport, command: str, plot: str) -> str:
         cells = [_pct(report.accuracy(system, kind)[0]) for kind in (*QUERY_TYPES, 'all')]
         rows.append(f'| {system} | ' + ' | '.join(cells) + ' |')
     counts = ' | '.join(str(report.accuracy(SYSTEMS[0], k)[1]) for k in (*QUERY_TYPES, 'all'))
-    answered = ' | '.join(str(int(sum(o.hits[SYSTEMS[0]] for o in report.outcomes
-                                      if k in ('all', o.kind)))) for k in (*QUERY_TYPES, 'all'))
+    answered = ' | '.join(str(int(sum(report.hits(SYSTEMS[0], k))))
+                          for k in (*QUERY_TYPES, 'all'))
     intervals = ' | '.join('–'.join(map(_pct, report.interval(SYSTEMS[0], k)))
                            for k in (*QUERY_TYPES, 'all'))
     misses = [f'| {cause} | ' + ' | '.join(_pct(report.miss_rate(cause, kind))

@@ -151,9 +151,10 @@ class Grounder:
             if parent == 0 or parent in parents or not staying.any():
                 continue
             parents.add(parent)
+            leaving &= ids == parent
             trial[staying] = 2 * len(taken) + 1
-            trial[leaving & (ids == parent)] = 2 * len(taken) + 2
-            taken.append(leaving & (ids == parent))
+            trial[leaving] = 2 * len(taken) + 2
+            taken.append(leaving)
         if not taken:
             return ids
         parts = describe_instances(xyz, rgb, trial, up)

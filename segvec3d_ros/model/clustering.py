@@ -9,7 +9,7 @@ import torch
 from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh
 from scipy.spatial import cKDTree
 
-from segvec3d_ros.segmentation.geometry import edge_components, rank_labels
+from segvec3d_ros.segmentation.geometry import cell_index, edge_components, rank_labels
 
 Array = np.ndarray | torch.Tensor
 
@@ -141,10 +141,7 @@ def normalized_cut(rows: np.ndarray, edges: np.ndarray, edge_weights: np.ndarray
     degree = (np.bincount(sources, weights, len(rows))
               + np.bincount(targets, weights, len(rows)))
     corner = np.floor(xyz[rows] / _CUT_CELL).astype(np.int64)
-    corner -= corner.min(axis=0)
-    span = corner.max(axis=0) + 1
-    cell = np.unique((corner[:, 0] * span[1] + corner[:, 1]) * span[2] + corner[:, 2],
-                     return_inverse=True)[1].ravel()
+    cell = cell_index(corner - corner.min(axis=0))
     cells = int(cell.max(initial=-1)) + 1
     if cells < 2 or not (degree > 0).all():
         return None, float('inf')

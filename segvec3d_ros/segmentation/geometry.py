@@ -67,7 +67,18 @@ def voxel_downsample(xyz: np.ndarray, voxel_size: float,
     cells = pts - pts.min(axis=0, initial=np.inf)
     cells /= voxel_size
     np.floor(cells, out=cells)
-    span = cells.max(axis=0, initial=0.0) + 1.0
+    inverse = cell_index(cells)
+    num_voxels = int(inverse.max(initial=-1)) + 1
+    colours = None
+    if rgb is not None:
+        colours = np.rint(group_means(inverse, rgb, num_voxels)).astype(np.uint8)
+    return VoxelGrid(group_means(inverse, pts, num_voxels).astype(np.float32), colours, inverse)
+
+
+def cell_index(cells: np.ndarray) -> np.ndarray:
+    """(N,) int64 number of each row's cell among the distinct rows of (N, 3) non-negative
+    whole-number cell coordinates (float or int), in sorted order of the cells."""
+    span = np.asarray(cells.max(axis=0, initial=0), dtype=np.float64) + 1.0
     if np.prod(span) < _MAX_PACKED_KEY:
         ijk = cells.astype(np.int64)
         sy, sz = int(span[1]), int(span[2])
@@ -75,12 +86,7 @@ def voxel_downsample(xyz: np.ndarray, voxel_size: float,
     else:
         # Too many cells for one packed key (huge extent or tiny voxel): rows compare exactly.
         _, inverse = np.unique(cells, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1).astype(np.int64)
-    num_voxels = int(inverse.max(initial=-1)) + 1
-    colours = None
-    if rgb is not None:
-        colours = np.rint(group_means(inverse, rgb, num_voxels)).astype(np.uint8)
-    return VoxelGrid(group_means(inverse, pts, num_voxels).astype(np.float32), colours, inverse)
+    return inverse.reshape(-1).astype(np.int64)
 
 
 def fit_support_plane(xyz: np.ndarray, distance: float, iterations: int,
