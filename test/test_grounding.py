@@ -326,10 +326,11 @@ def _two_boxes():
     return Cloud(xyz=xyz, rgb=rgb)
 
 
-@pytest.mark.parametrize('labels, taken', [(['box', 'ball', 'can'], True),
-                                           (['box', 'box', 'can'], False),
-                                           (['box', OTHER, 'can'], False)])
-def test_a_proposed_split_is_taken_when_its_parts_get_different_labels(labels, taken):
+@pytest.mark.parametrize('parts, union, taken', [((-0.1, -0.2), -0.5, True),
+                                                  ((-0.1, -0.2), -0.2, False),
+                                                  ((-0.5, -0.01), -0.3, False)])
+def test_a_proposed_split_is_taken_when_its_parts_are_likelier_whole_objects(parts, union,
+                                                                             taken):
     # instance 1: two touching 8 cm boxes, the second one proposed to leave (proposal 1);
     # instance 2: a box on its own; proposal 2 lies on points of no instance
     rng = np.random.default_rng(0)
@@ -337,14 +338,16 @@ def test_a_proposed_split_is_taken_when_its_parts_get_different_labels(labels, t
                           for x in (-0.04, 0.04, 0.4, 0.8)]).astype(np.float32)
     ids = np.repeat([1, 1, 2, 0], 300)
     proposals = np.repeat([0, 1, 0, 2], 300)
-    grounder = Grounder(make_head(), ['box', 'ball', 'can'], 0.0, BagOfWords())
-    # The trial parts are described in id order: instance 1 staying, instance 1 leaving.
-    grounder.label = lambda embeddings: (labels[:len(embeddings)],
-                                         np.ones(len(embeddings), np.float32))
     features = rng.normal(size=(len(xyz), FEATURES)).astype(np.float32)
+    grounder = Grounder(make_head(), ['box'], 0.0, BagOfWords())
+    assert (grounder.resolve_splits(xyz, None, features, ids, proposals, None) == ids).all(), \
+        'a head without an Objectness layer takes no split'
+    grounder = Grounder(make_head(objectness=True), ['box'], 0.0, BagOfWords())
+    # The parts are scored first (instance 1 staying, then leaving), then their union.
+    scores = iter([np.array(parts), np.array([union])])
+    grounder.head.log_objectness = lambda vectors: next(scores)
     resolved = grounder.resolve_splits(xyz, None, features, ids, proposals, None)
-    expected = np.repeat([1, 3 if taken else 1, 2, 0], 300)
-    np.testing.assert_array_equal(resolved, expected)
+    np.testing.assert_array_equal(resolved, np.repeat([1, 3 if taken else 1, 2, 0], 300))
 
 
 # --------------------------------------------------------------------------- parsing

@@ -134,38 +134,49 @@ class Grounder:
                        ids: np.ndarray, proposals: np.ndarray, up: np.ndarray | None
                        ) -> np.ndarray:
         """`ids` of the working points with the proposed splits (`Segmentation.
-        split_proposals`) taken where the two parts get different labels, neither of them
-        other: two objects, not two faces of one.
+        split_proposals`) taken where the head's Objectness layer finds the two parts more
+        likely to be whole objects each than their union: P(a) P(b) > P(a + b). Two touching
+        objects, not two faces of one. A head without that layer takes no split.
 
         One proposal per instance, the first; a proposal whose points have no instance is
         ignored.
         """
         ids = np.asarray(ids, dtype=np.int64)
-        trial = np.zeros_like(ids)
+        if self.head.objectness is None:
+            return ids
+        # Part 2j + 1 stays in parent j + 1, part 2j + 2 leaves it.
+        parts = np.zeros_like(ids)
+        parents = np.zeros_like(ids)
         taken: list[np.ndarray] = []
-        parents: set[int] = set()
         for number in np.unique(proposals[proposals > 0]):
             leaving = proposals == number
             parent = int(np.bincount(ids[leaving]).argmax())
             staying = (ids == parent) & ~leaving
-            if parent == 0 or parent in parents or not staying.any():
+            if parent == 0 or parents[ids == parent].any() or not staying.any():
                 continue
-            parents.add(parent)
             leaving &= ids == parent
-            trial[staying] = 2 * len(taken) + 1
-            trial[leaving] = 2 * len(taken) + 2
+            parents[ids == parent] = len(taken) + 1
+            parts[staying] = 2 * len(taken) + 1
+            parts[leaving] = 2 * len(taken) + 2
             taken.append(leaving)
         if not taken:
             return ids
-        parts = describe_instances(xyz, rgb, trial, up)
-        self.ground(parts, xyz, features, trial)
-        labels = {part.id: part.label for part in parts}
+        split = self._log_objectness(xyz, rgb, features, parts, up)
+        joined = self._log_objectness(xyz, rgb, features, parents, up)
         resolved = ids.copy()
         for number, leaving in enumerate(taken):
-            pair = {labels.get(2 * number + 1, OTHER), labels.get(2 * number + 2, OTHER)}
-            if len(pair) == 2 and OTHER not in pair:
+            apart = split.get(2 * number + 1, -np.inf) + split.get(2 * number + 2, -np.inf)
+            if apart > joined.get(number + 1, 0.0):
                 resolved[leaving] = resolved.max() + 1
         return resolved
+
+    def _log_objectness(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,
+                        ids: np.ndarray, up: np.ndarray | None) -> dict[int, float]:
+        """Log-probability of being one whole object of each id > 0 of the points `ids`."""
+        instances = describe_instances(xyz, rgb, ids, up)
+        vectors = self.head.embed_instances(*grounding_inputs(xyz, features, ids, instances),
+                                            instances)
+        return dict(zip((i.id for i in instances), self.head.log_objectness(vectors)))
 
 
 def load_grounder(config: PipelineConfig, segmenter: Segmenter

@@ -67,14 +67,15 @@ def absorb_fragments(labels: np.ndarray, knn_index: np.ndarray, min_size: int,
 
 # A split is proposed where the normalised cut of an instance's k-NN graph, its edges weighted
 # by embedding similarity, is this weak: a chain of boundary points between two touching
-# objects. On the validation scenes 48 of 76 merged instances cut at 0.02 or less, and 10 %
-# of the whole objects (median 0.07).
-MAX_SPLIT_NCUT = 0.02
-# ... and where the two parts meet in a valley: touching and stacked objects meet concavely,
-# the faces of one object (a box's edge) convexly. Units: the convergence of the normals of
-# the two bands along the junction (see `junction_convexity`).
-MAX_SPLIT_CONVEXITY = -0.2
-MIN_SPLIT_FRACTION = 0.15   # of the instance's points in the smaller part
+# objects. The bounds only limit which instances the grounding step examines (its Objectness
+# layer decides); they were chosen on the validation scenes' grounding queries, with the
+# real mOSD frames' F-measure kept from falling (docs/GROUNDING.md).
+MAX_SPLIT_NCUT = 0.05
+# ... and where the two parts do not meet convexly: touching and stacked objects meet in a
+# valley, the faces of one object (a box's edge) bend away from each other. Units: the
+# convergence of the normals of the two bands along the junction (see `junction_convexity`).
+MAX_SPLIT_CONVEXITY = 0.0
+MIN_SPLIT_FRACTION = 0.05   # of the instance's points in the smaller part
 MIN_SPLIT_POINTS = 30       # working points in the smaller part
 _JUNCTION_BAND = 0.04       # m on either side of the cut that describes the junction
 _CUT_CELL = 0.03            # m, the cubes the eigenvector is solved on
@@ -88,10 +89,10 @@ def propose_splits(ids: np.ndarray, embeddings: np.ndarray, edges: np.ndarray,
 
     An instance is proposed for a split when its normalised cut (Shi and Malik) over the
     spatial k-NN `edges` (-1 = none), weighted by exp(-|e_i - e_j|^2 / scale^2), is at most
-    MAX_SPLIT_NCUT, both parts are large enough, and they meet concavely (see
+    MAX_SPLIT_NCUT, both parts are large enough, and they do not meet convexly (see
     `junction_convexity`). Graph clustering merges two touching objects through a chain of
     boundary points whose embeddings shade from one to the other; such a chain is a weak cut.
-    Whether the split is taken is the caller's decision (the grounding step's labels).
+    Whether the split is taken is the caller's decision (the grounding step's Objectness).
     """
     proposals = np.zeros(len(ids), dtype=np.int64)
     sizes = np.bincount(ids, minlength=1)
