@@ -326,11 +326,14 @@ def _two_boxes():
     return Cloud(xyz=xyz, rgb=rgb)
 
 
-@pytest.mark.parametrize('parts, union, taken', [((-0.1, -0.2), -0.5, True),
-                                                  ((-0.1, -0.2), -0.2, False),
-                                                  ((-0.5, -0.01), -0.3, False)])
+@pytest.mark.parametrize('parts, union, labels, taken', [
+    ((-0.1, -0.2), -0.5, ('box', 'box'), True),
+    ((-0.1, -0.2), -0.2, ('box', 'box'), False),
+    ((-0.01, -0.005), 0.0, ('box', 'ball'), True),     # within the margin, labelled apart
+    ((-0.01, -0.005), 0.0, ('box', OTHER), False),
+    ((-0.05, -0.01), 0.0, ('box', 'ball'), False)])    # beyond the margin
 def test_a_proposed_split_is_taken_when_its_parts_are_likelier_whole_objects(parts, union,
-                                                                             taken):
+                                                                             labels, taken):
     # instance 1: two touching 8 cm boxes, the second one proposed to leave (proposal 1);
     # instance 2: a box on its own; proposal 2 lies on points of no instance
     rng = np.random.default_rng(0)
@@ -342,10 +345,12 @@ def test_a_proposed_split_is_taken_when_its_parts_are_likelier_whole_objects(par
     grounder = Grounder(make_head(), ['box'], 0.0, BagOfWords())
     assert (grounder.resolve_splits(xyz, None, features, ids, proposals, None) == ids).all(), \
         'a head without an Objectness layer takes no split'
-    grounder = Grounder(make_head(objectness=True), ['box'], 0.0, BagOfWords())
+    grounder = Grounder(make_head(objectness=True), ['box', 'ball'], 0.0, BagOfWords())
     # The parts are scored first (instance 1 staying, then leaving), then their union.
     scores = iter([np.array(parts), np.array([union])])
+    names = iter([list(labels), ['box']])
     grounder.head.log_objectness = lambda vectors: next(scores)
+    grounder.label = lambda vectors: (next(names), np.ones(len(vectors), np.float32))
     resolved = grounder.resolve_splits(xyz, None, features, ids, proposals, None)
     np.testing.assert_array_equal(resolved, np.repeat([1, 3 if taken else 1, 2, 0], 300))
 

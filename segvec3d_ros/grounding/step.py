@@ -25,6 +25,11 @@ _NORMAL_RADIUS = 0.03
 _NORMAL_NEIGHBOURS = 20
 # Relative deviation of the probe features above which a backbone is not the one trained with.
 _PROBE_TOLERANCE = 1e-2
+# Two parts that get different labels are taken apart even when the Objectness layer finds
+# their union this much likelier whole (log-probability): its probabilities saturate near 1,
+# for a merge of two touching objects as for one object, and there the labels decide (chosen
+# on the validation scenes, docs/GROUNDING.md).
+SPLIT_LABEL_MARGIN = 0.02
 
 
 class Encoder(Protocol):
@@ -135,8 +140,9 @@ class Grounder:
                        ) -> np.ndarray:
         """`ids` of the working points with the proposed splits (`Segmentation.
         split_proposals`) taken where the head's Objectness layer finds the two parts more
-        likely to be whole objects each than their union: P(a) P(b) > P(a + b). Two touching
-        objects, not two faces of one. A head without that layer takes no split.
+        likely to be whole objects each than their union, P(a) P(b) > P(a + b), or nearly as
+        likely (SPLIT_LABEL_MARGIN) when they get different labels, neither of them other.
+        Two touching objects, not two faces of one. A head without that layer takes no split.
 
         One proposal per instance, the first; a proposal whose points have no instance is
         ignored.
@@ -161,22 +167,27 @@ class Grounder:
             taken.append(leaving)
         if not taken:
             return ids
-        split = self._log_objectness(xyz, rgb, features, parts, up)
-        joined = self._log_objectness(xyz, rgb, features, parents, up)
+        split = self._whole_and_label(xyz, rgb, features, parts, up)
+        joined = self._whole_and_label(xyz, rgb, features, parents, up)
         resolved = ids.copy()
         for number, leaving in enumerate(taken):
-            apart = split.get(2 * number + 1, -np.inf) + split.get(2 * number + 2, -np.inf)
-            if apart > joined.get(number + 1, 0.0):
+            (first, first_label), (second, second_label) = (
+                split.get(2 * number + part, (-np.inf, OTHER)) for part in (1, 2))
+            gain = first + second - joined.get(number + 1, (0.0, OTHER))[0]
+            labelled_apart = first_label != second_label and OTHER not in (first_label,
+                                                                           second_label)
+            if gain > 0 or (labelled_apart and gain > -SPLIT_LABEL_MARGIN):
                 resolved[leaving] = resolved.max() + 1
         return resolved
 
-    def _log_objectness(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,
-                        ids: np.ndarray, up: np.ndarray | None) -> dict[int, float]:
-        """Log-probability of being one whole object of each id > 0 of the points `ids`."""
+    def _whole_and_label(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,
+                         ids: np.ndarray, up: np.ndarray | None) -> dict[int, tuple[float, str]]:
+        """Log-probability of being one whole object, and label, of each id > 0 of `ids`."""
         instances = describe_instances(xyz, rgb, ids, up)
         vectors = self.head.embed_instances(*grounding_inputs(xyz, features, ids, instances),
                                             instances)
-        return dict(zip((i.id for i in instances), self.head.log_objectness(vectors)))
+        return dict(zip((i.id for i in instances),
+                        zip(self.head.log_objectness(vectors), self.label(vectors)[0])))
 
 
 def load_grounder(config: PipelineConfig, segmenter: Segmenter
