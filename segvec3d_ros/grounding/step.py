@@ -52,20 +52,33 @@ def bundled_grounding_path() -> Path:
 
 
 def grounding_inputs(xyz: np.ndarray, features: np.ndarray, ids: np.ndarray,
-                     instances: list[InstanceInfo]) -> tuple[np.ndarray, np.ndarray]:
+                     instances: list[InstanceInfo], normals: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Rows [F_i, g_i] of the working points with an instance, and each row's index into
-    `instances`; `ids` are per point, with 0 = none and k = the instance whose id is k."""
+    `instances`; `ids` are per point, with 0 = none and k = the instance whose id is k.
+
+    `normals`, when the caller has them, are those of these rows in point order (as
+    `instance_normals` gives them), e.g. for a second set of instances on the same points.
+    """
     slot = np.full(int(max(np.max(ids, initial=0), max((i.id for i in instances), default=0)))
                    + 1, -1, dtype=np.int64)
     slot[[i.id for i in instances]] = np.arange(len(instances))
     index = slot[np.asarray(ids, dtype=np.int64)]
     rows = np.flatnonzero(index >= 0)
     points = np.asarray(xyz, dtype=np.float64)[rows]
-    normals = (estimate_normals(points, _NORMAL_RADIUS, _NORMAL_NEIGHBOURS) if len(rows)
-               else np.zeros((0, 3)))
+    if normals is None:
+        normals = instance_normals(points)
+    elif len(normals) != len(rows):
+        raise ValueError(f'{len(normals)} normals given for {len(rows)} instance points')
     inputs = np.concatenate([np.asarray(features, np.float32)[rows],
                              point_geometry(points, normals, index[rows], instances)], axis=1)
     return inputs, index[rows]
+
+
+def instance_normals(points: np.ndarray) -> np.ndarray:
+    """(P, 3) normals of instance points, estimated on those points alone."""
+    return (estimate_normals(np.asarray(points, dtype=np.float64), _NORMAL_RADIUS,
+                             _NORMAL_NEIGHBOURS) if len(points) else np.zeros((0, 3)))
 
 
 def probe_cloud() -> tuple[np.ndarray, np.ndarray]:
@@ -157,18 +170,21 @@ class Grounder:
         for number in np.unique(proposals[proposals > 0]):
             leaving = proposals == number
             parent = int(np.bincount(ids[leaving]).argmax())
-            staying = (ids == parent) & ~leaving
-            if parent == 0 or parents[ids == parent].any() or not staying.any():
+            member = ids == parent
+            staying = member & ~leaving
+            if parent == 0 or parents[member].any() or not staying.any():
                 continue
-            leaving &= ids == parent
-            parents[ids == parent] = len(taken) + 1
+            leaving &= member
+            parents[member] = len(taken) + 1
             parts[staying] = 2 * len(taken) + 1
             parts[leaving] = 2 * len(taken) + 2
             taken.append(leaving)
         if not taken:
             return ids
-        split = self._whole_and_label(xyz, rgb, features, parts, up)
-        joined = self._whole_and_label(xyz, rgb, features, parents, up)
+        # The parts and their unions cover the same points: one set of normals serves both.
+        normals = instance_normals(np.asarray(xyz)[parents > 0])
+        split = self._whole_and_label(xyz, rgb, features, parts, normals, up)
+        joined = self._whole_and_label(xyz, rgb, features, parents, normals, up)
         resolved = ids.copy()
         for number, leaving in enumerate(taken):
             (first, first_label), (second, second_label) = (
@@ -181,11 +197,13 @@ class Grounder:
         return resolved
 
     def _whole_and_label(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,
-                         ids: np.ndarray, up: np.ndarray | None) -> dict[int, tuple[float, str]]:
-        """Log-probability of being one whole object, and label, of each id > 0 of `ids`."""
+                         ids: np.ndarray, normals: np.ndarray, up: np.ndarray | None
+                         ) -> dict[int, tuple[float, str]]:
+        """Log-probability of being one whole object, and label, of each id > 0 of `ids`
+        (`normals`: those of the points with an id, in point order)."""
         instances = describe_instances(xyz, rgb, ids, up)
-        vectors = self.head.embed_instances(*grounding_inputs(xyz, features, ids, instances),
-                                            instances)
+        vectors = self.head.embed_instances(
+            *grounding_inputs(xyz, features, ids, instances, normals), instances)
         return dict(zip((i.id for i in instances),
                         zip(self.head.log_objectness(vectors), self.label(vectors)[0])))
 
