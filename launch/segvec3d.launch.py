@@ -2,45 +2,65 @@
 
     ros2 launch segvec3d_ros segvec3d.launch.py points_topic:=/camera/depth/points rviz:=true
 """
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+import os
+
+from launch import LaunchContext, LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+from segvec3d_ros.nodes.launch_arguments import parameter_overrides, profile_environment
+
 PACKAGE = 'segvec3d_ros'
 
 
+def _nodes(context: LaunchContext) -> list[Node]:
+    """The two nodes, with launch arguments applied over the params file only where given."""
+    def value(name: str) -> str:
+        return LaunchConfiguration(name).perform(context)
+
+    params_file = value('params_file')
+    profile = os.path.join(FindPackageShare(PACKAGE).perform(context), 'config',
+                           'fastdds_large_clouds.xml')
+    env = profile_environment(value('large_clouds_profile'), os.environ, profile)
+    segmentation = Node(
+        package=PACKAGE, executable='segmentation_node', name='segvec3d_segmentation',
+        namespace=value('namespace'), output='screen', emulate_tty=True,
+        parameters=[params_file, parameter_overrides({'device': value('device')})],
+        remappings=[('points', value('points_topic'))], additional_env=env)
+    query = Node(
+        package=PACKAGE, executable='query_node', name='segvec3d_query',
+        namespace=value('namespace'), output='screen', emulate_tty=True,
+        parameters=[params_file], additional_env=env)
+    return [segmentation, query]
+
+
 def generate_launch_description() -> LaunchDescription:
-    """Both nodes share one params file; `device` overrides the file's value."""
+    """Both nodes share one params file; a launch argument overrides it only when given."""
     share = FindPackageShare(PACKAGE)
-    namespace = LaunchConfiguration('namespace')
-    params_file = LaunchConfiguration('params_file')
     arguments = [
         DeclareLaunchArgument('namespace', default_value='',
                               description='namespace of both nodes and their topics'),
         DeclareLaunchArgument('points_topic', default_value='/camera/depth/points',
                               description='the sensor_msgs/PointCloud2 topic to segment'),
-        DeclareLaunchArgument('device', default_value='auto',
-                              description='auto | cpu | cuda'),
+        DeclareLaunchArgument('device', default_value='',
+                              description='auto | cpu | cuda; empty = the params file\'s'),
         DeclareLaunchArgument('params_file',
                               default_value=PathJoinSubstitution([share, 'config',
                                                                   'segvec3d.yaml']),
                               description='parameters of both nodes'),
+        DeclareLaunchArgument('large_clouds_profile', default_value='true',
+                              description='give both nodes the shipped Fast DDS profile for '
+                                          'camera-sized clouds, unless '
+                                          'FASTRTPS_DEFAULT_PROFILES_FILE is already set'),
         DeclareLaunchArgument('rviz', default_value='false',
                               description='start RViz with the segvec3d display config'),
     ]
-    segmentation = Node(
-        package=PACKAGE, executable='segmentation_node', name='segvec3d_segmentation',
-        namespace=namespace, output='screen', emulate_tty=True,
-        parameters=[params_file, {'device': LaunchConfiguration('device')}],
-        remappings=[('points', LaunchConfiguration('points_topic'))])
-    query = Node(
-        package=PACKAGE, executable='query_node', name='segvec3d_query',
-        namespace=namespace, output='screen', emulate_tty=True, parameters=[params_file])
     rviz = Node(
-        package='rviz2', executable='rviz2', name='segvec3d_rviz', namespace=namespace,
+        package='rviz2', executable='rviz2', name='segvec3d_rviz',
+        namespace=LaunchConfiguration('namespace'),
         arguments=['-d', PathJoinSubstitution([share, 'config', 'segvec3d.rviz'])],
         condition=IfCondition(LaunchConfiguration('rviz')))
-    return LaunchDescription([*arguments, segmentation, query, rviz])
+    return LaunchDescription([*arguments, OpaqueFunction(function=_nodes), rviz])

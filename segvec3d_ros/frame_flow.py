@@ -1,5 +1,5 @@
-"""Latest-frame-only hand-off, frame statistics and missed-frame counting (ROS-free; the
-segmentation node uses them)."""
+"""Latest-frame-only hand-off, frame statistics, missed-frame counting and silent-input
+detection (ROS-free; the segmentation node uses them)."""
 from __future__ import annotations
 
 import threading
@@ -70,6 +70,30 @@ class SequenceGaps:
         self._last = sequence  # a lower number: a restarted publisher, counted afresh
 
 
+class SilentInput:
+    """Notices a matched publisher whose clouds never arrive.
+
+    A publisher can match the subscription while its messages are lost on the way: with Fast
+    DDS's defaults a camera-sized best-effort cloud does not fit the shared-memory segment and
+    is dropped without a word on either side.
+    """
+
+    def __init__(self) -> None:
+        self._heard_since: float | None = None
+
+    def silence(self, publishers: int, last_arrival: float | None, now: float) -> float:
+        """Seconds since a cloud, or since the publishers matched, whichever is later; 0 when
+        no publisher is matched. Times are monotonic seconds."""
+        if publishers == 0:
+            self._heard_since = None
+            return 0.0
+        if self._heard_since is None:
+            self._heard_since = now
+        if last_arrival is not None:
+            self._heard_since = max(self._heard_since, last_arrival)
+        return now - self._heard_since
+
+
 @dataclass
 class FrameReport:
     """Counts since start and rates/latencies over the recent window."""
@@ -96,6 +120,7 @@ class FrameStats:
         self._done: deque[tuple[float, float]] = deque()  # (finish time, latency s)
         self.received = self.processed = self.rejected = self.failed = 0
         self.last_problem = ''
+        self.last_arrival: float | None = None
 
     def _trim(self, now: float) -> None:
         while self._arrivals and now - self._arrivals[0] > self._window_s:
@@ -108,6 +133,7 @@ class FrameStats:
         with self._lock:
             now = time.monotonic()
             self.received += 1
+            self.last_arrival = now
             self._arrivals.append(now)
             self._trim(now)
 

@@ -4,6 +4,7 @@ filter -> voxelise -> cap -> segment -> up-project to input points -> drop small
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -33,8 +34,8 @@ _BASE_RADIUS = 0.05
 class PipelineConfig:
     """Plain-data pipeline settings; every field is also a ROS parameter of the same name."""
 
-    segmenter: str = setting('euclidean', 'segmenter: euclidean (geometric baseline) or '
-                             'segvec3d (learned model)', choices=('euclidean', 'segvec3d'))
+    segmenter: str = setting('segvec3d', 'segmenter: segvec3d (learned model) or euclidean '
+                             '(geometric baseline)', choices=('segvec3d', 'euclidean'))
     device: str = setting('auto', 'torch device of the learned segmenter',
                           choices=('auto', 'cpu', 'cuda'))
     model_path: str = setting('', 'weights of the learned segmenter (.pt or .onnx); '
@@ -103,6 +104,22 @@ def make_segmenter(config: PipelineConfig) -> Segmenter:
     # Imported here so that euclidean-only users never load torch and onnxruntime.
     from segvec3d_ros.model.segmenter import LearnedSegmenter
     return LearnedSegmenter(config)
+
+
+def pipeline_or_baseline(config: PipelineConfig) -> tuple[Pipeline, str | None]:
+    """The pipeline `config` describes or, when its model cannot be loaded, the euclidean one.
+
+    Returns the pipeline and, after a fallback, the reason in one line (torch's unpickling
+    errors span several, and logs must stay greppable). Invalid settings still raise.
+    """
+    try:
+        return Pipeline(config), None
+    except (ValueError, OSError) as error:
+        if config.segmenter == 'euclidean':
+            raise
+        config.validate()  # a settings problem is the user's to fix, not a reason to fall back
+        reason = ' '.join(str(error).split())
+        return Pipeline(dataclasses.replace(config, segmenter='euclidean')), reason
 
 
 @dataclass

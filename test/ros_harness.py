@@ -50,11 +50,14 @@ def separate_domain_env() -> dict[str, str]:
     return {'ROS_DOMAIN_ID': str(int(os.environ['ROS_DOMAIN_ID']) + 100)}
 
 
-def start_executable(name: str, *ros_args: str,
-                     env: Mapping[str, str] | None = None) -> subprocess.Popen:
-    """Start an installed segvec3d executable with the repo's params file (and extra `env`)."""
-    command = [name, '--ros-args', '--params-file', str(PARAMS_FILE), *ros_args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+def start_executable(name: str, *ros_args: str, env: Mapping[str, str] | None = None,
+                     params_file: Path | None = PARAMS_FILE,
+                     new_session: bool = False) -> subprocess.Popen:
+    """Start an installed segvec3d executable with a params file (the repo's by default, none
+    when None) and extra `env`; `new_session` makes it the leader of its own process group."""
+    files = [] if params_file is None else ['--params-file', str(params_file)]
+    return subprocess.Popen([name, '--ros-args', *files, *ros_args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=new_session,
                             env=dict(os.environ, PYTHONUNBUFFERED='1', **(env or {})))
 
 
@@ -142,10 +145,13 @@ class UpClient(Client):
     """
 
     def __init__(self, *ros_args: str, name: str = 'segvec3d_test_client',
-                 env: Mapping[str, str] | None = None, startup_timeout: float = 60.0) -> None:
-        """Start segvec3d-up with `ros_args` and extra `env`, which may set its ROS_DOMAIN_ID."""
+                 env: Mapping[str, str] | None = None, startup_timeout: float = 60.0,
+                 params_file: Path | None = PARAMS_FILE) -> None:
+        """Start segvec3d-up with `ros_args`, `params_file` (None: none) and extra `env`, which
+        may set its ROS_DOMAIN_ID."""
         isolate_dds()
-        self.process = start_executable('segvec3d-up', *ros_args, env=env)
+        self.process = start_executable('segvec3d-up', *ros_args, env=env,
+                                        params_file=params_file)
         self.output: list[str] = []
         self._readers = [threading.Thread(target=self._collect, args=(stream,), daemon=True)
                          for stream in (self.process.stdout, self.process.stderr)]
@@ -198,10 +204,11 @@ class UpClient(Client):
 
 
 @contextmanager
-def separate_system(*ros_args: str) -> Iterator[UpClient]:
+def separate_system(*ros_args: str, params_file: Path | None = PARAMS_FILE
+                    ) -> Iterator[UpClient]:
     """segvec3d-up with `ros_args` and its client, in a domain apart from a module's system;
     on exit the node stops and its output must hold no traceback."""
-    up = UpClient(*ros_args, env=separate_domain_env())
+    up = UpClient(*ros_args, env=separate_domain_env(), params_file=params_file)
     try:
         yield up
     finally:

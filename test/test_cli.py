@@ -86,7 +86,10 @@ def test_segment_reads_each_cloud_of_a_bag(tmp_path, capsys):
     xyz, rgb, _ = tabletop_points(seed=3)
     write_cloud_bag(tmp_path / 'run1', [(10**18, Cloud(xyz, rgb)), (10**18 + 1, Cloud(xyz))],
                     '/points', 'camera', storage='mcap')
-    code = cli.main(['segment', str(tmp_path / 'run1'), '--out-dir', str(tmp_path / 'out')])
+    # The baseline: these synthetic boxes are volumes of random points, and the second cloud
+    # has no colour; what is tested is that each message of the bag is segmented.
+    code = cli.main(['segment', str(tmp_path / 'run1'), '--out-dir', str(tmp_path / 'out'),
+                     '--segmenter', 'euclidean'])
     assert code == 0
     for name in ('run1_0000', 'run1_0001'):
         assert len(check_outputs(tmp_path / 'out', name, (len(xyz),))['instances']) == 3
@@ -114,6 +117,25 @@ def test_segment_overrides_and_bad_settings(inputs, tmp_path, capsys):
     assert 'cluster_tolerance' in capsys.readouterr().err
     config = cli.pipeline_config(PARAMS_FILE, voxel_size=0.005, segmenter=None)
     assert config.voxel_size == 0.005 and config.segmenter == 'segvec3d'  # the params file's
+
+
+def test_without_a_params_file_the_learned_segmenter_labels_instances(inputs, tmp_path):
+    assert cli.pipeline_config().segmenter == 'segvec3d'
+    assert cli.main(['segment', str(inputs['flat']), '--out-dir', str(tmp_path)]) == 0
+    record = json.loads((tmp_path / 'flat.json').read_text())
+    assert record['instances'] and all(i['label'] and i['embedding']
+                                       for i in record['instances'])
+
+
+def test_a_model_that_cannot_be_loaded_falls_back_with_the_reason(inputs, tmp_path, capsys):
+    broken = tmp_path / 'broken.onnx'
+    broken.write_bytes(b'not a model')
+    assert cli.main(['segment', str(inputs['flat']), '--out-dir', str(tmp_path),
+                     '--model-path', str(broken)]) == 0
+    warning = capsys.readouterr().err
+    assert 'falling back to the euclidean segmenter' in warning and str(broken) in warning
+    record = json.loads((tmp_path / 'flat.json').read_text())
+    assert len(record['instances']) == 3 and not any(i['label'] for i in record['instances'])
 
 
 def test_the_installed_command_runs(inputs, tmp_path):

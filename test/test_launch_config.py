@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from segvec3d_ros.nodes.launch_arguments import parameter_overrides, profile_environment
+
 REPO = Path(__file__).resolve().parents[1]
 RCLPY_OWN_PARAMETERS = {'use_sim_time', 'start_type_description_service'}
 LAUNCH_FILE = REPO / 'launch' / 'segvec3d.launch.py'
@@ -48,7 +50,42 @@ def _console_scripts() -> set[str]:
 
 def test_launch_declares_the_documented_arguments():
     declared = {call.args[0].value for call in _launch_calls('DeclareLaunchArgument')}
-    assert declared == {'namespace', 'points_topic', 'device', 'params_file', 'rviz'}
+    assert declared == {'namespace', 'points_topic', 'device', 'params_file',
+                        'large_clouds_profile', 'rviz'}
+
+
+def test_launch_arguments_default_to_the_params_file():
+    # An argument with a non-empty default would override the params file even when the user
+    # never gave it: `params_file:=my.yaml` with `device: cpu` ran on `auto`.
+    defaults = {call.args[0].value: call.keywords[0].value for call in
+                _launch_calls('DeclareLaunchArgument')}
+    assert isinstance(defaults['device'], ast.Constant) and defaults['device'].value == ''
+    overrides = _launch_calls('parameter_overrides')
+    assert len(overrides) == 1
+    assert [k.value for k in overrides[0].args[0].keys] == ['device']
+
+
+def test_a_launch_argument_overrides_only_when_given():
+    assert parameter_overrides({'device': ''}) == {}
+    assert parameter_overrides({'device': 'cpu'}) == {'device': 'cpu'}
+
+
+@pytest.mark.parametrize('environ, expected', [
+    ({}, {'FASTRTPS_DEFAULT_PROFILES_FILE': '/share/profile.xml'}),
+    ({'RMW_IMPLEMENTATION': 'rmw_fastrtps_cpp'},
+     {'FASTRTPS_DEFAULT_PROFILES_FILE': '/share/profile.xml'}),
+    ({'RMW_IMPLEMENTATION': 'rmw_cyclonedds_cpp'}, {}),
+    ({'FASTRTPS_DEFAULT_PROFILES_FILE': '/mine.xml'}, {}),
+    ({'FASTDDS_DEFAULT_PROFILES_FILE': '/mine.xml'}, {}),
+])
+def test_the_large_cloud_profile_is_applied_unless_the_user_chose(environ, expected):
+    assert profile_environment('true', environ, '/share/profile.xml') == expected
+    assert profile_environment('false', environ, '/share/profile.xml') == {}
+
+
+def test_a_misspelt_launch_flag_is_an_error_naming_it():
+    with pytest.raises(ValueError, match='large_clouds_profile'):
+        profile_environment('ture', {}, '/share/profile.xml')
 
 
 def test_every_executable_the_launch_file_names_exists():

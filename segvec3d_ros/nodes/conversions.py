@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import numpy as np
 from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
-from sensor_msgs.msg import PointCloud2, PointField
+from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -34,6 +34,14 @@ def labeled_cloud_msg(header: Header, cloud: Cloud, labels: np.ndarray) -> Point
     """The input points with an instance `label` per point (PCL PointXYZRGBL convention)."""
     return pointcloud2_msg(header, encode_pointcloud2(
         cloud.xyz, cloud.rgb, labels, height=cloud.height, width=cloud.width))
+
+
+def instance_mask_msg(header: Header, cloud: Cloud, labels: np.ndarray) -> Image:
+    """Instance id per pixel of an organized cloud (32SC1, 0 = none), as grasp networks such
+    as Contact-GraspNet take it beside the depth image."""
+    mask = np.ascontiguousarray(labels, dtype='<i4').reshape(cloud.height, cloud.width)
+    return Image(header=header, height=cloud.height, width=cloud.width, encoding='32SC1',
+                 is_bigendian=0, step=cloud.width * 4, data=mask.tobytes())
 
 
 def instance_msg(info: InstanceInfo) -> Instance:

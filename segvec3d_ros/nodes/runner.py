@@ -14,30 +14,39 @@ class StartupError(RuntimeError):
     """A node cannot start (for example its model file is missing); already logged."""
 
 
-def run(*node_factories: Callable[[], Node], args: list[str] | None = None) -> None:
-    """Create the nodes, spin them on one executor, then destroy them and shut rclpy down."""
-    loading = True
-    interrupted = False
+class _Interrupts:
+    """SIGINT handler that stops the spin once and ignores every later signal.
 
-    def on_sigint(_signum: int, _frame: object) -> None:
-        nonlocal interrupted
-        interrupted = True
-        if not loading:
+    While the nodes load their models, Ctrl-C must not raise KeyboardInterrupt wherever the
+    interpreter happens to be: inside a finaliser (tokenizer and regex objects are collected
+    then) Python can only print it as an ignored exception, traceback and all. Once shutdown
+    has begun, a second Ctrl-C, or systemd's SIGINT to the whole process group, must not raise
+    inside destroy_node() either. rclpy's own handler, installed by init, shuts the context
+    down at once and then calls this one.
+    """
+
+    def __init__(self) -> None:
+        self.received = False
+        self.spinning = False
+
+    def __call__(self, _signum: int, _frame: object) -> None:
+        self.received = True
+        if self.spinning:
+            self.spinning = False
             raise KeyboardInterrupt
 
-    # While the nodes load their models, Ctrl-C must not raise KeyboardInterrupt wherever the
-    # interpreter happens to be: inside a finaliser (tokenizer and regex objects are collected
-    # then) Python can only print it as an ignored exception, traceback and all. rclpy's own
-    # handler, installed by init, shuts the context down at once and then calls this one.
-    default_handler = signal.signal(signal.SIGINT, on_sigint)
+
+def run(*node_factories: Callable[[], Node], args: list[str] | None = None) -> None:
+    """Create the nodes, spin them on one executor, then destroy them and shut rclpy down."""
+    interrupts = _Interrupts()
+    signal.signal(signal.SIGINT, interrupts)
     rclpy.init(args=args)
     nodes: list[Node] = []
     exit_code = 0
     try:
         for factory in node_factories:
             nodes.append(factory())
-        loading = False
-        if interrupted:
+        if interrupts.received:
             raise KeyboardInterrupt
         # One thread: rclpy's MultiThreadedExecutor spends most of a core rebuilding wait sets
         # and polling futures, which starved segmentation to a third of its rate at 30 Hz input
@@ -45,6 +54,7 @@ def run(*node_factories: Callable[[], Node], args: list[str] | None = None) -> N
         executor = SingleThreadedExecutor()
         for node in nodes:
             executor.add_node(node)
+        interrupts.spinning = True
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
@@ -56,9 +66,11 @@ def run(*node_factories: Callable[[], Node], args: list[str] | None = None) -> N
         if rclpy.ok():
             raise
     finally:
+        interrupts.spinning = False
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
-        signal.signal(signal.SIGINT, default_handler)
+    # The handler stays: a signal between here and the interpreter's exit is part of the same
+    # shutdown, and Python's default handler would print it as a traceback.
     if exit_code:
         sys.exit(exit_code)

@@ -2,30 +2,34 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
 from rcl_interfaces.msg import SetParametersResult
-from sensor_msgs.msg import PointCloud2
+from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
 from segvec3d_msgs.msg import InstanceArray
-from segvec3d_ros.frame_flow import FrameStats, LatestSlot, SequenceGaps
+from segvec3d_ros.frame_flow import FrameStats, LatestSlot, SequenceGaps, SilentInput
 from segvec3d_ros.io.pointcloud2 import CloudDecodeError, decode_pointcloud2
-from segvec3d_ros.nodes.conversions import (instance_array_msg, labeled_cloud_msg,
-                                            marker_array_msg)
+from segvec3d_ros.nodes.conversions import (instance_array_msg, instance_mask_msg,
+                                            labeled_cloud_msg, marker_array_msg)
 from segvec3d_ros.nodes.params import check_parameters, declare_settings, read_settings
 from segvec3d_ros.nodes.runner import StartupError, run
-from segvec3d_ros.pipeline import Pipeline, PipelineConfig
+from segvec3d_ros.pipeline import Pipeline, PipelineConfig, pipeline_or_baseline
 from segvec3d_ros.settings import setting
 
 NODE_NAME = 'segvec3d_segmentation'
 WARN_THROTTLE_S = 2.0
+SILENT_INPUT_THROTTLE_S = 30.0
+README_LARGE_CLOUDS = 'README.md, section "Large clouds over DDS"'
 
 
 @dataclass
@@ -45,6 +49,10 @@ class SegmentationNodeSettings:
     marker_lifetime: float = setting(
         0.0, 'seconds a marker stays without refresh; 0 = until the next DELETEALL',
         range=(0.0, 3600.0))
+    input_timeout: float = setting(
+        5.0, 'seconds a matched publisher may go without a cloud arriving before the node warns '
+        'and /diagnostics says WARN (large clouds lost in transport); 0 = never',
+        range=(0.0, 3600.0))
 
 
 class SegmentationNode(Node):
@@ -62,17 +70,21 @@ class SegmentationNode(Node):
         reliability = (ReliabilityPolicy.RELIABLE
                        if self._settings.output_reliability == 'reliable'
                        else ReliabilityPolicy.BEST_EFFORT)
-        output_qos = QoSProfile(depth=5, reliability=reliability)
+        # Transient local: a query node or RViz started later still gets the last scene.
+        output_qos = QoSProfile(depth=5, reliability=reliability,
+                                durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self._labeled_pub = self.create_publisher(
             PointCloud2, 'segvec3d/labeled_points', output_qos)
         self._instances_pub = self.create_publisher(
             InstanceArray, 'segvec3d/instances', output_qos)
         self._markers_pub = self.create_publisher(MarkerArray, 'segvec3d/markers', output_qos)
+        self._mask_pub = self.create_publisher(Image, 'segvec3d/instance_mask', output_qos)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
 
         self._slot: LatestSlot[PointCloud2] = LatestSlot()
         self._stats = FrameStats()
         self._missed = SequenceGaps()
+        self._silent = SilentInput()
         self._subscription = self.create_subscription(
             PointCloud2, 'points', self._on_cloud, qos_profile_sensor_data)
         self._diagnostics_timer = self.create_timer(
@@ -86,19 +98,20 @@ class SegmentationNode(Node):
     def _initial_pipeline(self, config: PipelineConfig) -> Pipeline:
         """Build the configured pipeline, or fall back to the euclidean one if allowed."""
         try:
-            return Pipeline(config)
+            if self._settings.fallback_to_euclidean:
+                pipeline, reason = pipeline_or_baseline(config)
+            else:
+                pipeline, reason = Pipeline(config), None
         except (ValueError, OSError) as error:
-            # One line, though torch's unpickling errors span several: logs stay greppable.
             reason = ' '.join(str(error).split())
-            if not self._settings.fallback_to_euclidean or config.segmenter == 'euclidean':
-                self.get_logger().fatal(f'cannot start the {config.segmenter} segmenter: {reason}')
-                raise StartupError(reason) from error
+            self.get_logger().fatal(f'cannot start the {config.segmenter} segmenter: {reason}')
+            raise StartupError(reason) from error
+        if reason is not None:
             self.get_logger().warning(
                 f'cannot start the {config.segmenter} segmenter ({reason}); '
                 'falling back to the euclidean segmenter')
-            config.segmenter = 'euclidean'
             self.set_parameters([Parameter('segmenter', value='euclidean')])
-            return Pipeline(config)
+        return pipeline
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """Validate a change; rebuild the pipeline from the new values when they are valid."""
@@ -148,6 +161,8 @@ class SegmentationNode(Node):
             self._labeled_pub.publish(labeled)
             self._instances_pub.publish(instances)
             self._markers_pub.publish(markers)
+            if cloud.is_organized:
+                self._mask_pub.publish(instance_mask_msg(msg.header, cloud, result.labels))
         except Exception as error:  # noqa: BLE001 - a bad frame must never stop the node
             if not rclpy.ok(context=self.context):
                 return  # shutting down: publishers are gone, nothing to report
@@ -157,10 +172,27 @@ class SegmentationNode(Node):
             return
         self._stats.on_processed(arrived_at)
 
+    def _silent_input(self) -> str:
+        """Why no cloud arrives from a matched publisher, or '' while clouds arrive."""
+        timeout = self._settings.input_timeout
+        silence = self._silent.silence(self._subscription.get_publisher_count(),
+                                       self._stats.last_arrival, time.monotonic())
+        if timeout <= 0 or silence <= timeout:
+            return ''
+        return (f'a publisher is matched on {self._subscription.topic_name} but no cloud has '
+                f'arrived for {silence:.0f} s; the likely cause is clouds too large for the '
+                f'middleware\'s defaults (Fast DDS drops best-effort messages over its 512 KiB '
+                f'shared-memory segment without a word): see {README_LARGE_CLOUDS}')
+
     def _publish_diagnostics(self) -> None:
         report = self._stats.report(self._slot.dropped)
+        silent = self._silent_input()
+        if silent:
+            self.get_logger().warning(silent, throttle_duration_sec=SILENT_INPUT_THROTTLE_S)
         if report.failed:
             level, message = DiagnosticStatus.ERROR, f'{report.failed} frames failed'
+        elif silent:
+            level, message = DiagnosticStatus.WARN, 'no cloud arrives from a matched publisher'
         elif report.rejected:
             level, message = DiagnosticStatus.WARN, f'{report.rejected} frames rejected'
         else:
@@ -177,6 +209,7 @@ class SegmentationNode(Node):
             'frames_rejected': str(report.rejected),
             'frames_failed': str(report.failed),
             'last_problem': report.last_problem,
+            'input_silent': silent,
             'segmenter': self._pipeline.config.segmenter,
         }
         status = DiagnosticStatus(

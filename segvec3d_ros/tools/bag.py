@@ -27,7 +27,7 @@ from segvec3d_ros.io.pointcloud2 import CloudDecodeError, decode_pointcloud2, en
 from segvec3d_ros.nodes.conversions import (instance_array_msg, labeled_cloud_msg,
                                             marker_array_msg, pointcloud2_msg)
 from segvec3d_ros.pipeline import Pipeline
-from segvec3d_ros.tools.cli import SEGMENTATION_NODE, pipeline_config
+from segvec3d_ros.tools.cli import SEGMENTATION_NODE, pipeline_config, pipeline_or_warn
 
 LABELED_TOPIC = '/segvec3d/labeled_points'
 INSTANCES_TOPIC = '/segvec3d/instances'
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run segvec3d-bag; 0 on success, 1 if no cloud could be segmented, 2 on bad input."""
     args = build_parser().parse_args(argv)
     try:
-        pipeline = Pipeline(pipeline_config(args.params_file))
+        pipeline = pipeline_or_warn(pipeline_config(args.params_file), 'segvec3d-bag')
         report = segment_bag(args.bag_in, args.bag_out, pipeline, args.topic, args.storage)
     except (BagError, ValueError, OSError) as error:
         print(f'segvec3d-bag: error: {error}', file=sys.stderr)

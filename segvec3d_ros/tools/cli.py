@@ -31,7 +31,7 @@ from segvec3d_ros.instances import InstanceInfo
 from segvec3d_ros.io.bags import BagError, is_bag, iter_bag_clouds
 from segvec3d_ros.io.files import SUPPORTED_SUFFIXES, CloudFileError, read_cloud
 from segvec3d_ros.io.pointcloud2 import CloudDecodeError
-from segvec3d_ros.pipeline import Pipeline, PipelineConfig, SceneResult
+from segvec3d_ros.pipeline import Pipeline, PipelineConfig, SceneResult, pipeline_or_baseline
 from segvec3d_ros.render import render_instances
 from segvec3d_ros.settings import settings_from_params_file
 from segvec3d_ros.training.cli import add_train_parser
@@ -63,10 +63,21 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
                        help='working resolution in m (0 = no downsampling)')
 
 
-def pipeline_from_args(args: argparse.Namespace) -> Pipeline:
+def pipeline_or_warn(config: PipelineConfig, command: str) -> Pipeline:
+    """The pipeline of `config`; a learned model that cannot be loaded gives the euclidean
+    baseline, with a warning naming the reason on stderr, as the node does."""
+    pipeline, reason = pipeline_or_baseline(config)
+    if reason is not None:
+        print(f'{command}: warning: cannot start the {config.segmenter} segmenter ({reason}); '
+              'falling back to the euclidean segmenter', file=sys.stderr)
+    return pipeline
+
+
+def pipeline_from_args(args: argparse.Namespace, command: str) -> Pipeline:
     """The pipeline that `add_pipeline_options` arguments describe (loads the model once)."""
-    return Pipeline(pipeline_config(args.params_file, segmenter=args.segmenter,
-                                    model_path=args.model_path, voxel_size=args.voxel_size))
+    return pipeline_or_warn(pipeline_config(args.params_file, segmenter=args.segmenter,
+                                            model_path=args.model_path,
+                                            voxel_size=args.voxel_size), command)
 
 
 def instance_record(info: InstanceInfo) -> dict[str, Any]:
@@ -107,7 +118,7 @@ def _clouds(path: str, topic: str | None) -> Iterator[tuple[str, str, Callable[[
 def run_segment(args: argparse.Namespace) -> int:
     """Segment every input; 0 when all worked, 1 when some failed, 2 when all failed."""
     try:
-        pipeline = pipeline_from_args(args)
+        pipeline = pipeline_from_args(args, 'segvec3d segment')
     except (ValueError, OSError) as error:
         print(f'segvec3d segment: error: {error}', file=sys.stderr)
         return 2

@@ -34,10 +34,9 @@ from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.io.files import read_cloud
 from segvec3d_ros.io.pointcloud2 import decode_pointcloud2
 from segvec3d_ros.nodes.conversions import instance_info
-from segvec3d_ros.pipeline import Pipeline
 from segvec3d_ros.render import render_instances
 from segvec3d_ros.tools.bag import segment_bag, write_cloud_bag
-from segvec3d_ros.tools.cli import pipeline_config
+from segvec3d_ros.tools.cli import pipeline_config, pipeline_or_warn
 from segvec3d_ros.tools.dds import isolate_dds
 
 REPO = Path(__file__).resolve().parents[2]
@@ -199,7 +198,7 @@ def run(args: argparse.Namespace) -> None:
     if up_code not in (0, -signal.SIGINT):
         raise DemoError(f'segvec3d-up exited with code {up_code} on Ctrl-C')
 
-    report = segment_bag(bag_dir, outputs_bag, Pipeline(pipeline_config(args.params_file)))
+    report = segment_bag(bag_dir, outputs_bag, pipeline_or_warn(pipeline_config(args.params_file), 'segvec3d demo'))
     print(f'segvec3d-bag: {report.segmented} clouds segmented, {report.skipped} skipped, '
           f'into {outputs_bag}')
 

@@ -1,0 +1,111 @@
+"""What real ROS 2 clients hit: defaults without a params file, a silent matched publisher,
+the instance image, a late-joining query node, and signals during shutdown (real DDS)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip('rclpy')
+from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+
+from ros_harness import (cloud_msg, make_header, publish_msg_until_answered,  # noqa: E402
+                         separate_domain_env, separate_system, start_executable, stop_process,
+                         tabletop_points, wait_for)
+from segvec3d_msgs.srv import QueryInstance  # noqa: E402
+from segvec3d_ros.io.pointcloud2 import decode_pointcloud2  # noqa: E402
+from segvec3d_ros.tools.dds import isolate_dds  # noqa: E402
+
+isolate_dds()
+pytestmark = pytest.mark.ros
+
+
+def pipeline_status(up, since: int = 0) -> DiagnosticStatus | None:
+    """The newest pipeline status among the /diagnostics messages from index `since` on."""
+    for array in reversed(up.received['/diagnostics'][since:]):
+        for status in array.status:
+            if status.name.endswith('pipeline'):
+                return status
+    return None
+
+
+def values_of(status: DiagnosticStatus) -> dict[str, str]:
+    """A status's key values."""
+    return {kv.key: kv.value for kv in status.values}
+
+
+def test_defaults_silent_input_instance_mask_and_a_late_query_node():
+    # No params file: the product's own segmenter, with grounding, must be what runs.
+    with separate_system('-p', 'input_timeout:=2.0', params_file=None) as up:
+        masks = up.record(Image, 'segvec3d/instance_mask')
+        # The client's cloud publisher is matched and sends nothing: as lost large clouds look.
+        silent = wait_for(lambda: (status := pipeline_status(up)) is not None
+                          and values_of(status)['input_silent'] and status, 30.0)
+        assert silent, up.output_text[-3000:]
+        assert values_of(silent)['segmenter'] == 'segvec3d'
+        assert silent.level == DiagnosticStatus.WARN
+        assert 'Large clouds over DDS' in values_of(silent)['input_silent']
+        assert wait_for(lambda: 'no cloud has arrived' in up.output_text, 5.0)
+
+        xyz, rgb, _ = tabletop_points(seed=1)
+        msg = cloud_msg(make_header(), xyz, rgb, height=100)
+        seen_before = len(up.received['/diagnostics'])
+        found = publish_msg_until_answered(up, msg, timeout=90.0)
+        assert found, up.output_text[-3000:]
+        instances = found['segvec3d/instances'].instances
+        assert instances and all(i.label for i in instances)  # labelled by the grounding head
+
+        mask = wait_for(lambda: next((m for m in masks if m.header == msg.header), None), 10.0)
+        assert mask is not None
+        assert (mask.height, mask.width, mask.encoding, mask.step) == (100, 290, '32SC1', 1160)
+        ids = np.frombuffer(bytes(mask.data), '<i4')
+        labels = decode_pointcloud2(found['segvec3d/labeled_points']).extra['label']
+        np.testing.assert_array_equal(ids, labels.astype(np.int32))
+        heard = wait_for(lambda: (status := pipeline_status(up, seen_before)) is not None
+                         and int(values_of(status)['frames_processed']) > 0 and status, 10.0)
+        assert heard and values_of(heard)['input_silent'] == ''
+
+        # A query node started after the scene was published still answers from it.
+        late = start_executable('query_node', '-r', 'segvec3d/query:=late_query',
+                                env=separate_domain_env())
+        try:
+            client = up.node.create_client(QueryInstance, 'late_query')
+            response = up.call(client, QueryInstance.Request(text='the box', top_k=1),
+                               timeout=90.0)
+        finally:
+            code, out, err = stop_process(late)
+        assert response.success, response.message
+        assert response.header == msg.header
+        assert 'Traceback' not in err and code == 0, err
+
+
+@pytest.mark.parametrize('how', ['twice', 'process group'])
+def test_sigints_during_shutdown_exit_cleanly(how):
+    process = start_executable('segvec3d-up', env=separate_domain_env(), new_session=True)
+    seen = []
+    for line in iter(process.stderr.readline, ''):
+        seen.append(line)
+        if 'answering queries' in line:
+            break
+    time.sleep(1.0)  # spinning now
+    for _ in range(2 if how == 'twice' else 3):
+        # systemd's KillSignal=SIGINT reaches every process of the group, as Ctrl-C does.
+        if how == 'twice':
+            process.send_signal(signal.SIGINT)
+        else:
+            os.killpg(process.pid, signal.SIGINT)
+        time.sleep(0.01)
+    try:
+        code = process.wait(timeout=60.0)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        raise
+    output = ''.join(seen) + process.stderr.read() + process.stdout.read()
+    assert any('answering queries' in line for line in seen), output
+    assert 'Traceback' not in output, output
+    assert code == 0, (code, output)
