@@ -1,11 +1,15 @@
 """segvec3d_query: answers free-text queries about the most recent segmented scene."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
@@ -53,14 +57,33 @@ class QueryNode(Node):
         self._engine, engine_status = make_query_engine(self._settings.grounding_model_path,
                                                         self._settings.text_device)
         self._scenes = SceneStore()
-        # Best effort matches publishers of either reliability.
-        scene_qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.BEST_EFFORT)
-        self._instances_sub = self.create_subscription(
-            InstanceArray, 'segvec3d/instances', self._on_instances, scene_qos)
-        self._points_sub = self.create_subscription(
-            PointCloud2, 'segvec3d/labeled_points', self._on_points, scene_qos)
+        self._instances_sub = self._follow(InstanceArray, 'segvec3d/instances',
+                                           self._on_instances)
+        self._points_sub = self._follow(PointCloud2, 'segvec3d/labeled_points', self._on_points)
         self._service = self.create_service(QueryInstance, 'segvec3d/query', self._on_query)
         self.get_logger().info(f'answering queries on {self._service.srv_name}; {engine_status}')
+
+    def _follow(self, msg_type: type, topic: str, callback: Callable[[Any], None]
+                ) -> Subscription:
+        """Subscribe to a scene output with the QoS its publisher offers.
+
+        Best available takes the segmentation node's transient-local durability, so that a
+        query node started later still gets the last scene, and matches either output
+        reliability. Policies are chosen when the subscription is made; a publisher that comes
+        later with a QoS that does not match is followed by making the subscription anew.
+        """
+        qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.BEST_AVAILABLE,
+                         durability=DurabilityPolicy.BEST_AVAILABLE)
+        events = SubscriptionEventCallbacks(
+            incompatible_qos=lambda _: self._refollow(msg_type, topic, callback))
+        return self.create_subscription(msg_type, topic, callback, qos, event_callbacks=events)
+
+    def _refollow(self, msg_type: type, topic: str, callback: Callable[[Any], None]) -> None:
+        """Make a subscription anew after its QoS did not match a new publisher's."""
+        attribute = '_instances_sub' if msg_type is InstanceArray else '_points_sub'
+        self.get_logger().info(f'a publisher on {topic} offers another QoS; subscribing anew')
+        self.destroy_subscription(getattr(self, attribute))
+        setattr(self, attribute, self._follow(msg_type, topic, callback))
 
     def _on_set_parameters(self, parameters):
         result = check_parameters(parameters, (QueryNodeSettings,))
