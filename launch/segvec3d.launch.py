@@ -22,9 +22,8 @@ def _nodes(context: LaunchContext) -> list[Node]:
         return LaunchConfiguration(name).perform(context)
 
     params_file = value('params_file')
-    profile = os.path.join(FindPackageShare(PACKAGE).perform(context), 'config',
-                           'fastdds_large_clouds.xml')
-    env = profile_environment(value('large_clouds_profile'), os.environ, profile)
+    config_dir = os.path.join(FindPackageShare(PACKAGE).perform(context), 'config')
+    env = profile_environment(value('large_clouds_profile'), os.environ, config_dir)
     segmentation = Node(
         package=PACKAGE, executable='segmentation_node', name='segvec3d_segmentation',
         namespace=value('namespace'), output='screen', emulate_tty=True,
@@ -52,9 +51,9 @@ def generate_launch_description() -> LaunchDescription:
                                                                   'segvec3d.yaml']),
                               description='parameters of both nodes'),
         DeclareLaunchArgument('large_clouds_profile', default_value='true',
-                              description='give both nodes the shipped Fast DDS profile for '
-                                          'camera-sized clouds, unless '
-                                          'FASTRTPS_DEFAULT_PROFILES_FILE is already set'),
+                              description='give both nodes the shipped Fast DDS or Cyclone DDS '
+                                          'profile for camera-sized clouds, unless one is set '
+                                          'already in the environment'),
         DeclareLaunchArgument('rviz', default_value='false',
                               description='start RViz with the segvec3d display config'),
     ]

@@ -4,12 +4,14 @@ from __future__ import annotations
 import ast
 import os
 import re
+from xml.etree import ElementTree
 from pathlib import Path
 
 import pytest
 import yaml
 
-from segvec3d_ros.nodes.launch_arguments import parameter_overrides, profile_environment
+from segvec3d_ros.nodes.launch_arguments import (CYCLONE_DDS_PROFILE, FAST_DDS_PROFILE,
+                                                 parameter_overrides, profile_environment)
 
 REPO = Path(__file__).resolve().parents[1]
 RCLPY_OWN_PARAMETERS = {'use_sim_time', 'start_type_description_service'}
@@ -71,21 +73,29 @@ def test_a_launch_argument_overrides_only_when_given():
 
 
 @pytest.mark.parametrize('environ, expected', [
-    ({}, {'FASTRTPS_DEFAULT_PROFILES_FILE': '/share/profile.xml'}),
+    ({}, {'FASTRTPS_DEFAULT_PROFILES_FILE': '/share/config/fastdds_large_clouds.xml'}),
     ({'RMW_IMPLEMENTATION': 'rmw_fastrtps_cpp'},
-     {'FASTRTPS_DEFAULT_PROFILES_FILE': '/share/profile.xml'}),
-    ({'RMW_IMPLEMENTATION': 'rmw_cyclonedds_cpp'}, {}),
+     {'FASTRTPS_DEFAULT_PROFILES_FILE': '/share/config/fastdds_large_clouds.xml'}),
     ({'FASTRTPS_DEFAULT_PROFILES_FILE': '/mine.xml'}, {}),
     ({'FASTDDS_DEFAULT_PROFILES_FILE': '/mine.xml'}, {}),
+    ({'RMW_IMPLEMENTATION': 'rmw_cyclonedds_cpp'},
+     {'CYCLONEDDS_URI': 'file:///share/config/cyclonedds_large_clouds.xml'}),
+    ({'RMW_IMPLEMENTATION': 'rmw_cyclonedds_cpp', 'CYCLONEDDS_URI': 'file:///mine.xml'}, {}),
+    ({'RMW_IMPLEMENTATION': 'rmw_zenoh_cpp'}, {}),
 ])
 def test_the_large_cloud_profile_is_applied_unless_the_user_chose(environ, expected):
-    assert profile_environment('true', environ, '/share/profile.xml') == expected
-    assert profile_environment('false', environ, '/share/profile.xml') == {}
+    assert profile_environment('true', environ, '/share/config') == expected
+    assert profile_environment('false', environ, '/share/config') == {}
+
+
+def test_the_shipped_profiles_exist_and_parse():
+    for name in (FAST_DDS_PROFILE, CYCLONE_DDS_PROFILE):
+        ElementTree.parse(REPO / 'config' / name)
 
 
 def test_a_misspelt_launch_flag_is_an_error_naming_it():
     with pytest.raises(ValueError, match='large_clouds_profile'):
-        profile_environment('ture', {}, '/share/profile.xml')
+        profile_environment('ture', {}, '/share/config')
 
 
 def test_every_executable_the_launch_file_names_exists():

@@ -1,15 +1,18 @@
 """What the launch file does with its arguments, kept free of launch_ros so that it is tested.
 
-A launch argument that the user did not give must leave the params file's value alone, and the
-shipped Fast DDS profile is applied only where Fast DDS is the middleware and the user has not
-chosen a profile of their own.
+A launch argument that the user did not give must leave the params file's value alone, and a
+shipped middleware profile is applied only where the user has not chosen one of their own.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
-PROFILE_VARIABLES = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
 FAST_DDS_RMWS = ('', 'rmw_fastrtps_cpp', 'rmw_fastrtps_dynamic_cpp')
+FAST_DDS_VARIABLES = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILES_FILE')
+FAST_DDS_PROFILE = 'fastdds_large_clouds.xml'
+CYCLONE_DDS_RMW = 'rmw_cyclonedds_cpp'
+CYCLONE_DDS_PROFILE = 'cyclonedds_large_clouds.xml'
 
 
 def parameter_overrides(arguments: Mapping[str, str]) -> dict[str, str]:
@@ -28,16 +31,18 @@ def launch_flag(name: str, text: str) -> bool:
 
 
 def profile_environment(enabled: str, environ: Mapping[str, str],
-                        profile_path: str) -> dict[str, str]:
-    """Environment that gives a node the large-cloud Fast DDS profile, or nothing.
+                        config_dir: str) -> dict[str, str]:
+    """Environment that gives a node the shipped large-cloud middleware profile, or nothing.
 
-    Nothing when the argument turns it off, when another RMW (Cyclone DDS, Zenoh) runs, or when
-    the user already points Fast DDS at a profile of theirs.
+    Fast DDS (the Jazzy default) gets `FAST_DDS_PROFILE` and Cyclone DDS `CYCLONE_DDS_PROFILE`
+    from `config_dir`. Nothing when the argument turns it off, when another RMW (Zenoh,
+    Connext) runs, or when the user already points the middleware at a profile of theirs.
     """
     if not launch_flag('large_clouds_profile', enabled):
         return {}
-    if environ.get('RMW_IMPLEMENTATION', '') not in FAST_DDS_RMWS:
-        return {}
-    if any(environ.get(variable) for variable in PROFILE_VARIABLES):
-        return {}
-    return {'FASTRTPS_DEFAULT_PROFILES_FILE': profile_path}
+    rmw = environ.get('RMW_IMPLEMENTATION', '')
+    if rmw in FAST_DDS_RMWS and not any(environ.get(v) for v in FAST_DDS_VARIABLES):
+        return {'FASTRTPS_DEFAULT_PROFILES_FILE': os.path.join(config_dir, FAST_DDS_PROFILE)}
+    if rmw == CYCLONE_DDS_RMW and not environ.get('CYCLONEDDS_URI'):
+        return {'CYCLONEDDS_URI': 'file://' + os.path.join(config_dir, CYCLONE_DDS_PROFILE)}
+    return {}
