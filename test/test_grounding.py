@@ -12,12 +12,13 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from segvec3d_ros.colors import color_names
-from segvec3d_ros.data.scenes import CATEGORIES, OBJECT_COLOURS
+from segvec3d_ros.data.scenes import CATEGORIES, OBJECT_COLOURS, SceneObject
 from segvec3d_ros.grounding import step
 from segvec3d_ros.grounding.captions import caption_bank
 from segvec3d_ros.grounding.dataset import GroundedScene, InstanceSet
-from segvec3d_ros.grounding.evaluate import (CAUSES, SYSTEMS, GroundingReport, Outcome, Query,
-                                             answer_queries, markdown_section)
+from segvec3d_ros.grounding.evaluate import (ABSENT_KINDS, CAUSES, SYSTEMS, GroundingReport,
+                                             Outcome, Query, absent_queries, answer_queries,
+                                             fit_lines, markdown_section)
 from segvec3d_ros.grounding.model import (BOX_CHANNELS, GEOMETRY_CHANNELS, POOLS,
                                           GroundingConfig, GroundingHead, InfoNCELoss,
                                           Objectness, load_grounding, save_grounding)
@@ -514,6 +515,66 @@ def test_odd_text_in_any_language_is_answered_without_exception(text):
     instances = _scene()
     result = _learned_engine(instances).query(text, instances, 2)
     assert result.success and result.message and len(result.order) == 2
+
+
+def test_an_absent_noun_fits_nothing_and_is_not_found_under_min_score():
+    # Every instance is nearest its own label word: none fits 'elephant', although the softmax
+    # over the scene still gives the least bad of them a large share.
+    instances = _scene()
+    engine = _learned_engine(instances)
+    for text in ('the elephant', 'the purple elephant'):
+        result = engine.query(text, instances, 3, min_score=0.5)
+        assert not result.success and result.message.startswith('not found'), result.message
+        best = instances[result.order[0]]
+        assert f'instance {best.id} ({best.label})' in result.message
+        assert f'fit {result.fit_scores[0]:.2f}' in result.message
+        assert len(result.order) == len(result.scores) == len(result.fit_scores) == 3
+        assert result.fit_scores[0] < 0.05 and result.scores[0] > 0.25
+    found = engine.query('the can', instances, 3, min_score=0.5)
+    assert found.success and found.message.startswith('best match'), found.message
+    assert instances[found.order[0]].id == 5 and found.fit_scores[0] > 0.5
+
+
+@pytest.mark.parametrize('text', ['the elephant', 'the can', 'the blue mug',
+                                  'the mug left of the bowl', 'the smallest box',
+                                  'the object closest to the camera'])
+def test_min_score_leaves_the_ranking_as_it_is(text):
+    instances = _scene()
+    engine = _learned_engine(instances)
+    plain = engine.query(text, instances, 6)
+    strict = engine.query(text, instances, 6, min_score=1.0)
+    assert list(strict.order) == list(plain.order)
+    assert np.array_equal(strict.scores, plain.scores)
+    assert np.array_equal(strict.fit_scores, plain.fit_scores)
+    # Fits follow the ranking (both come from one sum of log-memberships) and lie in [0, 1].
+    assert list(plain.fit_scores) == sorted(plain.fit_scores, reverse=True)
+    assert 0.0 <= plain.fit_scores.min() and plain.fit_scores.max() <= 1.0
+
+
+def test_absent_queries_name_nothing_the_scene_holds():
+    objects = [SceneObject(k + 1, category, colour, (0, 0, 0), np.ones(3), False, '', None, '',
+                           np.zeros(3), 0.0, 100)
+               for k, (category, colour) in enumerate([('mug', 'red'), ('box', 'blue')])]
+    queries = absent_queries(objects)
+    assert {q.kind for q in queries} == set(ABSENT_KINDS) and {q.target for q in queries} == {-1}
+    words = {w for q in queries if q.kind != 'unknown noun, present colour'
+             for w in q.text.split()}
+    assert not words & {'mug', 'box', 'red', 'blue'} and {'bowl', 'plate', 'green'} <= words
+    assert 'the red elephant' in [q.text for q in queries]
+
+
+def test_fit_threshold_keeps_the_share_of_right_answers():
+    fits = np.linspace(0.0, 1.0, 100)
+    outcomes = [Outcome('category', {SYSTEMS[0]: 1.0}, 0.0, '', fit) for fit in fits]
+    outcomes.append(Outcome('category', {SYSTEMS[0]: 0.0}, 0.0, CAUSES[2], 0.001))
+    report = GroundingReport(outcomes, {}, 1, 0.0,
+                             absent=[(Query(ABSENT_KINDS[3], 'the elephant', -1), 0.01)])
+    threshold = report.fit_threshold()
+    assert np.mean(fits >= threshold) >= 0.95 > np.mean(fits > threshold)
+    lines = '\n'.join(fit_lines(report, min_score=threshold))
+    assert '| right answers: category | 100 |' in lines and '95.0 kept' in lines
+    assert '| wrong answers: all | 1 | 0.001 | 100.0 rejected |' in lines
+    assert "'elephant' 100.0" in lines
 
 
 def test_no_instances_is_a_clear_failure():

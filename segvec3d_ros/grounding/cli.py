@@ -10,8 +10,8 @@ from pathlib import Path
 from segvec3d_ros.evaluation.datasets import EVAL_SEED_BASE
 from segvec3d_ros.grounding.dataset import RecordingSegmenter
 from segvec3d_ros.grounding.evaluate import (QUERY_TYPES, SYSTEMS, evaluate_grounding,
-                                             markdown_section, plot_confusion, plot_reference,
-                                             write_section)
+                                             fit_lines, markdown_section, plot_confusion,
+                                             plot_reference, write_section)
 from segvec3d_ros.grounding.query import QueryEngine
 from segvec3d_ros.grounding.step import shared_text_encoder
 from segvec3d_ros.grounding.train import OUTPUT, GroundingTrainConfig, train_grounding
@@ -60,7 +60,8 @@ def run_train_grounding(args: argparse.Namespace) -> int:
 
 
 def run_grounding_evaluation(args: argparse.Namespace) -> int:
-    """`segvec3d evaluate --grounding`: write the results block and the confusion plot."""
+    """`segvec3d evaluate --grounding`: write the results block (with the fit scores) and the
+    confusion plot."""
     from segvec3d_ros.tools.cli import pipeline_config  # tools.cli imports this module
 
     out = args.out or 'docs/GROUNDING.md'
@@ -101,5 +102,6 @@ def run_grounding_evaluation(args: argparse.Namespace) -> int:
         print(f'{system:32} ' + ' '.join(
             f'{kind} {100 * report.accuracy(system, kind)[0]:.1f}'
             for kind in (*QUERY_TYPES, 'all')))
+    print('\n'.join(fit_lines(report)))
     print(f'wrote {out} and {plot}')
     return 0

@@ -5,7 +5,9 @@ are generated from its ground truth, only where the answer is unique and clear, 
 answered by the QueryEngine over the predicted instances (as the query node does) and over
 the ground-truth masks. A query counts as answered when the top instance overlaps the target
 object with IoU > 0.5. Baselines: a random instance, and the label-text rule (the instance
-whose zero-shot label's sentence embedding is nearest the query's).
+whose zero-shot label's sentence embedding is nearest the query's). The fit scores of the
+right answers, and of queries about what the scene lacks, show how well the query node's
+min_score tells "this is it" from "least bad of what is here".
 """
 from __future__ import annotations
 
@@ -13,18 +15,18 @@ import os
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from segvec3d_ros.data.scenes import CATEGORIES, SceneObject, generate_scene
+from segvec3d_ros.data.scenes import CATEGORIES, OBJECT_COLOURS, SceneObject, generate_scene
 from segvec3d_ros.evaluation.datasets import EVAL_SEED_BASE
 from segvec3d_ros.evaluation.report import machine_description
 from segvec3d_ros.grounding.dataset import GroundedScene, InstanceSet, ground_scene
-from segvec3d_ros.grounding.query import QueryEngine
+from segvec3d_ros.grounding.query import DEFAULT_MIN_SCORE, QueryEngine
 from segvec3d_ros.grounding.step import Encoder, Grounder
-from segvec3d_ros.grounding.vocabulary import OTHER
+from segvec3d_ros.grounding.vocabulary import DEFAULT_VOCABULARY, OTHER
 from segvec3d_ros.pipeline import Pipeline
 
 QUERY_TYPES = ('category', 'colour', 'attribute', 'relation', 'camera')
@@ -37,12 +39,19 @@ CAUSES = ('target not segmented', 'a fragment or merge answered', 'another objec
 # short of it), so that small localisation errors do not decide a query
 _CLEAR = 0.05
 _SIZE_RATIO = 1.5
+# Queries about what no object of the scene is, whose best fit should fall below min_score.
+ABSENT_KINDS = ('absent category', 'absent vocabulary word', 'absent colour', 'unknown noun',
+                'unknown noun, present colour')
+# Nouns that no training caption names (grounding/captions.py: NOUNS, DISTRACTORS).
+UNKNOWN_NOUNS = ('elephant', 'guitar', 'umbrella', 'bicycle', 'hammer')
+FIT_KEEP = 0.95     # share of the right answers that the suggested min_score keeps
 BEGIN, END = '<!-- grounding-evaluation:begin -->', '<!-- grounding-evaluation:end -->'
 
 
 @dataclass
 class Query:
-    """One generated query and the index (into GroundedScene.objects) of its answer."""
+    """One generated query and the index (into GroundedScene.objects) of its answer, -1 for
+    a query about what the scene lacks."""
 
     kind: str
     text: str
@@ -112,6 +121,24 @@ def generate_queries(objects: Sequence[SceneObject], visible: Sequence[int],
     return queries
 
 
+def absent_queries(objects: Sequence[SceneObject]) -> list[Query]:
+    """Queries about what none of `objects` (visible or not) is: a category or colour the
+    generator draws elsewhere, a label word it never draws, and unknown nouns, alone and with
+    a colour of the scene ("the purple elephant")."""
+    categories = {o.category for o in objects}
+    colours = [o.color_name for o in objects]
+    queries = [Query(ABSENT_KINDS[0], f'the {c}', -1) for c in CATEGORIES if c not in categories]
+    queries += [Query(ABSENT_KINDS[1], f'the {w}', -1) for w in DEFAULT_VOCABULARY
+                if w not in CATEGORIES]
+    queries += [Query(ABSENT_KINDS[2], f'the {c} one', -1) for c in OBJECT_COLOURS
+                if c not in colours]
+    queries += [Query(ABSENT_KINDS[3], f'the {n}', -1) for n in UNKNOWN_NOUNS]
+    if colours:
+        queries += [Query(ABSENT_KINDS[4], f'the {colours[k % len(colours)]} {n}', -1)
+                    for k, n in enumerate(UNKNOWN_NOUNS)]
+    return queries
+
+
 @dataclass
 class Outcome:
     """Top-1 success of each system on one query, and the engine's latency."""
@@ -120,6 +147,7 @@ class Outcome:
     hits: dict[str, float]      # system -> 1/0 (random: probability of a hit)
     seconds: float
     cause: str = ''             # one of CAUSES when the predicted instances' answer missed
+    fit: float = float('nan')   # fit score of the predicted instances' answer (nan: none)
 
 
 def _label_rule(text: str, instances: InstanceSet, encoder: Encoder) -> int:
@@ -139,6 +167,7 @@ def answer_queries(grounded: GroundedScene, queries: Sequence[Query], engine: Qu
         hits: dict[str, float] = {}
         seconds = 0.0
         answered = -1
+        fit = float('nan')
         for system, instances in sets.items():
             if not instances.instances:
                 hits[system] = 0.0
@@ -149,6 +178,7 @@ def answer_queries(grounded: GroundedScene, queries: Sequence[Query], engine: Qu
             if system == SYSTEMS[0]:
                 seconds = time.perf_counter() - start
                 answered = int(instances.objects[result.order[0]]) if result.success else -1
+                fit = float(result.fit_scores[0]) if result.success else fit
             hits[system] = float(result.success
                                  and instances.objects[result.order[0]] == query.target)
         predicted = grounded.predicted
@@ -159,7 +189,7 @@ def answer_queries(grounded: GroundedScene, queries: Sequence[Query], engine: Qu
             _label_rule(query.text, predicted, encoder)] == query.target)
         cause = ('' if hits[SYSTEMS[0]] else CAUSES[0] if not found.any()
                  else CAUSES[1] if answered < 0 else CAUSES[2])
-        outcomes.append(Outcome(query.kind, hits, seconds, cause))
+        outcomes.append(Outcome(query.kind, hits, seconds, cause, fit))
     return outcomes
 
 
@@ -172,6 +202,8 @@ class GroundingReport:
     scenes: int
     seconds_per_scene: float
     first_seed: int = EVAL_SEED_BASE
+    # absent_queries and the fit score of the predicted instances' answer to each
+    absent: list[tuple[Query, float]] = field(default_factory=list)
 
     def hits(self, system: str, kind: str) -> list[float]:
         """`system`'s hit (1/0; random: probability) on each query of `kind` ('all' for every
@@ -200,6 +232,22 @@ class GroundingReport:
         causes = [o.cause for o in self.outcomes if kind in ('all', o.kind)]
         return float(np.mean([c == cause for c in causes])) if causes else float('nan')
 
+    def answer_fits(self, kind: str, right: bool = True) -> np.ndarray:
+        """Fit scores of the predicted instances' right (or wrong) answers to the queries of
+        `kind` ('all' for every one)."""
+        return np.array([o.fit for o in self.outcomes if kind in ('all', o.kind)
+                         and bool(o.hits[SYSTEMS[0]]) == right and not np.isnan(o.fit)])
+
+    def absent_fits(self, kind: str, text: str = '') -> np.ndarray:
+        """Fit scores of the best answers to the absent queries of `kind` (and `text`)."""
+        return np.array([fit for query, fit in self.absent
+                         if query.kind == kind and text in ('', query.text)])
+
+    def fit_threshold(self, keep: float = FIT_KEEP) -> float:
+        """The largest min_score that keeps at least `keep` of the right answers."""
+        fits = np.sort(self.answer_fits('all'))
+        return float(fits[int((1 - keep) * len(fits))]) if len(fits) else float('nan')
+
     def label_accuracy(self, source: str) -> tuple[float, int]:
         """Zero-shot label accuracy of the matched instances of `source`."""
         pairs = self.labels[source]
@@ -210,11 +258,12 @@ def evaluate_grounding(pipeline: Pipeline, engine: QueryEngine, encoder: Encoder
                        scenes: int, first_seed: int = EVAL_SEED_BASE,
                        progress: Callable[[str], None] = print) -> GroundingReport:
     """Run the pipeline (segmenter wrapped in a RecordingSegmenter, grounder loaded) on the
-    held-out tabletop scenes and answer their queries."""
+    held-out tabletop scenes and answer their queries, and the absent queries of each."""
     grounder: Grounder | None = pipeline.grounder
     if grounder is None:
         raise ValueError(f'the pipeline has no grounding head: {pipeline.grounding_status}')
     outcomes: list[Outcome] = []
+    absent: list[tuple[Query, float]] = []
     labels: dict[str, list[tuple[str, str]]] = defaultdict(list)
     started = time.monotonic()
     for number, seed in enumerate(range(first_seed, first_seed + scenes), start=1):
@@ -228,11 +277,15 @@ def evaluate_grounding(pipeline: Pipeline, engine: QueryEngine, encoder: Encoder
                                    grounded.up)
         scene_outcomes = answer_queries(grounded, queries, engine, encoder)
         outcomes += scene_outcomes
+        if grounded.predicted.instances:
+            absent += [(query, float(engine.query(query.text, grounded.predicted.instances,
+                                                  1).fit_scores[0]))
+                       for query in absent_queries(grounded.objects)]
         progress(f'[{number}/{scenes}] seed {seed}: {len(grounded.predicted.instances)} '
                  f'instances, {len(scene_outcomes)} queries, '
                  f'{sum(o.hits[SYSTEMS[0]] for o in scene_outcomes):.0f} answered')
     return GroundingReport(outcomes, dict(labels), scenes,
-                           (time.monotonic() - started) / max(scenes, 1), first_seed)
+                           (time.monotonic() - started) / max(scenes, 1), first_seed, absent)
 
 
 def plot_confusion(path: str | Path, pairs: Sequence[tuple[str, str]],
@@ -266,6 +319,34 @@ def plot_confusion(path: str | Path, pairs: Sequence[tuple[str, str]],
 
 def _pct(value: float) -> str:
     return '-' if np.isnan(value) else f'{100 * value:.1f}'
+
+
+def fit_lines(report: GroundingReport, min_score: float = DEFAULT_MIN_SCORE) -> list[str]:
+    """The fit-score table: right answers kept and absent queries rejected at `min_score`."""
+    def share(fits: np.ndarray, kept: bool) -> str:
+        return _pct(np.mean((fits >= min_score) == kept)) if len(fits) else '-'
+
+    rows = [(f'right answers: {kind}', report.answer_fits(kind), True)
+            for kind in (*QUERY_TYPES, 'all')]
+    rows.append(('wrong answers: all', report.answer_fits('all', right=False), False))
+    rows += [(kind, report.absent_fits(kind), False) for kind in ABSENT_KINDS]
+    cells = [f'| {name} | {len(fits)} | {f"{np.median(fits):.3g}" if len(fits) else "-"} | '
+             f'{share(fits, kept)} {"kept" if kept else "rejected"} |'
+             for name, fits, kept in rows]
+    unknown = ', '.join(f"'{n}' {share(report.absent_fits(ABSENT_KINDS[3], f'the {n}'), False)}"
+                        for n in UNKNOWN_NOUNS)
+    return [
+        'Fit scores of the predicted instances\' best answers (`fit_scores`) and the share (%) '
+        f'that min_score {min_score:.2f} (the query node\'s default: {DEFAULT_MIN_SCORE:.2f}) '
+        'keeps or rejects (a best fit below it is "not found"); the absent queries name what no '
+        'object of the scene is.',
+        '',
+        '| queries | count | median fit | at min_score |',
+        '| --- | --- | --- | --- |',
+        *cells,
+        '',
+        f'The largest min_score that keeps {100 * FIT_KEEP:.0f} % of the right answers: '
+        f'{report.fit_threshold():.3f}. Unknown nouns alone, rejected (%): {unknown}.']
 
 
 def markdown_section(report: GroundingReport, command: str, plot: str) -> str:
@@ -308,6 +389,8 @@ def markdown_section(report: GroundingReport, command: str, plot: str) -> str:
         'object.',
         '',
         header.replace('| system |', '| cause |'), *misses,
+        '',
+        *fit_lines(report),
         '',
         'Zero-shot labels (default vocabulary, `other` counts as wrong): '
         + ', '.join(f'{_pct(acc)} % of {n} {source} instances matched to an object'

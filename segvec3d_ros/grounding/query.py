@@ -7,6 +7,8 @@ similarity of v_T and v_X, its colour word by the instance's measured mean colou
 word by the box volume or height against the other likely candidates; relations come from
 the boxes' geometry. A head with an Objectness layer adds each instance's log-probability of
 being one whole object. The sum ranks the instances; the answer says which parts were used.
+Each term is a log-membership, so exp(sum) is the instance's fit to the text on its own, which
+the scene's softmax (the ranking scores) is not: "least bad of what is here" scores high there.
 
 Geometry is read in the cloud's frame: an optical frame (frame id containing 'optical', or
 none) has x right, y down, z forward; any other follows REP 103 (x forward, y left, z up) with
@@ -79,16 +81,21 @@ _CAPTION_TEMPERATURE = 0.05
 _COLOUR_PROMPT = '{} object'
 _SYNONYM_COSINE = 0.8   # label words this close to the query's noun in the shared space
 _TEXT_CACHE_SIZE = 4096
+# Fit below which the query node answers "not found": about the 5th percentile of the fits of
+# right answers on the validation split (docs/GROUNDING.md, "Not found").
+DEFAULT_MIN_SCORE = 0.2
 
 
 @dataclass
 class QueryResult:
-    """Ranked answer; `order` indexes the instances given to `QueryEngine.query`."""
+    """Ranked answer; `order` indexes the instances given to `QueryEngine.query`, `scores` are
+    their shares of the scene's softmax and `fit_scores` their fits to the text in [0, 1]."""
 
     success: bool
     message: str
     order: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    fit_scores: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
 
 
 @dataclass
@@ -337,8 +344,13 @@ class QueryEngine:
         return scores
 
     def query(self, text: str, instances: Sequence[InstanceInfo], top_k: int,
-              frame_id: str = '') -> QueryResult:
-        """Return the top_k best-matching instances (top_k 0 means 1), or why there are none."""
+              frame_id: str = '', min_score: float = 0.0) -> QueryResult:
+        """Return the top_k best-matching instances (top_k 0 means 1), or why there are none.
+
+        `scores` rank the instances (a softmax over the scene); `fit_scores` say how well each
+        fits the text on its own. A best fit below `min_score` is success=False ("not found"),
+        with the ranked candidates still returned.
+        """
         clean, problem = clean_query_text(text)
         if problem:
             return QueryResult(False, problem)
@@ -379,15 +391,25 @@ class QueryEngine:
             scores += _rank_term(values, np.exp(scores), scale)
             parts.append(f"'{name}' (geometry)")
         probabilities = np.exp(scores - np.logaddexp.reduce(scores))
+        # Every term is a log-membership (<= 0), so exp(sum) says how well the instance fits
+        # the text on its own, before the softmax makes it a share of the scene. Without
+        # learned embeddings the noun's caption term is relative to the scene's best caption:
+        # that fit cannot tell an absent noun.
+        fits = np.exp(np.minimum(scores, 0.0))
         order = np.argsort(-probabilities, kind='stable')[:max(1, min(int(top_k), len(instances)))]
         best = instances[order[0]]
         frame = 'optical' if (not frame_id or 'optical' in frame_id) else 'REP 103 body'
-        message = (f'best match: instance {best.id}'
-                   f'{f" ({best.label})" if best.label else ""}, score '
-                   f'{probabilities[order[0]]:.2f}; interpretation: ' + ' + '.join(parts)
+        candidate = (f'instance {best.id}{f" ({best.label})" if best.label else ""}, score '
+                     f'{probabilities[order[0]]:.2f}, fit {fits[order[0]]:.2f}')
+        success = bool(fits[order[0]] >= min_score)
+        message = ((f'best match: {candidate}' if success else
+                    f'not found: the best candidate, {candidate}, fits below min_score '
+                    f'{min_score:.2f}')
+                   + '; interpretation: ' + ' + '.join(parts)
                    + (f'; geometry in the {frame} frame' if parsed.relation or parsed.unary
                       or parsed.target.size else ''))
-        return QueryResult(True, message, order, probabilities[order].astype(np.float32))
+        return QueryResult(success, message, order, probabilities[order].astype(np.float32),
+                           fits[order].astype(np.float32))
 
 
 def make_query_engine(grounding_model_path: str = '', text_device: str = 'cpu'
