@@ -1,5 +1,6 @@
 """The query service as a grasp planner calls it: segvec3d-up over DDS, learned segmenter and
-grounding head, a held-out synthetic scene, and queries whose answer the ground truth knows."""
+grounding head, a held-out synthetic scene, queries whose answer the ground truth knows, and a
+query about what the scene lacks, which min_score turns into "not found"."""
 from __future__ import annotations
 
 import time
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from ros_harness import separate_system, wait_for
+from ros_harness import get_parameter, separate_system, set_parameter, wait_for
 from segvec3d_ros.tools.dds import isolate_dds
 
 isolate_dds()
@@ -59,31 +60,63 @@ def _iou(response_points: PointCloud2, target: np.ndarray) -> float:
     return shared / (len(answer) + len(target) - shared)
 
 
-def test_category_and_relation_queries_return_the_right_instance(planner):
+@pytest.fixture(scope='module')
+def segmented(planner):
+    """The held-out scene, published until the planner's system has segmented it; its header."""
     scene = generate_scene(SEED, 'tabletop')
-    objects, centers, up = scene_truth(scene)
-    gt, _ = synthetic_ground_truth(scene)
-    visible = [k for k, o in enumerate(objects) if (gt == o.instance_id).any()]
-    queries = generate_queries(objects, visible, centers, up)
-    chosen = [next(q for q in queries if q.kind == kind) for kind in ('category', 'relation')]
-
     header = Header(frame_id=FRAME)
     header.stamp.sec = int(time.time())
     msg = pointcloud2_msg(header, encode_pointcloud2(scene.cloud.xyz, scene.cloud.rgb,
                                                      height=scene.cloud.height,
                                                      width=scene.cloud.width))
 
-    def segmented() -> bool:
+    def seen() -> bool:
         planner.points_pub.publish(msg)
         return any(m.header == header for m in planner.received['segvec3d/instances'])
-    assert wait_for(segmented, timeout=120.0, interval=2.0), 'the scene was not segmented'
+    assert wait_for(seen, timeout=120.0, interval=2.0), 'the scene was not segmented'
     instances = next(m for m in planner.received['segvec3d/instances'] if m.header == header)
     time.sleep(1.0)     # the labeled points, which the answer carries, follow the instances
     assert all(i.label and len(i.embedding) for i in instances.instances)
+    return scene, header
+
+
+def test_category_and_relation_queries_return_the_right_instance(planner, segmented):
+    scene, header = segmented
+    objects, centers, up = scene_truth(scene)
+    gt, _ = synthetic_ground_truth(scene)
+    visible = [k for k, o in enumerate(objects) if (gt == o.instance_id).any()]
+    queries = generate_queries(objects, visible, centers, up)
+    chosen = [next(q for q in queries if q.kind == kind) for kind in ('category', 'relation')]
+    min_score = get_parameter(planner, 'segvec3d_query', 'min_score')
 
     for query in chosen:
         response = planner.call(planner.query, QueryInstance.Request(text=query.text, top_k=3))
         assert response.success, response.message
         assert response.header == header
+        assert len(response.fit_scores) == len(response.matches) == 3
+        assert response.fit_scores[0] >= min_score, response.message
         target = scene.cloud.xyz[gt == objects[query.target].instance_id]
         assert _iou(response.points, target) > 0.5, (query.text, response.message)
+
+
+def test_an_object_the_scene_lacks_is_not_found_under_min_score(planner, segmented):
+    _, header = segmented
+    request = QueryInstance.Request(text='the elephant', top_k=3)
+    min_score = get_parameter(planner, 'segvec3d_query', 'min_score')
+    assert min_score > 0.0      # the shipped params file's
+    response = planner.call(planner.query, request)
+    assert not response.success and response.message.startswith('not found'), response.message
+    assert response.header == header
+    # The candidates stay inspectable; no points, which a planner could mistake for an answer.
+    assert len(response.matches) == len(response.scores) == len(response.fit_scores) == 3
+    assert response.fit_scores[0] < min_score
+    assert f'instance {response.matches[0].id}' in response.message
+    assert response.points.width == 0
+    assert not set_parameter(planner, 'segvec3d_query', 'min_score', 1.5).successful
+    assert set_parameter(planner, 'segvec3d_query', 'min_score', 0.0).successful
+    try:
+        answered = planner.call(planner.query, request)
+        assert answered.success and answered.points.width > 0, answered.message
+        assert [m.id for m in answered.matches] == [m.id for m in response.matches]
+    finally:
+        assert set_parameter(planner, 'segvec3d_query', 'min_score', min_score).successful

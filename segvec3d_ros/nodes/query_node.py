@@ -15,7 +15,7 @@ from std_msgs.msg import Header
 
 from segvec3d_msgs.msg import InstanceArray
 from segvec3d_msgs.srv import QueryInstance
-from segvec3d_ros.grounding.query import make_query_engine
+from segvec3d_ros.grounding.query import DEFAULT_MIN_SCORE, make_query_engine
 from segvec3d_ros.grounding.scene_store import SceneStore
 from segvec3d_ros.io.pointcloud2 import CloudDecodeError, decode_pointcloud2, encode_pointcloud2
 from segvec3d_ros.nodes.conversions import instance_info, pointcloud2_msg
@@ -34,6 +34,10 @@ class QueryNodeSettings:
     max_scene_age: float = setting(
         10.0, 'seconds after which the latest scene is too old to answer from; 0 = no limit',
         range=(0.0, 86400.0))
+    min_score: float = setting(
+        DEFAULT_MIN_SCORE, 'fit score (0-1) of the best match below which the answer is '
+        'success=false, "not found" (the candidates are still returned); 0 = always answer',
+        range=(0.0, 1.0))
     text_device: str = setting(
         'cpu', 'device of the frozen text encoder', choices=('cpu', 'cuda'), read_only=True)
     grounding_model_path: str = setting(
@@ -124,16 +128,18 @@ class QueryNode(Node):
             return response
         try:
             result = self._engine.query(request.text, scene.instances, request.top_k,
-                                        scene.header.frame_id)
+                                        scene.header.frame_id, self._settings.min_score)
         except Exception as error:  # noqa: BLE001 - a query must never take the node down
             self.get_logger().error(f'query failed: {type(error).__name__}: {error}')
             response.success, response.message = False, f'internal error: {error}'
             return response
         response.success, response.message = result.success, result.message
-        if not result.success:
-            return response
+        # A "not found" still carries its ranked candidates, for a planner to inspect.
         response.matches = [scene.instance_msgs[i] for i in result.order]
         response.scores = result.scores.tolist()
+        response.fit_scores = result.fit_scores.tolist()
+        if not result.success:
+            return response
         if scene.points is not None:
             best_id = scene.instances[result.order[0]].id
             mask = scene.points.extra['label'] == best_id
