@@ -5,7 +5,7 @@ filter -> voxelise -> cap -> segment -> up-project to input points -> drop small
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +47,10 @@ class PipelineConfig:
                               range=(100, 5_000_000))
     min_instance_points: int = setting(50, 'instances with fewer input points are dropped',
                                        range=(1, 1_000_000))
+    max_instances: int = setting(1000, 'only this many instances, the largest, are kept (each '
+                                 'costs a box, a grounding pass and two markers; synthetic rooms '
+                                 'have up to ~500, a scattered broken cloud tens of thousands)',
+                                 range=(1, 100_000))
     cluster_tolerance: float = setting(0.02, 'Euclidean clustering radius in m',
                                        range=(0.001, 1.0))
     embedding_radius: float = setting(0.3, 'learned segmenter: k-NN neighbours closer than '
@@ -124,7 +128,13 @@ def pipeline_or_baseline(config: PipelineConfig) -> tuple[Pipeline, str | None]:
 
 @dataclass
 class SceneResult:
-    """Everything one frame produced, per input point and per instance."""
+    """Everything one frame produced, per input point and per instance.
+
+    `limits_hit` has a line per cap that changed this frame's result, the parameter's name
+    first: 'max_instances: 28674 instances, kept the 1000 largest', 'max_points: 2307079 voxels
+    subsampled to 50000'. A node reports these as a frame over budget. Full camera frames hit
+    max_points as well (their working points are subsampled, their labels stay dense).
+    """
 
     labels: np.ndarray                 # (N,) uint32 per input point; 0 = invalid/support/none
     instances: list[InstanceInfo]      # ids 1..K == label values, largest first
@@ -134,6 +144,7 @@ class SceneResult:
     num_input: int
     num_valid: int
     num_working: int
+    limits_hit: list[str] = field(default_factory=list)  # caps that bit, see above
 
 
 class Pipeline:
@@ -163,6 +174,7 @@ class Pipeline:
     def _process(self, cloud: Cloud) -> SceneResult:
         cfg = self.config
         timings: dict[str, float] = {}
+        limits_hit: list[str] = []
         start = tick = perf_counter()
 
         def lap(stage: str) -> None:
@@ -183,6 +195,8 @@ class Pipeline:
                 else VoxelGrid(xyz, rgb, np.arange(len(xyz))))
         working = np.arange(len(grid.xyz))
         if len(working) > cfg.max_points:
+            unit = 'voxels' if cfg.voxel_size > 0 else 'points'
+            limits_hit.append(f'max_points: {len(working)} {unit} subsampled to {cfg.max_points}')
             working = np.sort(np.random.default_rng(0).choice(len(working), cfg.max_points,
                                                                replace=False))
         lap('downsample')
@@ -212,12 +226,20 @@ class Pipeline:
             all_labels[others] = nearest_labels(grid.xyz[working], voxel_labels, grid.xyz[others])
             voxel_labels = all_labels
         ids, new_id = rank_labels(voxel_labels[grid.inverse, 0], cfg.min_instance_points)
+        num_instances = int(new_id.max(initial=0))
+        if num_instances > cfg.max_instances:
+            # Ids are by decreasing size, so the largest keep theirs; describing and grounding
+            # every speck of a scattered cloud cost more than the rest of the frame.
+            limits_hit.append(f'max_instances: {num_instances} instances, kept the '
+                              f'{cfg.max_instances} largest')
+            new_id[new_id > cfg.max_instances] = 0
+            ids[ids > cfg.max_instances] = 0
+            num_instances = cfg.max_instances
         support = voxel_labels[grid.inverse, 1].astype(bool)
         labels = np.zeros(len(cloud), dtype=np.uint32)
         labels[index] = ids
         support_mask = np.zeros(len(cloud), dtype=bool)
         support_mask[index] = support
-        num_instances = int(new_id.max(initial=0))
         features = None
         if seg.features is not None:
             # Averaging only instance points: most working points are support or dropped.
@@ -237,7 +259,8 @@ class Pipeline:
             lap('ground')
         timings['total'] = perf_counter() - start
         return SceneResult(labels, instances, support_mask, features, timings,
-                           num_input=len(cloud), num_valid=len(index), num_working=len(working))
+                           num_input=len(cloud), num_valid=len(index), num_working=len(working),
+                           limits_hit=limits_hit)
 
     def _support_normal(self, xyz: np.ndarray, support: np.ndarray,
                         on_instance: np.ndarray) -> np.ndarray | None:

@@ -1,5 +1,6 @@
 """The ROS-free pipeline, its config, and the instance descriptions it returns."""
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -132,8 +133,23 @@ def test_working_point_cap_keeps_the_objects(scene):
     result = Pipeline(config).process(cloud)
     check_consistent(result, cloud)
     assert result.num_working == 6000
+    assert len(result.limits_hit) == 1
+    assert re.fullmatch(r'max_points: \d+ voxels subsampled to 6000', result.limits_hit[0])
     counts = [info.num_points for info in result.instances]
     np.testing.assert_allclose(counts, expected_counts(cloud, owner, config), rtol=0.05)
+
+
+def test_instance_cap_keeps_the_largest_and_says_so(scene):
+    cloud, _ = scene
+    config = PipelineConfig(segmenter='euclidean')
+    full = Pipeline(config).process(cloud)
+    capped = Pipeline(dataclasses.replace(config, max_instances=2)).process(cloud)
+    check_consistent(capped, cloud)
+    assert full.limits_hit == [] and len(full.instances) == 3
+    assert capped.limits_hit == ['max_instances: 3 instances, kept the 2 largest']
+    assert [i.num_points for i in capped.instances] == [i.num_points for i in full.instances[:2]]
+    np.testing.assert_array_equal(capped.labels, np.where(full.labels <= 2, full.labels, 0))
+    np.testing.assert_array_equal(capped.support_mask, full.support_mask)
 
 
 def test_no_voxel_downsampling():
@@ -267,6 +283,7 @@ def test_default_config_is_valid_and_described():
     ({'min_support_fraction': 1.5}, 'min_support_fraction'),
     ({'max_range': float('nan')}, 'max_range'),
     ({'voxel_size': '0.01'}, 'voxel_size'), ({'max_points': True}, 'max_points'),
+    ({'max_instances': 0}, 'max_instances'),
     ({'voxel_size': 0.05}, 'cluster_tolerance')])
 def test_invalid_config_is_rejected_with_a_reason(change, field):
     config = PipelineConfig(**change)
