@@ -37,11 +37,15 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope='module')
 def system() -> Iterator[UpClient]:
-    """segvec3d-up answering from scenes of any age, and a client recording its outputs."""
+    """segvec3d-up answering from scenes of any age, and a client recording its outputs.
+
+    Its queries always answer (min_score 0): the tests that use it check transport, scene
+    consistency and bad input on synthetic boxes, which no grounding label fits well.
+    """
     # Imported here: only the real-DDS tests need rclpy and the built messages.
     from ros_harness import UpClient
     try:
-        up = UpClient('-p', 'max_scene_age:=0.0')
+        up = UpClient('-p', 'max_scene_age:=0.0', '-p', 'min_score:=0.0')
     except RuntimeError as error:
         pytest.fail(str(error))
     yield up

@@ -176,7 +176,8 @@ def time_queries(rig: Rig, scene: PointCloud2, calls: int) -> dict[str, Any]:
         start = time.monotonic()
         response = rig.client.call(rig.query, request)
         seconds.append(time.monotonic() - start)
-        assert response.success, response.message
+        # 'Not found' is an answer too (below min_score), ranked the same way.
+        assert response.success or response.message.startswith('not found'), response.message
     return {'calls': calls, 'instances': rig.instances[key],
             'median_ms': round(1e3 * float(np.median(seconds)), 1),
             'p95_ms': round(1e3 * float(np.percentile(seconds, 95)), 1)}
