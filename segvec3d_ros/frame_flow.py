@@ -108,6 +108,8 @@ class FrameReport:
     latency_median_ms: float
     latency_p95_ms: float
     last_problem: str
+    limited: int
+    last_limits: tuple[str, ...]
 
 
 class FrameStats:
@@ -121,6 +123,8 @@ class FrameStats:
         self.received = self.processed = self.rejected = self.failed = 0
         self.last_problem = ''
         self.last_arrival: float | None = None
+        self.limited = 0
+        self.last_limits: tuple[str, ...] = ()
 
     def _trim(self, now: float) -> None:
         while self._arrivals and now - self._arrivals[0] > self._window_s:
@@ -144,6 +148,12 @@ class FrameStats:
             self.processed += 1
             self._done.append((now, now - arrived_at))
             self._trim(now)
+
+    def on_limited(self, limits: list[str]) -> None:
+        """Count a frame whose result a cap changed (`SceneResult.limits_hit`)."""
+        with self._lock:
+            self.limited += 1
+            self.last_limits = tuple(limits)
 
     def on_rejected(self, reason: str) -> None:
         """Count a frame refused as bad input."""
@@ -170,7 +180,8 @@ class FrameStats:
                 processed_rate_hz=_rate([t for t, _ in self._done]),
                 latency_median_ms=float(np.median(latencies)) if latencies.size else 0.0,
                 latency_p95_ms=float(np.percentile(latencies, 95)) if latencies.size else 0.0,
-                last_problem=self.last_problem)
+                last_problem=self.last_problem, limited=self.limited,
+                last_limits=self.last_limits)
 
 
 def _rate(times: list[float]) -> float:

@@ -15,8 +15,8 @@ from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from ros_harness import (cloud_msg, make_header, publish_msg_until_answered,  # noqa: E402
-                         separate_domain_env, separate_system, start_executable, stop_process,
-                         tabletop_points, wait_for)
+                         separate_domain_env, separate_system, set_parameter,
+                         start_executable, stop_process, tabletop_points, wait_for)
 from segvec3d_msgs.srv import QueryInstance  # noqa: E402
 from segvec3d_ros.io.pointcloud2 import decode_pointcloud2  # noqa: E402
 from segvec3d_ros.tools.dds import isolate_dds  # noqa: E402
@@ -83,6 +83,17 @@ def test_defaults_silent_input_instance_mask_and_a_late_query_node():
         assert response.success, response.message
         assert response.header == msg.header
         assert 'Traceback' not in err and code == 0, err
+
+        # A frame whose output a cap cut is reported, not silently truncated.
+        for name, value in (('input_timeout', 0.0), ('max_instances', 1)):
+            assert set_parameter(up, 'segvec3d_segmentation', name, value).successful
+        capped = publish_msg_until_answered(up, cloud_msg(make_header(), xyz, rgb), 60.0)
+        assert capped and len(capped['segvec3d/instances'].instances) == 1
+        over = wait_for(lambda: (status := pipeline_status(up)) is not None
+                        and status.message.startswith('over budget') and status, 10.0)
+        assert over and over.level == DiagnosticStatus.WARN
+        assert values_of(over)['last_limits'].startswith('max_instances: ')
+        assert int(values_of(over)['frames_limited']) >= 1
 
 
 @pytest.mark.parametrize('how', ['twice', 'process group'])

@@ -30,6 +30,8 @@ NODE_NAME = 'segvec3d_segmentation'
 WARN_THROTTLE_S = 2.0
 SILENT_INPUT_THROTTLE_S = 30.0
 README_LARGE_CLOUDS = 'README.md, section "Large clouds over DDS"'
+# Caps that drop part of a frame's output; max_points only subsamples the working points.
+OUTPUT_CAPS = ('max_instances',)
 
 
 @dataclass
@@ -170,6 +172,8 @@ class SegmentationNode(Node):
             self.get_logger().error(f'failed to segment a cloud: {type(error).__name__}: {error}',
                                     throttle_duration_sec=WARN_THROTTLE_S)
             return
+        if result.limits_hit:
+            self._stats.on_limited(result.limits_hit)
         self._stats.on_processed(arrived_at)
 
     def _silent_input(self) -> str:
@@ -193,6 +197,8 @@ class SegmentationNode(Node):
             level, message = DiagnosticStatus.ERROR, f'{report.failed} frames failed'
         elif silent:
             level, message = DiagnosticStatus.WARN, 'no cloud arrives from a matched publisher'
+        elif any(limit.split(':')[0] in OUTPUT_CAPS for limit in report.last_limits):
+            level, message = DiagnosticStatus.WARN, f'over budget: {report.last_limits[-1]}'
         elif report.rejected:
             level, message = DiagnosticStatus.WARN, f'{report.rejected} frames rejected'
         else:
@@ -210,6 +216,8 @@ class SegmentationNode(Node):
             'frames_failed': str(report.failed),
             'last_problem': report.last_problem,
             'input_silent': silent,
+            'frames_limited': str(report.limited),
+            'last_limits': '; '.join(report.last_limits),
             'segmenter': self._pipeline.config.segmenter,
         }
         status = DiagnosticStatus(
