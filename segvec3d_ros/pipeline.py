@@ -130,10 +130,12 @@ def pipeline_or_baseline(config: PipelineConfig) -> tuple[Pipeline, str | None]:
 class SceneResult:
     """Everything one frame produced, per input point and per instance.
 
-    `limits_hit` has a line per cap that changed this frame's result, the parameter's name
-    first: 'max_instances: 28674 instances, kept the 1000 largest', 'max_points: 2307079 voxels
-    subsampled to 50000'. A node reports these as a frame over budget. Full camera frames hit
-    max_points as well (their working points are subsampled, their labels stay dense).
+    `limits_hit` has a line per cap that changed this frame's result, the parameter's or the
+    step's name first: 'max_points: 2307079 voxels subsampled to 50000', the segmenter's own
+    (`Segmentation.limits_hit`: 'occlusion: 50294 pairs of pieces, the 5000 of the largest
+    examined'), 'max_instances: 28674 instances, kept the 1000 largest'. A node reports these
+    as a frame over budget. Full camera frames hit max_points as well (their working points
+    are subsampled, their labels stay dense).
     """
 
     labels: np.ndarray                 # (N,) uint32 per input point; 0 = invalid/support/none
@@ -204,6 +206,7 @@ class Pipeline:
         seg = self.segmenter.segment(grid.xyz[working],
                                      None if grid.rgb is None else grid.rgb[working])
         timings.update(seg.timings or {})
+        limits_hit += seg.limits_hit
         tick = perf_counter()
         if (self.grounder is not None and seg.features is not None
                 and seg.split_proposals is not None and seg.split_proposals.any()):

@@ -152,6 +152,19 @@ def test_instance_cap_keeps_the_largest_and_says_so(scene):
     np.testing.assert_array_equal(capped.support_mask, full.support_mask)
 
 
+def test_limits_the_segmenter_hit_are_reported(scene):
+    line = 'occlusion: 9 pairs of pieces, the 3 of the largest examined'
+
+    class Bounded(EuclideanSegmenter):
+        def segment(self, xyz, rgb):
+            seg = super().segment(xyz, rgb)
+            seg.limits_hit.append(line)
+            return seg
+
+    config = PipelineConfig(segmenter='euclidean')
+    assert Pipeline(config, Bounded(config)).process(scene[0]).limits_hit == [line]
+
+
 def test_no_voxel_downsampling():
     cloud, owner = tabletop_scene(spacing=0.008)
     config = PipelineConfig(voxel_size=0.0)

@@ -241,14 +241,17 @@ class LearnedSegmenter:
                 pts[rest], None if rgb is None else np.asarray(rgb).reshape(-1, 3)[rest], lap)
         # The spacing of the working points, which both view-ray steps resolve.
         spacing = cfg.voxel_size or cfg.cluster_tolerance / 2
+        limits: list[str] = []
         if cfg.occlusion_gap > 0:
-            ids = join_occluded(pts, ids, spacing, cfg.cluster_tolerance, cfg.occlusion_gap)
+            ids = join_occluded(pts, ids, spacing, cfg.cluster_tolerance, cfg.occlusion_gap,
+                                limits=limits)
             lap('occlusion')
         if cfg.claim_openings:
             ids, support = claim_seen_through(pts, ids, support, spacing)
             lap('openings')
         return Segmentation(ids, support, features, timings,
-                            split_proposals=splits if cfg.split_touching else None)
+                            split_proposals=splits if cfg.split_touching else None,
+                            limits_hit=limits)
 
     def _embed_and_cluster(self, pts: np.ndarray, rgb: np.ndarray | None,
                            lap: Callable[[str], None]

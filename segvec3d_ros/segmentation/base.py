@@ -1,7 +1,7 @@
 """The interface every segmenter implements, learned or geometric."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -23,6 +23,8 @@ class Segmentation:
     # (M,) int64: 0, or the number of a proposed split on the points that would leave their
     # instance in it; the pipeline's grounding step decides (None: no proposals)
     split_proposals: np.ndarray | None = None
+    # Lines of the segmenter's own bounds that changed this result (see SceneResult.limits_hit)
+    limits_hit: list[str] = field(default_factory=list)
 
 
 class Segmenter(Protocol):

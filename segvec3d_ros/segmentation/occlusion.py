@@ -25,10 +25,17 @@ _MIN_PIECE_POINTS = 10
 # define its tangent plane, and the other piece's must lie within _ON_SURFACE_VOXELS of it.
 _SURFACE_RADIUS = 0.04
 _ON_SURFACE_VOXELS = 2.0
+# At most this many pairs of pieces are examined, those of the largest pieces: a pair costs
+# 0.2-1 ms, and 2700 separate specks (a broken driver) made 50,294 pairs and 8-10 s. The 155
+# mOSD and synthetic frames of docs/RELIABILITY.md have at most 3168.
+MAX_PIECE_PAIRS = 5000
+# Pieces whose bounding-box gaps to all the others are computed at once.
+_BOX_BLOCK = 256
 
 
 def join_occluded(xyz: np.ndarray, ids: np.ndarray, voxel_size: float, min_gap: float,
-                  max_gap: float, viewpoint: np.ndarray | None = None) -> np.ndarray:
+                  max_gap: float, viewpoint: np.ndarray | None = None,
+                  limits: list[str] | None = None) -> np.ndarray:
     """Instance ids with the pieces of occluded objects joined, renumbered 1..K by size.
 
     xyz (M, 3) are the working points in the sensor's frame (the viewpoint, default its
@@ -38,7 +45,9 @@ def join_occluded(xyz: np.ndarray, ids: np.ndarray, voxel_size: float, min_gap: 
     of neither instance that is nearer than the segment and both its ends, and none ends on a
     point as far or farther (the gap seen empty, or an end piece itself in front). Rays with no
     return are no evidence either way. The two pieces must also continue one surface across
-    the gap (see `_one_surface`).
+    the gap (see `_one_surface`). Of more than MAX_PIECE_PAIRS pairs of pieces close enough,
+    those whose smaller piece is largest are examined, and a line saying so is appended to
+    `limits` when given.
     """
     ids = np.asarray(ids)
     num = int(ids.max(initial=0))
@@ -54,12 +63,18 @@ def join_occluded(xyz: np.ndarray, ids: np.ndarray, voxel_size: float, min_gap: 
     members = {k: groups[k] for k in pieces}
     lows = np.array([pts[members[k]].min(axis=0) for k in pieces]).reshape(-1, 3)
     highs = np.array([pts[members[k]].max(axis=0) for k in pieces]).reshape(-1, 3)
-    # Bounding boxes farther apart than max_gap cannot hold points that close.
-    box_gaps = np.maximum(np.maximum(lows[:, None] - highs[None], lows[None] - highs[:, None]), 0)
-    near = np.triu(np.linalg.norm(box_gaps, axis=2) <= max_gap, 1)
+    first, second = _near_boxes(lows, highs, max_gap)
+    if len(first) > MAX_PIECE_PAIRS:
+        # An occluded object's pieces are large; the gaps between specks are noise.
+        smaller = np.minimum(sizes[pieces[first]], sizes[pieces[second]])
+        kept = np.sort(np.argsort(-smaller, kind='stable')[:MAX_PIECE_PAIRS])
+        if limits is not None:
+            limits.append(f'occlusion: {len(first)} pairs of pieces, the {MAX_PIECE_PAIRS} '
+                          f'of the largest examined')
+        first, second = first[kept], second[kept]
     trees: dict[int, cKDTree] = {}
     gaps = []
-    for a, b in zip(pieces[np.nonzero(near)[0]], pieces[np.nonzero(near)[1]]):
+    for a, b in zip(pieces[first], pieces[second]):
         # The smaller piece is looked up in the larger one's tree.
         small, large = (a, b) if len(members[a]) <= len(members[b]) else (b, a)
         if large not in trees:
@@ -81,6 +96,24 @@ def join_occluded(xyz: np.ndarray, ids: np.ndarray, voxel_size: float, min_gap: 
     component = edge_components(pairs[:, 0], pairs[:, 1], num + 1)
     # Component numbers start at 0 for id 0, which stays "no instance".
     return rank_labels(np.where(ids > 0, component[ids] + 1, 0))[0]
+
+
+def _near_boxes(lows: np.ndarray, highs: np.ndarray,
+                max_gap: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices i < j, in row order, of the boxes (lows, highs) at most `max_gap` apart: boxes
+    farther apart cannot hold points that close."""
+    first, second = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    # _BOX_BLOCK boxes at a time: the gaps of all pairs at once are 384 MB at 4000 pieces.
+    for start in range(0, len(lows), _BOX_BLOCK):
+        block = slice(start, start + _BOX_BLOCK)
+        gaps = np.maximum(np.maximum(lows[block, None] - highs[None],
+                                     lows[None] - highs[block, None]), 0)
+        rows = np.arange(start, start + len(gaps))
+        near = (np.linalg.norm(gaps, axis=2) <= max_gap) & (np.arange(len(lows)) > rows[:, None])
+        row, col = np.nonzero(near)
+        first.append(rows[row])
+        second.append(col)
+    return np.concatenate(first), np.concatenate(second)
 
 
 def _one_surface(pts: np.ndarray, piece_a: np.ndarray, piece_b: np.ndarray,
