@@ -26,7 +26,7 @@ _MIN_PIECE_POINTS = 10
 _SURFACE_RADIUS = 0.04
 _ON_SURFACE_VOXELS = 2.0
 # At most this many pairs of pieces are examined, those of the largest pieces: a pair costs
-# 0.2-1 ms, and 2700 separate specks (a broken driver) made 50,294 pairs and 8-10 s. The 155
+# 0.2-1 ms, and 2700 separate specks (a broken driver) made 50,759 pairs and 9 s. The 155
 # mOSD and synthetic frames of docs/RELIABILITY.md have at most 3168.
 MAX_PIECE_PAIRS = 5000
 # Pieces whose bounding-box gaps to all the others are computed at once.
