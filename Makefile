@@ -10,7 +10,7 @@ setup:
 	bash scripts/setup.sh
 
 demo: setup
-	$(ENV) python -m segvec3d_ros.tools.demo --out-dir $(OUT)/demo
+	$(ENV) python -m segvec3d_ros.ros.demo --out-dir $(OUT)/demo
 
 test: setup
 	$(ENV) python -m pytest -q -m "not slow"

@@ -24,12 +24,12 @@ setup(
     license='Apache-2.0',
     entry_points={
         'console_scripts': [
-            'segmentation_node = segvec3d_ros.nodes.segmentation_node:main',
-            'query_node = segvec3d_ros.nodes.query_node:main',
-            'segvec3d-up = segvec3d_ros.nodes.up:main',
-            'segvec3d-play = segvec3d_ros.tools.play:main',
-            'segvec3d-bag = segvec3d_ros.tools.bag:main',
-            'segvec3d = segvec3d_ros.tools.cli:main',
+            'segmentation_node = segvec3d_ros.ros.segmentation_node:main',
+            'query_node = segvec3d_ros.ros.query_node:main',
+            'segvec3d-up = segvec3d_ros.ros.up:main',
+            'segvec3d-play = segvec3d_ros.ros.play:main',
+            'segvec3d-bag = segvec3d_ros.ros.bag:main',
+            'segvec3d = segvec3d_ros.cli.main:main',
         ],
     },
 )

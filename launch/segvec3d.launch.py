@@ -1,5 +1,7 @@
 """Launch the segvec3d segmentation and query nodes, and optionally RViz.
 
+For example:
+
     ros2 launch segvec3d_ros segvec3d.launch.py points_topic:=/camera/depth/points rviz:=true
 """
 import os
@@ -11,13 +13,13 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
-from segvec3d_ros.nodes.launch_arguments import parameter_overrides, profile_environment
+from segvec3d_ros.ros.launch_arguments import parameter_overrides, profile_environment
 
 PACKAGE = 'segvec3d_ros'
 
 
 def _nodes(context: LaunchContext) -> list[Node]:
-    """The two nodes, with launch arguments applied over the params file only where given."""
+    """Both nodes, with launch arguments applied over the params file only where given."""
     def value(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 

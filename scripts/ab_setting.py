@@ -16,8 +16,9 @@ import numpy as np
 
 from segvec3d_ros.bench.measure import bench_frame
 from segvec3d_ros.cloud import Cloud
+from segvec3d_ros.config import PipelineConfig
 from segvec3d_ros.io.files import read_cloud
-from segvec3d_ros.pipeline import Pipeline, PipelineConfig
+from segvec3d_ros.pipeline import Pipeline
 
 _WARMUP = 3
 

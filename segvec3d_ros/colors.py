@@ -62,8 +62,10 @@ _NAMED_LAB = srgb_to_lab(np.array([NAMED_COLORS[n] for n in _NAMES], dtype=np.fl
 
 
 def color_distances(rgb: np.ndarray) -> np.ndarray:
-    """(N, len(NAMED_COLORS)) L*a*b* distances of (N, 3) colours (uint8 0..255 or float 0..1)
-    to the references, in NAMED_COLORS order."""
+    """(N, len(NAMED_COLORS)) L*a*b* distances of (N, 3) colours to the references.
+
+    Colours are uint8 0..255 or float 0..1; the columns are in NAMED_COLORS order.
+    """
     rgb = np.asarray(rgb, dtype=np.float64).reshape(-1, 3)
     if rgb.size and rgb.max() > 1.0:
         rgb = rgb / 255.0

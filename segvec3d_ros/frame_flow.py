@@ -1,5 +1,7 @@
-"""Latest-frame-only hand-off, frame statistics, missed-frame counting and silent-input
-detection (ROS-free; the segmentation node uses them)."""
+"""Latest-frame-only hand-off, frame statistics, missed-frame counting and silent-input detection.
+
+ROS-free; the segmentation node uses them.
+"""
 from __future__ import annotations
 
 import threading
@@ -82,8 +84,10 @@ class SilentInput:
         self._heard_since: float | None = None
 
     def silence(self, publishers: int, last_arrival: float | None, now: float) -> float:
-        """Seconds since a cloud, or since the publishers matched, whichever is later; 0 when
-        no publisher is matched. Times are monotonic seconds."""
+        """Seconds since a cloud, or since the publishers matched, whichever is later.
+
+        0 when no publisher is matched. Times are monotonic seconds.
+        """
         if publishers == 0:
             self._heard_since = None
             return 0.0

@@ -7,107 +7,34 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.spatial import cKDTree
 from threadpoolctl import ThreadpoolController
 
 from segvec3d_ros.cloud import Cloud
-from segvec3d_ros.grounding.vocabulary import DEFAULT_VOCABULARY
+from segvec3d_ros.config import PipelineConfig
 from segvec3d_ros.instances import InstanceInfo, describe_instances
 from segvec3d_ros.segmentation.base import Segmenter
 from segvec3d_ros.segmentation.euclidean import EuclideanSegmenter
 from segvec3d_ros.segmentation.geometry import (VoxelGrid, fit_support_plane, group_means,
                                                 nearest_labels, rank_labels, voxel_downsample)
-from segvec3d_ros import settings
-from segvec3d_ros.settings import setting
 
 if TYPE_CHECKING:
-    from segvec3d_ros.grounding.step import Grounder
+    from segvec3d_ros.grounding.grounder import Grounder
 
 # m: support points this close to an instance belong to the surface it stands on.
 _BASE_RADIUS = 0.05
 
 
-@dataclass
-class PipelineConfig:
-    """Plain-data pipeline settings; every field is also a ROS parameter of the same name."""
-
-    segmenter: str = setting('segvec3d', 'segmenter: segvec3d (learned model) or euclidean '
-                             '(geometric baseline)', choices=('segvec3d', 'euclidean'))
-    device: str = setting('auto', 'torch device of the learned segmenter',
-                          choices=('auto', 'cpu', 'cuda'))
-    model_path: str = setting('', 'weights of the learned segmenter (.pt or .onnx); '
-                                         'empty = the bundled models/segvec3d.onnx')
-    voxel_size: float = setting(0.01, 'working resolution in m; 0 = no voxel downsampling',
-                                range=(0.0, 0.5))
-    max_points: int = setting(50000, 'cap on working points after voxelisation (seeded random '
-                              'subset; the others take their nearest working label)',
-                              range=(100, 5_000_000))
-    min_instance_points: int = setting(50, 'instances with fewer input points are dropped',
-                                       range=(1, 1_000_000))
-    max_instances: int = setting(1000, 'only this many instances, the largest, are kept (each '
-                                 'costs a box, a grounding pass and two markers; synthetic rooms '
-                                 'have up to ~500, a scattered broken cloud tens of thousands)',
-                                 range=(1, 100_000))
-    cluster_tolerance: float = setting(0.02, 'Euclidean clustering radius in m',
-                                       range=(0.001, 1.0))
-    embedding_radius: float = setting(0.3, 'learned segmenter: k-NN neighbours closer than '
-                                      'this in embedding space join one instance',
-                                      range=(0.01, 2.0))
-    occlusion_gap: float = setting(0.2, 'learned segmenter: join instances up to this far apart '
-                                   'in m when the gap between them is hidden behind a nearer '
-                                   'object, seen from the cloud origin (the sensor); 0 = off',
-                                   range=(0.0, 1.0))
-    claim_openings: bool = setting(True, 'learned segmenter: support points seen through an '
-                                   'instance\'s opening (the floor inside a mug or bowl), ringed '
-                                   'by it in the view from the cloud origin (the sensor), join it')
-    split_touching: bool = setting(True, 'learned segmenter with a grounding head: split an '
-                                   'instance where a weak cut of its embeddings meets in a '
-                                   'concave junction and the grounding head labels the two '
-                                   'parts differently (touching or stacked objects)')
-    plane_distance: float = setting(0.01, 'RANSAC inlier distance of the support surface in m',
-                                    range=(0.001, 0.5))
-    plane_iterations: int = setting(200, 'RANSAC hypotheses per support surface',
-                                    range=(1, 10_000))
-    min_support_fraction: float = setting(0.05, 'a plane with fewer inliers (fraction of '
-                                          'working points) is not a support surface',
-                                          range=(0.01, 1.0))
-    min_support_extent: float = setting(0.5, 'a plane whose largest patch spans less than this '
-                                        'in m (a book\'s or a box\'s top close to the sensor) '
-                                        'is not a support surface', range=(0.0, 100.0))
-    drop_below_support: bool = setting(True, 'ignore points on the far side of a support '
-                                       'surface from the sensor (cloud in the sensor frame)')
-    max_range: float = setting(0.0, 'drop points farther than this from the sensor in m '
-                               '(0 = keep all)', range=(0.0, 1000.0))
-    grounding_model_path: str = setting('', 'grounding head of the learned segmenter (.pt); '
-                                        'empty = the bundled models/grounding.pt')
-    label_vocabulary: list[str] = setting(DEFAULT_VOCABULARY, 'zero-shot instance labels '
-                                          '(learned segmenter with a grounding head)')
-    label_threshold: float = setting(0.1, 'an instance whose best label scores below this '
-                                     'cosine is labelled other', range=(-1.0, 1.0))
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first invalid field and why."""
-        settings.validate(self)
-        if self.voxel_size > 0 and self.cluster_tolerance <= self.voxel_size:
-            raise ValueError(f'cluster_tolerance={self.cluster_tolerance} must exceed '
-                             f'voxel_size={self.voxel_size}, or every voxel is its own cluster')
-
-
-def validate_field(name: str, value: Any) -> str | None:
-    """Why `value` is invalid for PipelineConfig field `name`, or None when it is valid."""
-    return settings.field_problem(PipelineConfig, name, value)
-
-
 def make_segmenter(config: PipelineConfig) -> Segmenter:
     """The segmenter that `config.segmenter` names."""
     if config.segmenter == 'euclidean':
-        return EuclideanSegmenter(config)
+        return EuclideanSegmenter(config.euclidean())
     # Imported here so that euclidean-only users never load torch and onnxruntime.
-    from segvec3d_ros.model.segmenter import LearnedSegmenter
-    return LearnedSegmenter(config)
+    from segvec3d_ros.segmentation.learned import LearnedSegmenter
+    return LearnedSegmenter(config.learned())
 
 
 def pipeline_or_baseline(config: PipelineConfig) -> tuple[Pipeline, str | None]:
@@ -162,7 +89,7 @@ class Pipeline:
         self.grounding_status = f'no grounding: the {config.segmenter} segmenter has no features'
         if config.segmenter == 'segvec3d':
             # Imported here: grounding needs torch, which euclidean-only users never load.
-            from segvec3d_ros.grounding.step import load_grounder
+            from segvec3d_ros.grounding.grounder import load_grounder
             self.grounder, self.grounding_status = load_grounder(config, self.segmenter)
 
     def process(self, cloud: Cloud) -> SceneResult:
@@ -200,7 +127,7 @@ class Pipeline:
             unit = 'voxels' if cfg.voxel_size > 0 else 'points'
             limits_hit.append(f'max_points: {len(working)} {unit} subsampled to {cfg.max_points}')
             working = np.sort(np.random.default_rng(0).choice(len(working), cfg.max_points,
-                                                               replace=False))
+                                                              replace=False))
         lap('downsample')
 
         seg = self.segmenter.segment(grid.xyz[working],

@@ -16,16 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ros_harness import (Client, UpClient, cloud_msg, diagnostics_count, get_parameter,
-                         make_header, outputs_for, pipeline_diagnostics,
-                         publish_msg_until_answered, publish_until_answered, query,
-                         separate_domain_env, separate_system, set_parameter, start_executable,
-                         stop_process, tabletop_points, wait_for)
-from segvec3d_ros.tools.dds import isolate_dds
+rclpy = pytest.importorskip('rclpy')
+
+from ros_harness import (UpClient, cloud_msg, diagnostics_count, make_header,
+                         publish_until_answered, read_until, separate_domain_env, separate_system,
+                         start_executable, stop_process, wait_and_read, wait_for)
+from scenes import tabletop_points
+from segvec3d_ros.ros.client import Segvec3dClient as Client
+from segvec3d_ros.ros.dds import isolate_dds
 
 isolate_dds()
 
-rclpy = pytest.importorskip('rclpy')
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import Marker  # noqa: E402
@@ -119,7 +120,7 @@ def test_malformed_cloud_is_rejected_counted_and_logged_then_a_good_one_processe
     warning = re.compile(r'rejected a cloud: .*' + reason)
 
     def reported() -> bool:
-        diagnostics = pipeline_diagnostics(system) or {}
+        diagnostics = system.pipeline_status() or {}
         return (int(diagnostics.get('frames_rejected', 0)) > rejected_before
                 and re.search(reason, diagnostics.get('last_problem', '')) is not None
                 and warning.search(system.output_text) is not None)
@@ -128,8 +129,8 @@ def test_malformed_cloud_is_rejected_counted_and_logged_then_a_good_one_processe
     while not reported() and time.monotonic() < deadline:
         system.points_pub.publish(msg)
         wait_for(reported, timeout=0.5)
-    assert reported(), (pipeline_diagnostics(system), system.output_text[-3000:])
-    assert not outputs_for(system, msg.header, timeout=0.0)
+    assert reported(), (system.pipeline_status(), system.output_text[-3000:])
+    assert not system.outputs_for(msg.header, timeout=0.0)
     assert system.process.poll() is None
     assert diagnostics_count(system, 'frames_failed') == 0
     assert_good_frame_processed(system, seed=len(case))
@@ -184,7 +185,7 @@ def test_degenerate_cloud_is_processed_with_the_same_header(system, case):
     make_msg, num_instances = DEGENERATE[case]
     header = make_header()
     msg = make_msg(header)
-    found = publish_msg_until_answered(system, msg)
+    found = system.publish_until_answered(msg)
     assert found, system.output_text[-3000:]
     sent = decode_pointcloud2(msg)
     labeled = found['segvec3d/labeled_points']
@@ -209,19 +210,19 @@ def test_a_scene_older_than_max_scene_age_is_not_answered_from(system):
     xyz, rgb, _ = tabletop_points(seed=8)
     old_header = make_header()
     assert publish_until_answered(system, xyz, rgb, old_header)
-    assert set_parameter(system, 'segvec3d_query', 'max_scene_age', 3.0).successful
+    assert system.set_parameter('segvec3d_query', 'max_scene_age', 3.0).successful
     try:
         time.sleep(3.5)
-        stale = query(system, 'the red box')
+        stale = system.ask('the red box')
         assert not stale.success
         assert 'old' in stale.message and 'max_scene_age' in stale.message, stale.message
         assert stale.header == old_header and not stale.matches
         new_header = make_header()
         assert publish_until_answered(system, xyz, rgb, new_header)
-        fresh = query(system, 'the red box')
+        fresh = system.ask('the red box')
         assert fresh.success and fresh.header == new_header, fresh.message
     finally:
-        assert set_parameter(system, 'segvec3d_query', 'max_scene_age', 0.0).successful
+        assert system.set_parameter('segvec3d_query', 'max_scene_age', 0.0).successful
 
 
 def _frame_key(header: Header) -> tuple[int, int, str]:
@@ -253,7 +254,7 @@ def test_queries_while_frames_stream_each_answer_from_one_consistent_scene(syste
         texts = ['the red box', 'a small object', 'the blue thing', 'something green']
         while time.monotonic() < deadline:
             start = time.monotonic()
-            response = query(system, texts[len(latencies) % len(texts)], top_k=10)
+            response = system.ask(texts[len(latencies) % len(texts)], top_k=10)
             latencies.append(time.monotonic() - start)
             assert response.success, response.message
             frame = _frame_key(response.header)
@@ -328,8 +329,8 @@ def test_unusable_model_with_fallback_warns_and_segments_euclidean(tmp_path: Pat
         # The parameter service shows up when the node exists and answers once the node has
         # loaded (torch, onnxruntime, the failed model, the fallback) and spins: on a busy
         # 2-core CI machine that took over 30 s once.
-        assert get_parameter(client, 'segvec3d_segmentation', 'segmenter',
-                             timeout=120.0) == 'euclidean'
+        assert client.get_parameter('segvec3d_segmentation', 'segmenter',
+                                    timeout=120.0) == 'euclidean'
         assert process.poll() is None
     finally:
         client.close()
@@ -342,20 +343,10 @@ def test_unusable_model_with_fallback_warns_and_segments_euclidean(tmp_path: Pat
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_signal_while_the_query_node_loads_stops_cleanly(sig: int) -> None:
     process = start_executable('segvec3d-up', env=separate_domain_env())
-    seen = []
     # The segmentation node is up when it says so; then the query node loads for seconds.
-    for line in iter(process.stderr.readline, ''):
-        seen.append(line)
-        if 'segmenting' in line:
-            break
+    seen = read_until(process, 'segmenting')
     process.send_signal(sig)
-    try:
-        code = process.wait(timeout=60.0)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
-    # Not communicate(): it would skip what readline() has buffered.
-    output = ''.join(seen) + process.stderr.read() + process.stdout.read()
+    code, output = wait_and_read(process, seen)
     assert any('segmenting' in line for line in seen), output
     assert 'answering queries' not in output  # the signal came while the encoder loaded
     assert 'Traceback' not in output, output
@@ -392,7 +383,7 @@ def test_huge_clouds_are_capped_in_bounded_time_and_memory(n: int) -> None:
             msg = cloud_msg(make_header(), xyz)
             start = time.monotonic()
             # A repeat makes the node do the work again: only after a long wait.
-            found = publish_msg_until_answered(up, msg, timeout=120.0, period=20.0)
+            found = up.publish_until_answered(msg, timeout=120.0, period=20.0)
             answer_s.append(time.monotonic() - start)
             assert found, up.output_text[-3000:]
             labels = decode_pointcloud2(found['segvec3d/labeled_points']).extra['label']

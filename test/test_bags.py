@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 rclpy = pytest.importorskip('rclpy')
-from ament_index_python.packages import get_package_share_directory  # noqa: E402
 import rclpy.context  # noqa: E402
+from ament_index_python.packages import get_package_share_directory  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
@@ -21,17 +21,18 @@ from rosbags.rosbag2 import Reader  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
-from ros_harness import PARAMS_FILE, Client, stop_process, tabletop_points, wait_for  # noqa: E402
+from ros_harness import stop_process, wait_for  # noqa: E402
+from scenes import PARAMS_FILE, tabletop_points  # noqa: E402
 from segvec3d_msgs.msg import InstanceArray  # noqa: E402
 from segvec3d_ros.cloud import Cloud  # noqa: E402
 from segvec3d_ros.io.bags import (POINTCLOUD2, BagError, BagWriter, iter_bag_clouds,  # noqa: E402
                                   typestore)
 from segvec3d_ros.io.pointcloud2 import decode_pointcloud2, encode_pointcloud2  # noqa: E402
-from segvec3d_ros.nodes.conversions import instance_array_msg, pointcloud2_msg  # noqa: E402
 from segvec3d_ros.pipeline import Pipeline, PipelineConfig  # noqa: E402
-from segvec3d_ros.tools import bag as bag_tool  # noqa: E402
-from segvec3d_ros.tools import play as play_tool  # noqa: E402
-from segvec3d_ros.tools.dds import isolate_dds  # noqa: E402
+from segvec3d_ros.ros import bag as bag_tool, play as play_tool  # noqa: E402
+from segvec3d_ros.ros.client import Segvec3dClient as Client  # noqa: E402
+from segvec3d_ros.ros.conversions import instance_array_msg, pointcloud2_msg  # noqa: E402
+from segvec3d_ros.ros.dds import isolate_dds  # noqa: E402
 
 isolate_dds()
 
@@ -281,6 +282,6 @@ def test_segvec3d_play_reports_a_bad_bag_without_a_traceback(tmp_path):
 
 
 def test_segvec3d_play_refuses_a_non_positive_rate(tmp_path):
-    result = subprocess.run([sys.executable, '-m', 'segvec3d_ros.tools.play', str(tmp_path),
+    result = subprocess.run([sys.executable, '-m', 'segvec3d_ros.ros.play', str(tmp_path),
                              '--rate', '0'], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and '--rate must be > 0' in result.stderr

@@ -11,13 +11,12 @@ import pytest
 import torch
 
 from segvec3d_ros.bench.measure import measure_query, query_texts
+from segvec3d_ros.bench.report import DDS_COLUMNS, Measurement, Setup, baseline_ratio, stage_order
+from segvec3d_ros.cli.main import main
 from segvec3d_ros.grounding.query import QueryEngine
 from segvec3d_ros.instances import InstanceInfo
-from segvec3d_ros.bench.report import (DDS_COLUMNS, Measurement, Setup, baseline_ratio,
-                                       stage_order)
 from segvec3d_ros.model.export import export_onnx
 from segvec3d_ros.model.segvec3d import SegVec3D, SegVec3DConfig, save_checkpoint
-from segvec3d_ros.tools.cli import main
 
 
 class HashEncoder:
@@ -62,7 +61,7 @@ def test_a_tiny_bench_writes_a_report_with_every_setup_and_stage(tmp_path, model
     rows = [line.split(' | ') for line in report.splitlines() if line.startswith('| 1,')]
     end_to_end, stages = rows[:3], rows[3:]
     assert [row[3] for row in end_to_end] == ['euclidean', 'segvec3d torch cpu',
-                                             'segvec3d onnxruntime cpu']
+                                              'segvec3d onnxruntime cpu']
     assert [row[1] for row in stages] == [row[3] for row in end_to_end]
     ratios = [row[7] for row in end_to_end]
     assert ratios[0] == '1.00' and all(float(r) > 0 for r in ratios[1:])

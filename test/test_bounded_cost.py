@@ -49,8 +49,8 @@ def measure_frame() -> dict[str, Any]:
     """Seconds, peak resident memory above the start, instances and stage times of one
     `Pipeline.process` of the scattered cloud, in a fresh pipeline from the shipped params."""
     from segvec3d_ros.cloud import Cloud
-    from segvec3d_ros.pipeline import Pipeline, PipelineConfig
-    from segvec3d_ros.settings import settings_from_params_file
+    from segvec3d_ros.config import PipelineConfig, settings_from_params_file
+    from segvec3d_ros.pipeline import Pipeline
     pipeline = Pipeline(settings_from_params_file(PARAMS_FILE, NODE, PipelineConfig))
     cloud = Cloud(scattered_cloud())
     # Resets the peak (VmHWM) to the current size: building the cloud peaked higher.
@@ -65,10 +65,8 @@ def measure_frame() -> dict[str, Any]:
 
 
 def test_a_scattered_five_million_point_cloud_costs_bounded_time_memory_and_output():
-    from segvec3d_ros.grounding.step import bundled_grounding_path
-    from segvec3d_ros.model.segmenter import bundled_model_path
-    from segvec3d_ros.pipeline import PipelineConfig
-    from segvec3d_ros.settings import settings_from_params_file
+    from segvec3d_ros.config import PipelineConfig, settings_from_params_file
+    from segvec3d_ros.names import bundled_grounding_path, bundled_model_path
     if not (bundled_model_path().is_file() and bundled_grounding_path().is_file()):
         pytest.skip('models/segvec3d.onnx or models/grounding.pt is absent')
     config = settings_from_params_file(PARAMS_FILE, NODE, PipelineConfig)

@@ -11,15 +11,14 @@ import pytest
 import yaml
 from matplotlib.image import imread
 
-from ros_harness import PARAMS_FILE, tabletop_points
+from scenes import PARAMS_FILE, tabletop_points
+from segvec3d_ros.cli import main as cli
+from segvec3d_ros.cli.common import pipeline_config
 from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.colors import instance_colors
-from segvec3d_ros.pipeline import PipelineConfig
+from segvec3d_ros.config import PipelineConfig, settings_from_params_file
+from segvec3d_ros.names import SEGMENTATION_NODE as NODE
 from segvec3d_ros.render import UNLABELLED_DIM, looks_forward, scene_image
-from segvec3d_ros.settings import settings_from_params_file
-from segvec3d_ros.tools import cli
-
-NODE = cli.SEGMENTATION_NODE
 
 
 def write_pcd(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
@@ -81,7 +80,7 @@ def test_segment_writes_labels_instances_and_a_picture_per_input(inputs, tmp_pat
 
 def test_segment_reads_each_cloud_of_a_bag(tmp_path, capsys):
     pytest.importorskip('rclpy')
-    from segvec3d_ros.tools.bag import write_cloud_bag
+    from segvec3d_ros.ros.bag import write_cloud_bag
 
     xyz, rgb, _ = tabletop_points(seed=3)
     write_cloud_bag(tmp_path / 'run1', [(10**18, Cloud(xyz, rgb)), (10**18 + 1, Cloud(xyz))],
@@ -115,12 +114,12 @@ def test_segment_overrides_and_bad_settings(inputs, tmp_path, capsys):
     assert cli.main(['segment', str(inputs['flat']), '--out-dir', str(tmp_path),
                      '--voxel-size', '0.05']) == 2  # not below cluster_tolerance 0.02
     assert 'cluster_tolerance' in capsys.readouterr().err
-    config = cli.pipeline_config(PARAMS_FILE, voxel_size=0.005, segmenter=None)
+    config = pipeline_config(PARAMS_FILE, voxel_size=0.005, segmenter=None)
     assert config.voxel_size == 0.005 and config.segmenter == 'segvec3d'  # the params file's
 
 
 def test_without_a_params_file_the_learned_segmenter_labels_instances(inputs, tmp_path):
-    assert cli.pipeline_config().segmenter == 'segvec3d'
+    assert pipeline_config().segmenter == 'segvec3d'
     assert cli.main(['segment', str(inputs['flat']), '--out-dir', str(tmp_path)]) == 0
     record = json.loads((tmp_path / 'flat.json').read_text())
     assert record['instances'] and all(i['label'] and i['embedding']
@@ -199,12 +198,6 @@ def test_params_file_problems_name_the_file(tmp_path, text, match):
     with pytest.raises(ValueError, match=match) as error:
         settings_from_params_file(path, NODE, PipelineConfig)
     assert 'bad.yaml' in str(error.value)
-
-
-def test_cli_reads_the_section_the_node_declares():
-    pytest.importorskip('rclpy')
-    from segvec3d_ros.nodes.segmentation_node import NODE_NAME
-    assert NODE == NODE_NAME
 
 
 def test_organized_picture_colours_instances_dims_the_rest_and_blacks_out_invalid():

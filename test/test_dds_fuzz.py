@@ -12,20 +12,21 @@ from collections.abc import Callable
 
 import pytest
 
-from ros_harness import (get_parameter, make_header, pipeline_diagnostics,
-                         publish_msg_until_answered, tabletop_points, wait_for)
+rclpy = pytest.importorskip('rclpy')
+
+from ros_harness import make_header, wait_for
+from scenes import tabletop_points
 from segvec3d_ros.frame_flow import SequenceGaps
-from segvec3d_ros.tools.dds import isolate_dds
+from segvec3d_ros.ros.dds import isolate_dds
 
 isolate_dds()
 
-rclpy = pytest.importorskip('rclpy')
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from segvec3d_ros.io.pointcloud2 import (CloudDecodeError, PackedCloud,  # noqa: E402
                                          decode_pointcloud2, encode_pointcloud2)
-from segvec3d_ros.nodes.conversions import pointcloud2_msg  # noqa: E402
+from segvec3d_ros.ros.conversions import pointcloud2_msg  # noqa: E402
 
 pytestmark = pytest.mark.ros
 MALFORMED_PER_VALID = 7
@@ -114,8 +115,8 @@ def counters(values: dict[str, str]) -> dict[str, int]:
 def test_malformed_and_valid_clouds_interleaved(system, messages: int) -> None:
     rng = random.Random(messages)
     bases = base_clouds()
-    max_points = get_parameter(system, 'segvec3d_segmentation', 'max_input_points')
-    before = counters(wait_for(lambda: pipeline_diagnostics(system), timeout=10.0))
+    max_points = system.get_parameter('segvec3d_segmentation', 'max_input_points')
+    before = counters(wait_for(lambda: system.pipeline_status(), timeout=10.0))
     sends = 0
 
     def publish(msg: PointCloud2) -> None:
@@ -132,7 +133,7 @@ def test_malformed_and_valid_clouds_interleaved(system, messages: int) -> None:
         # Valid frames come last in each group, so the run ends on an answered one.
         if (index + 1) % (MALFORMED_PER_VALID + 1) == 0:
             valid += 1
-            found = publish_msg_until_answered(system, msg, timeout=30.0, publish=publish)
+            found = system.publish_until_answered(msg, timeout=30.0, publish=publish)
             if not found:
                 lost_valid += 1
                 continue
@@ -152,7 +153,7 @@ def test_malformed_and_valid_clouds_interleaved(system, messages: int) -> None:
     reports = len(system.received['/diagnostics'])
     assert wait_for(lambda: len(system.received['/diagnostics']) >= reports + 2, timeout=10.0)
     delta = {key: value - before[key]
-             for key, value in counters(pipeline_diagnostics(system)).items()}
+             for key, value in counters(system.pipeline_status()).items()}
     warnings = system.output_text.count('rejected a cloud:')
     print(f'DDS fuzz: {messages} messages ({sends} sends) in {elapsed:.0f} s: {valid} valid, '
           f'{lost_valid} of them lost; {malformed} malformed, {expected_rejected} of which the '

@@ -12,15 +12,15 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from segvec3d_ros.model.clustering import graph_clusters
 from segvec3d_ros.model.export import INPUTS, export_onnx
 from segvec3d_ros.model.knn import knn_graph
-from segvec3d_ros.model.segmenter import _einsums_as_matmuls, cluster_edges
 from segvec3d_ros.model.segvec3d import SegVec3D, SegVec3DConfig
+from segvec3d_ros.segmentation.clustering import graph_clusters
+from segvec3d_ros.segmentation.learned import _einsums_as_matmuls, cluster_edges
 
 
 def random_graph(num: int = 2000, k: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray,
-                                                                        np.ndarray]:
+                                                                       np.ndarray]:
     """Points, their k-NN index and embeddings of five noisy directions."""
     rng = np.random.default_rng(seed)
     xyz = rng.uniform(0, 0.3, (num, 3)).astype(np.float32)

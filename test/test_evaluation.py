@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segvec3d_ros.evaluation.datasets import (EVAL_SEED_BASE, MIN_GT_POINTS, iter_synthetic,
-                                              mosd_frames, mosd_ground_truth, mosd_scene)
-from segvec3d_ros.evaluation.metrics import (AP_THRESHOLDS, FALSE_POSITIVE, IGNORED,
-                                             TRUE_POSITIVE, Detections, evaluate_scene,
-                                             scene_overlaps, summarize)
-from segvec3d_ros.tools.cli import main
+from segvec3d_ros.cli.main import main
+from segvec3d_ros.data.splits import TEST_FIRST_SEED
+from segvec3d_ros.evaluation.datasets import (MIN_GT_POINTS, iter_synthetic, mosd_frames,
+                                              mosd_ground_truth, mosd_scene)
+from segvec3d_ros.evaluation.metrics import (AP_THRESHOLDS, FALSE_POSITIVE, IGNORED, TRUE_POSITIVE,
+                                             Detections, evaluate_scene, scene_overlaps, summarize)
 
 
 def ids(*runs: tuple[int, int]) -> np.ndarray:
@@ -150,7 +150,7 @@ def test_mosd_label_mapping():
 
 def test_synthetic_split_is_held_out_and_labelled():
     (scene,) = iter_synthetic(1)
-    assert scene.name == f'seed{EVAL_SEED_BASE}' and scene.subset == 'tabletop'
+    assert scene.name == f'seed{TEST_FIRST_SEED}' and scene.subset == 'tabletop'
     assert scene.support.any() and not (scene.support & (scene.gt > 0)).any()
     assert not ((scene.gt > 0) & ~scene.cloud.valid).any()
     counts = np.bincount(scene.gt)[1:]

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
+from test_pointcloud2 import fuzzed_messages
 
 from segvec3d_ros.cloud import Cloud
+from segvec3d_ros.config import PipelineConfig
 from segvec3d_ros.io.pointcloud2 import CloudDecodeError, decode_pointcloud2
-from segvec3d_ros.pipeline import Pipeline, PipelineConfig
-from test_pointcloud2 import fuzzed_messages
+from segvec3d_ros.pipeline import Pipeline
 
 F32_MAX = float(np.finfo(np.float32).max)
 SPECIAL_VALUES = np.array([np.nan, np.inf, -np.inf, F32_MAX, -F32_MAX, 0.0, -0.0, 1e-45],
@@ -18,9 +18,11 @@ SPECIAL_VALUES = np.array([np.nan, np.inf, -np.inf, F32_MAX, -F32_MAX, 0.0, -0.0
 # Coordinate scales from subnormal to the edge of float32, through sensor-like metres.
 SCALES = [1e-38, 1e-6, 1e-3, 1.0, 10.0, 1e3, 1e9, 1e30, F32_MAX / 4]
 CONFIGS = {
-    'default': PipelineConfig(),
-    'learned (the shipped params)': PipelineConfig(segmenter='segvec3d', device='cpu'),
-    'no voxels, single-point instances': PipelineConfig(voxel_size=0.0, min_instance_points=1),
+    'baseline': PipelineConfig(segmenter='euclidean'),
+    'learned (the shipped params)': PipelineConfig(device='cpu'),
+    # The learned model runs only at the voxel size it was trained at.
+    'baseline, no voxels, single-point instances': PipelineConfig(
+        segmenter='euclidean', voxel_size=0.0, min_instance_points=1),
     'range-limited, small cap': PipelineConfig(max_range=2.0, max_points=100,
                                                min_instance_points=1),
 }
@@ -112,6 +114,6 @@ def test_decoded_messages_always_segment(msg: object) -> None:
         event('rejected')
         return
     event('segmented')
-    result = PIPELINES['default'].process(cloud)
+    result = PIPELINES['learned (the shipped params)'].process(cloud)
     assert result.labels.shape == (len(cloud),)
     assert not result.labels[~cloud.valid].any()

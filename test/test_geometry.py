@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from segvec3d_ros.pipeline import PipelineConfig
+from segvec3d_ros.config import PipelineConfig
 from segvec3d_ros.segmentation.base import peel_support
 from segvec3d_ros.segmentation.geometry import (euclidean_clusters, fit_support_plane,
                                                 longest_span, nearest_labels, plane_patches,
@@ -164,7 +164,8 @@ def test_an_object_top_near_the_sensor_is_no_support_surface():
     # A box's top (0.25 x 0.2 m, 4 cm above a 1 x 0.8 m table) seen from close holds more
     # points than the table; with min_extent it stays to be segmented, the table does not.
     table = _square((-0.5, -0.4), 1.0, spacing=0.02)
-    table = table[(table[:, 1] < 0.4) & ~((np.abs(table[:, 0]) < 0.13) & (np.abs(table[:, 1]) < 0.11))]
+    table = table[(table[:, 1] < 0.4)
+                  & ~((np.abs(table[:, 0]) < 0.13) & (np.abs(table[:, 1]) < 0.11))]
     top = _square((-0.125, -0.1), 0.2, z=-0.66, spacing=0.004)
     top = top[np.abs(top[:, 0]) < 0.125]
     xyz = np.concatenate([table, top])
@@ -208,9 +209,9 @@ def test_a_table_smaller_than_the_floor_and_wall_around_it_is_support_by_default
     xyz = np.concatenate([floor, wall, table]).astype(np.float32)
     is_table = np.repeat([False, True], [len(floor) + len(wall), len(table)])
     assert 0.05 < is_table.mean() < 0.1
-    support, rest = peel_support(xyz, PipelineConfig(), 0, None)
+    support, rest = peel_support(xyz, PipelineConfig().support())
     assert support.all() and not rest.any()
-    support, _ = peel_support(xyz, PipelineConfig(min_support_fraction=0.1), 0, None)
+    support, _ = peel_support(xyz, PipelineConfig(min_support_fraction=0.1).support())
     assert not support[is_table].any()
 
 

@@ -12,25 +12,25 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from segvec3d_ros.colors import color_names
+from segvec3d_ros.config import DEFAULT_VOCABULARY, OTHER, PipelineConfig
 from segvec3d_ros.data.scenes import CATEGORIES, OBJECT_COLOURS, SceneObject
-from segvec3d_ros.grounding import step
-from segvec3d_ros.grounding.captions import caption_bank
-from segvec3d_ros.grounding.dataset import GroundedScene, InstanceSet
-from segvec3d_ros.grounding.evaluate import (ABSENT_KINDS, CAUSES, SYSTEMS, GroundingReport,
-                                             Outcome, Query, absent_queries, answer_queries,
-                                             fit_lines, markdown_section)
-from segvec3d_ros.grounding.model import (BOX_CHANNELS, GEOMETRY_CHANNELS, POOLS,
-                                          GroundingConfig, GroundingHead, InfoNCELoss,
-                                          Objectness, load_grounding, save_grounding)
+from segvec3d_ros.evaluation.grounding import (ABSENT_KINDS, CAUSES, SYSTEMS, GroundingReport,
+                                               Outcome, Query, absent_queries, answer_queries,
+                                               fit_lines, markdown_section)
+from segvec3d_ros.grounding import grounder as step
+from segvec3d_ros.grounding.grounder import Grounder
+from segvec3d_ros.grounding.model import (BOX_CHANNELS, GEOMETRY_CHANNELS, POOLS, GroundingConfig,
+                                          GroundingHead, InfoNCELoss, Objectness, load_grounding,
+                                          save_grounding)
 from segvec3d_ros.grounding.query import QueryEngine, parse_query
-from segvec3d_ros.grounding.step import Grounder
-from segvec3d_ros.grounding.train import (GroundingTrainConfig, InstanceCache, InstanceTable,
-                                          train_head)
-from segvec3d_ros.grounding.vocabulary import DEFAULT_VOCABULARY, OTHER
 from segvec3d_ros.instances import InstanceInfo
-from segvec3d_ros.model.segmenter import LearnedSegmenter
 from segvec3d_ros.model.segvec3d import SegVec3D, SegVec3DConfig, save_checkpoint
-from segvec3d_ros.pipeline import Pipeline, PipelineConfig
+from segvec3d_ros.pipeline import Pipeline
+from segvec3d_ros.segmentation.learned import LearnedSegmenter
+from segvec3d_ros.training.captions import caption_bank
+from segvec3d_ros.training.grounding import (GroundingTrainConfig, InstanceCache, InstanceTable,
+                                             train_head)
+from segvec3d_ros.training.grounding_dataset import GroundedScene, InstanceSet
 
 FEATURES = 8
 
@@ -478,8 +478,8 @@ def test_evaluation_names_why_the_predicted_instances_missed():
 
 
 @pytest.mark.parametrize('hits, count, low, high', [(9, 10, 0.596, 0.982),
-                                                     (900, 1000, 0.880, 0.917),
-                                                     (0, 10, 0.0, 0.278)])
+                                                    (900, 1000, 0.880, 0.917),
+                                                    (0, 10, 0.0, 0.278)])
 def test_evaluation_gives_the_wilson_interval_of_each_accuracy(hits, count, low, high):
     outcomes = [Outcome('category', {SYSTEMS[0]: float(k < hits)}, 0.0, '')
                 for k in range(count)]
@@ -552,7 +552,7 @@ def test_min_score_leaves_the_ranking_as_it_is(text):
 
 
 def test_absent_queries_name_nothing_the_scene_holds():
-    objects = [SceneObject(k + 1, category, colour, (0, 0, 0), np.ones(3), False, '', None, '',
+    objects = [SceneObject(k + 1, category, colour, (0, 0, 0), np.ones(3), False, None, '',
                            np.zeros(3), 0.0, 100)
                for k, (category, colour) in enumerate([('mug', 'red'), ('box', 'blue')])]
     queries = absent_queries(objects)
@@ -594,12 +594,12 @@ def test_query_latency_with_cached_text_is_small():
 
 
 def test_bundled_head_matches_the_bundled_segmentation_model():
-    from segvec3d_ros.model.segmenter import LearnedSegmenter, bundled_model_path
-    if not (bundled_model_path().is_file() and step.bundled_grounding_path().is_file()):
+    from segvec3d_ros.names import bundled_grounding_path, bundled_model_path
+    from segvec3d_ros.segmentation.learned import LearnedSegmenter
+    if not (bundled_model_path().is_file() and bundled_grounding_path().is_file()):
         pytest.skip('models/segvec3d.onnx or models/grounding.pt is absent')
-    _, metadata = load_grounding(step.bundled_grounding_path())
-    probe = step.backbone_probe(LearnedSegmenter(PipelineConfig(segmenter='segvec3d',
-                                                                device='cpu')))
+    _, metadata = load_grounding(bundled_grounding_path())
+    probe = step.backbone_probe(LearnedSegmenter(PipelineConfig(device='cpu').learned()))
     stored = np.asarray(metadata['backbone_probe'])
     assert np.linalg.norm(probe - stored) <= 1e-2 * np.linalg.norm(stored), (
         'models/grounding.pt was trained on another segmentation model: run segvec3d '

@@ -8,31 +8,33 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+rclpy = pytest.importorskip('rclpy')
 from scipy.spatial import cKDTree
 
-from ros_harness import get_parameter, separate_system, set_parameter, wait_for
-from segvec3d_ros.tools.dds import isolate_dds
+from ros_harness import separate_system, wait_for
+from segvec3d_ros.ros.dds import isolate_dds
 
 isolate_dds()
 
-rclpy = pytest.importorskip('rclpy')
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from segvec3d_msgs.srv import QueryInstance  # noqa: E402
 from segvec3d_ros.data.scenes import generate_scene  # noqa: E402
-from segvec3d_ros.evaluation.datasets import EVAL_SEED_BASE, synthetic_ground_truth  # noqa: E402
-from segvec3d_ros.grounding.dataset import scene_truth  # noqa: E402
-from segvec3d_ros.grounding.evaluate import generate_queries  # noqa: E402
+from segvec3d_ros.data.splits import TEST_FIRST_SEED
+from segvec3d_ros.evaluation.datasets import synthetic_ground_truth  # noqa: E402
+from segvec3d_ros.evaluation.grounding import generate_queries  # noqa: E402
 from segvec3d_ros.io.pointcloud2 import decode_pointcloud2, encode_pointcloud2  # noqa: E402
-from segvec3d_ros.nodes.conversions import pointcloud2_msg  # noqa: E402
+from segvec3d_ros.ros.conversions import pointcloud2_msg  # noqa: E402
+from segvec3d_ros.training.grounding_dataset import scene_truth  # noqa: E402
 
 pytestmark = pytest.mark.ros
 MODELS = Path(__file__).resolve().parents[1] / 'models'
 # A held-out scene whose first category and relation queries ('the bowl', 'the mug left of
 # the bowl') the product answers: this checks the service end to end over DDS; accuracy over
 # many scenes is what `segvec3d evaluate --grounding` measures.
-SEED = EVAL_SEED_BASE + 4
+SEED = TEST_FIRST_SEED + 4
 FRAME = 'camera_color_optical_frame'
 
 
@@ -87,10 +89,10 @@ def test_category_and_relation_queries_return_the_right_instance(planner, segmen
     visible = [k for k, o in enumerate(objects) if (gt == o.instance_id).any()]
     queries = generate_queries(objects, visible, centers, up)
     chosen = [next(q for q in queries if q.kind == kind) for kind in ('category', 'relation')]
-    min_score = get_parameter(planner, 'segvec3d_query', 'min_score')
+    min_score = planner.get_parameter('segvec3d_query', 'min_score')
 
     for query in chosen:
-        response = planner.call(planner.query, QueryInstance.Request(text=query.text, top_k=3))
+        response = planner.call(planner.query_client, QueryInstance.Request(text=query.text, top_k=3))
         assert response.success, response.message
         assert response.header == header
         assert len(response.fit_scores) == len(response.matches) == 3
@@ -102,9 +104,9 @@ def test_category_and_relation_queries_return_the_right_instance(planner, segmen
 def test_an_object_the_scene_lacks_is_not_found_under_min_score(planner, segmented):
     _, header = segmented
     request = QueryInstance.Request(text='the elephant', top_k=3)
-    min_score = get_parameter(planner, 'segvec3d_query', 'min_score')
+    min_score = planner.get_parameter('segvec3d_query', 'min_score')
     assert min_score > 0.0      # the shipped params file's
-    response = planner.call(planner.query, request)
+    response = planner.call(planner.query_client, request)
     assert not response.success and response.message.startswith('not found'), response.message
     assert response.header == header
     # The candidates stay inspectable; no points, which a planner could mistake for an answer.
@@ -112,11 +114,11 @@ def test_an_object_the_scene_lacks_is_not_found_under_min_score(planner, segment
     assert response.fit_scores[0] < min_score
     assert f'instance {response.matches[0].id}' in response.message
     assert response.points.width == 0
-    assert not set_parameter(planner, 'segvec3d_query', 'min_score', 1.5).successful
-    assert set_parameter(planner, 'segvec3d_query', 'min_score', 0.0).successful
+    assert not planner.set_parameter('segvec3d_query', 'min_score', 1.5).successful
+    assert planner.set_parameter('segvec3d_query', 'min_score', 0.0).successful
     try:
-        answered = planner.call(planner.query, request)
+        answered = planner.call(planner.query_client, request)
         assert answered.success and answered.points.width > 0, answered.message
         assert [m.id for m in answered.matches] == [m.id for m in response.matches]
     finally:
-        assert set_parameter(planner, 'segvec3d_query', 'min_score', min_score).successful
+        assert planner.set_parameter('segvec3d_query', 'min_score', min_score).successful

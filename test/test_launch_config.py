@@ -4,14 +4,14 @@ from __future__ import annotations
 import ast
 import os
 import re
-from xml.etree import ElementTree
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import yaml
 
-from segvec3d_ros.nodes.launch_arguments import (CYCLONE_DDS_PROFILE, FAST_DDS_PROFILE,
-                                                 parameter_overrides, profile_environment)
+from segvec3d_ros.ros.launch_arguments import (CYCLONE_DDS_PROFILE, FAST_DDS_PROFILE,
+                                               parameter_overrides, profile_environment)
 
 REPO = Path(__file__).resolve().parents[1]
 RCLPY_OWN_PARAMETERS = {'use_sim_time', 'start_type_description_service'}
@@ -137,8 +137,8 @@ def test_rviz_config_shows_the_outputs():
 def declared_parameters() -> dict[str, set[str]]:
     """Parameter names as the real nodes declare them (rclpy, in this process)."""
     rclpy = pytest.importorskip('rclpy')
-    from segvec3d_ros.nodes.query_node import QueryNode
-    from segvec3d_ros.nodes.segmentation_node import SegmentationNode
+    from segvec3d_ros.ros.query_node import QueryNode
+    from segvec3d_ros.ros.segmentation_node import SegmentationNode
 
     rclpy.init()
     try:

@@ -8,16 +8,16 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from segvec3d_ros.model.clustering import (MIN_SPLIT_POINTS, absorb_fragments,
-                                           cluster_embeddings, graph_clusters, propose_splits)
+from segvec3d_ros.config import PipelineConfig
 from segvec3d_ros.model.export import export_onnx
 from segvec3d_ros.model.features import input_features
 from segvec3d_ros.model.knn import knn_graph
 from segvec3d_ros.model.layers import GraphAttentionLayer, relative_geometry
 from segvec3d_ros.model.loss import PullPushLoss, sparse_labels
-from segvec3d_ros.model.segmenter import LearnedSegmenter, cluster_edges, load_network
 from segvec3d_ros.model.segvec3d import SegVec3D, SegVec3DConfig, save_checkpoint
-from segvec3d_ros.pipeline import PipelineConfig
+from segvec3d_ros.segmentation.clustering import absorb_fragments, graph_clusters
+from segvec3d_ros.segmentation.learned import LearnedSegmenter, cluster_edges, load_network
+from segvec3d_ros.segmentation.split import MIN_SPLIT_POINTS, propose_splits
 
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
@@ -251,39 +251,14 @@ def test_graph_clusters_cut_far_edges_and_respect_min_size() -> None:
     knn_index = knn_graph(torch.from_numpy(embeddings) + jitter, 12)
     # Cross-cluster edges exist, so the embedding radius does the cutting.
     assert (truth[knn_index.numpy()] != truth[:, None]).any()
-    labels = cluster_embeddings(embeddings, 'graph', knn_index=knn_index, radius=0.5)
+    labels = graph_clusters(embeddings, knn_index, radius=0.5)
     assert same_partition(labels, truth)
-    small = cluster_embeddings(embeddings, 'graph', knn_index=knn_index, radius=0.5, min_size=10)
+    small = graph_clusters(embeddings, knn_index, radius=0.5, min_size=10)
     assert (small[truth == 4] == 0).all() and same_partition(small[truth < 4], truth[truth < 4])
     cut = knn_index.clone()
     cut[torch.from_numpy(truth == 4)] = -1     # no edge leaves the small cluster's points
     cut[torch.from_numpy(np.isin(cut.numpy(), np.flatnonzero(truth == 4)))] = -1  # nor reaches
     assert len(np.unique(graph_clusters(embeddings, cut, 0.5)[truth == 4])) == 5
-
-
-@pytest.mark.parametrize('method, params', [('dbscan', {'eps': 0.2, 'min_samples': 4}),
-                                            ('meanshift', {'bandwidth': 0.3})])
-def test_density_methods_find_clusters_and_drop_small_ones(method: str, params: dict) -> None:
-    embeddings, truth = separated_embeddings()
-    assert same_partition(cluster_embeddings(embeddings, method, **params), truth)
-    labels = cluster_embeddings(embeddings, method, min_size=10, **params)
-    assert (labels[truth == 4] == 0).all() and same_partition(labels[truth < 4], truth[truth < 4])
-
-
-def test_dbscan_matches_sklearn_with_noise() -> None:
-    sklearn_cluster = pytest.importorskip('sklearn.cluster')
-    embeddings, _ = separated_embeddings()
-    outliers = np.random.default_rng(1).uniform(-1, 2, (20, 8)).astype(np.float32)
-    points = np.concatenate([embeddings, outliers])
-    ours = cluster_embeddings(points, 'dbscan', eps=0.2, min_samples=4)
-    theirs = sklearn_cluster.DBSCAN(eps=0.2, min_samples=4).fit_predict(points)
-    assert np.array_equal(ours == 0, theirs == -1) and (ours == 0).sum() >= 20
-    assert same_partition(ours, theirs)
-
-
-def test_unknown_clustering_method_is_rejected() -> None:
-    with pytest.raises(ValueError, match='meanshift'):
-        cluster_embeddings(np.zeros((3, 2)), 'kmeans')
 
 
 # ---- export and learned segmenter ------------------------------------------------------------
@@ -326,7 +301,8 @@ def test_learned_segmenter_runs_end_to_end_from_torch_and_onnx(tmp_path: Path) -
     for name in ('model.pt', 'model.onnx'):
         # The boxes are sampled sparser than a 1 cm voxel grid: widen the spatial edge cutoff.
         segmenter = LearnedSegmenter(PipelineConfig(model_path=str(tmp_path / name),
-                                                    device='cpu', cluster_tolerance=0.1))
+                                                    device='cpu',
+                                                    cluster_tolerance=0.1).learned())
         assert segmenter.name == 'segvec3d'
         seg = segmenter.segment(xyz, rgb)
         assert seg.instance_ids.shape == (len(xyz),) and seg.instance_ids.dtype == np.int64
@@ -356,7 +332,7 @@ def test_learned_segmenter_runs_end_to_end_from_torch_and_onnx(tmp_path: Path) -
 def test_missing_or_corrupt_model_files_raise_naming_the_path(tmp_path: Path) -> None:
     missing = tmp_path / 'absent.pt'
     with pytest.raises(FileNotFoundError, match='absent.pt'):
-        LearnedSegmenter(PipelineConfig(model_path=str(missing)))
+        LearnedSegmenter(PipelineConfig(model_path=str(missing)).learned())
     with pytest.raises(FileNotFoundError, match="''"):
         load_network('')
     with pytest.raises(IsADirectoryError, match='is a directory'):
@@ -435,3 +411,20 @@ def test_faces_of_one_object_and_small_instances_are_not_proposed() -> None:
     embeddings, edges = split_inputs(xyz, None)
     for ids in (np.ones(len(xyz), dtype=np.int64), np.zeros(len(xyz), dtype=np.int64)):
         assert not propose_splits(ids, embeddings, edges, xyz, normals, 0.3).any()
+
+
+def test_a_model_refuses_a_pipeline_at_another_resolution() -> None:
+    from segvec3d_ros.names import bundled_model_path
+    if not bundled_model_path().is_file():
+        pytest.skip('models/segvec3d.onnx is absent')
+    assert load_network(bundled_model_path(), 'cpu').config.voxel_size == 0.01
+    LearnedSegmenter(PipelineConfig(device='cpu').learned())
+    with pytest.raises(ValueError, match='trained at voxel_size 0.01 m but the pipeline runs '
+                                         'at voxel_size 0.02 m'):
+        LearnedSegmenter(PipelineConfig(device='cpu', voxel_size=0.02,
+                                        cluster_tolerance=0.04).learned())
+
+
+def test_a_training_run_records_its_resolution() -> None:
+    from segvec3d_ros.training.train import TrainConfig
+    assert TrainConfig(voxel_size=0.02).network_config().voxel_size == 0.02

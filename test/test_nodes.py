@@ -7,28 +7,29 @@ import time
 import numpy as np
 import pytest
 
-from ros_harness import (cloud_msg, diagnostics_count, make_header, pipeline_diagnostics,
-                         publish_msg_until_answered, publish_until_answered, query,
-                         separate_system, start_executable, stop_process, tabletop_points,
-                         wait_for)
-from segvec3d_ros.tools.dds import isolate_dds
+rclpy = pytest.importorskip('rclpy')
+
+from ros_harness import (cloud_msg, diagnostics_count, make_header, publish_until_answered,
+                         separate_system, start_executable, stop_process, wait_for)
+from scenes import tabletop_points
+from segvec3d_ros.ros.dds import isolate_dds
 
 isolate_dds()
 
-rclpy = pytest.importorskip('rclpy')
-from rcl_interfaces.msg import Parameter as ParameterMsg, ParameterType, ParameterValue  # noqa: E402
+from rcl_interfaces.msg import (Parameter as ParameterMsg, ParameterType,  # noqa: E402
+                                ParameterValue)
 from rcl_interfaces.srv import GetParameters, SetParameters  # noqa: E402
 from visualization_msgs.msg import Marker  # noqa: E402
 
 from segvec3d_ros.io.files import read_cloud  # noqa: E402
 from segvec3d_ros.io.pointcloud2 import decode_pointcloud2, encode_pointcloud2  # noqa: E402
-from segvec3d_ros.nodes.conversions import pointcloud2_msg  # noqa: E402
+from segvec3d_ros.ros.conversions import pointcloud2_msg  # noqa: E402
 
 pytestmark = pytest.mark.ros
 
 
 def test_query_before_any_scene_fails_clearly(system):
-    response = query(system, 'the red box')
+    response = system.ask('the red box')
     assert not response.success
     assert 'no scene' in response.message
 
@@ -66,7 +67,7 @@ def test_query_answers_from_the_latest_scene(system):
     xyz, rgb, truth = tabletop_points(seed=2)
     header = make_header()
     assert publish_until_answered(system, xyz, rgb, header)
-    response = query(system, 'the blue object', top_k=10)
+    response = system.ask('the blue object', top_k=10)
     assert response.success, response.message
     assert response.header == header
     assert len(response.matches) == len(response.scores) == 3
@@ -81,14 +82,14 @@ def test_query_answers_from_the_latest_scene(system):
 
 @pytest.mark.parametrize('text', ['', '   \t\n', 'x' * 10_000])
 def test_unusable_query_text_fails_with_a_reason(system, text):
-    response = query(system, text)
+    response = system.ask(text)
     assert not response.success
     assert response.message
 
 
 def test_unusual_unicode_and_top_k_extremes_are_answered(system):
-    assert query(system, '赤いマグカップ 🤖\u200d\u202e', top_k=0).success
-    response = query(system, 'box', top_k=4_000_000_000)
+    assert system.ask('赤いマグカップ 🤖\u200d\u202e', top_k=0).success
+    response = system.ask('box', top_k=4_000_000_000)
     assert response.success and len(response.matches) == 3
 
 
@@ -150,7 +151,7 @@ def test_invalid_parameters_are_rejected_with_a_reason_and_the_old_value_kept(sy
 
 
 def test_diagnostics_report_rates_and_latency(system):
-    values = wait_for(lambda: pipeline_diagnostics(system), timeout=10.0)
+    values = wait_for(lambda: system.pipeline_status(), timeout=10.0)
     assert values
     for key in ('input_rate_hz', 'latency_median_ms', 'latency_p95_ms', 'frames_dropped',
                 'frames_processed'):
@@ -163,7 +164,7 @@ def test_real_scan_through_the_node(shared_dir):
     cloud = read_cloud(shared_dir / 'data' / 'real_scans' / 'table_scene_mug_stereo_textured.pcd')
     with separate_system('-p', 'max_scene_age:=0.0') as up:
         msg = cloud_msg(make_header(), cloud.xyz, cloud.rgb, height=cloud.height)
-        found = publish_msg_until_answered(up, msg, timeout=120.0)
+        found = up.publish_until_answered(msg, timeout=120.0)
         assert found, up.output_text[-3000:]
     instances = found['segvec3d/instances'].instances
     assert len(instances) >= 1

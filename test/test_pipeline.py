@@ -7,9 +7,10 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from segvec3d_ros.cloud import Cloud
+from segvec3d_ros.config import PipelineConfig, validate_field
 from segvec3d_ros.instances import describe_instances
 from segvec3d_ros.io.files import read_cloud
-from segvec3d_ros.pipeline import Pipeline, PipelineConfig, validate_field
+from segvec3d_ros.pipeline import Pipeline
 from segvec3d_ros.segmentation.euclidean import EuclideanSegmenter
 
 TABLE_Z = -0.7     # the sensor, at the origin, looks down on the table
@@ -162,12 +163,12 @@ def test_limits_the_segmenter_hit_are_reported(scene):
             return seg
 
     config = PipelineConfig(segmenter='euclidean')
-    assert Pipeline(config, Bounded(config)).process(scene[0]).limits_hit == [line]
+    assert Pipeline(config, Bounded(config.euclidean())).process(scene[0]).limits_hit == [line]
 
 
 def test_no_voxel_downsampling():
     cloud, owner = tabletop_scene(spacing=0.008)
-    config = PipelineConfig(voxel_size=0.0)
+    config = PipelineConfig(segmenter='euclidean', voxel_size=0.0)
     result = Pipeline(config).process(cloud)
     check_consistent(result, cloud)
     assert result.num_working == result.num_valid
@@ -197,7 +198,7 @@ class FeatureSegmenter(EuclideanSegmenter):
 def test_instance_features_are_per_instance_means(scene):
     cloud, _ = scene
     config = PipelineConfig()
-    result = Pipeline(config, FeatureSegmenter(config)).process(cloud)
+    result = Pipeline(config, FeatureSegmenter(config.euclidean())).process(cloud)
     assert result.instance_features.shape == (3, 3)
     assert result.instance_features.dtype == np.float32
     centroids = np.array([info.centroid for info in result.instances])
@@ -364,8 +365,7 @@ def _objects_found(result, objects: np.ndarray) -> int:
 
 
 def _learned_pipelines():
-    from segvec3d_ros.grounding.step import bundled_grounding_path
-    from segvec3d_ros.model.segmenter import bundled_model_path
+    from segvec3d_ros.names import bundled_grounding_path, bundled_model_path
     if not (bundled_model_path().is_file() and bundled_grounding_path().is_file()):
         pytest.skip('models/segvec3d.onnx or models/grounding.pt is absent')
     config = PipelineConfig(segmenter='segvec3d', device='cpu')
@@ -404,7 +404,7 @@ def test_frames_run_with_one_blas_thread_and_the_setting_is_restored():
 
     before = blas_threads()
     config = PipelineConfig()
-    segmenter = Recording(config)
+    segmenter = Recording(config.euclidean())
     Pipeline(config, segmenter).process(Cloud(xyz=np.random.default_rng(0).uniform(
         -1, 1, (500, 3)).astype(np.float32)))
     assert segmenter.threads == {1}

@@ -5,12 +5,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
-from segvec3d_ros.io.pointcloud2 import (
-    FLOAT32, FLOAT64, INT8, POINT_FIELD_TYPES, UINT8, UINT16, UINT32, CloudDecodeError,
-    PackedCloud, decode_pointcloud2, encode_pointcloud2, pack_rgb, unpack_rgb)
+from segvec3d_ros.io.pointcloud2 import (FLOAT32, FLOAT64, INT8, POINT_FIELD_TYPES, UINT8, UINT16,
+                                         UINT32, CloudDecodeError, PackedCloud, decode_pointcloud2,
+                                         encode_pointcloud2, pack_rgb, unpack_rgb)
 
 RNG = np.random.default_rng(0)
 
@@ -315,4 +314,3 @@ def test_fuzzed_messages_decode_or_raise_decode_error(msg):
     assert len(cloud) == n and cloud.xyz.dtype == np.float32
     assert cloud.rgb is None or cloud.rgb.shape == (n, 3)
     assert all(v.shape == (n,) for v in cloud.extra.values())
-

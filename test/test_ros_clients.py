@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import numpy as np
@@ -14,14 +13,16 @@ rclpy = pytest.importorskip('rclpy')
 from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from ros_harness import (cloud_msg, make_header, publish_msg_until_answered,  # noqa: E402
-                         separate_domain_env, separate_system, set_parameter,
-                         start_executable, stop_process, tabletop_points, wait_for)
-from segvec3d_msgs.srv import QueryInstance  # noqa: E402
-from segvec3d_ros.io.pointcloud2 import decode_pointcloud2  # noqa: E402
-from segvec3d_ros.tools.dds import isolate_dds  # noqa: E402
+from ros_harness import (cloud_msg, make_header, read_until, separate_domain_env, separate_system,
+                         start_executable, stop_process, wait_and_read)
+from scenes import tabletop_points
+from segvec3d_msgs.srv import QueryInstance
+from segvec3d_ros.io.pointcloud2 import decode_pointcloud2
+from segvec3d_ros.ros.client import wait_for
+from segvec3d_ros.ros.dds import isolate_dds
 
 isolate_dds()
+
 pytestmark = pytest.mark.ros
 
 
@@ -55,7 +56,7 @@ def test_defaults_silent_input_instance_mask_and_a_late_query_node():
         xyz, rgb, _ = tabletop_points(seed=1)
         msg = cloud_msg(make_header(), xyz, rgb, height=100)
         seen_before = len(up.received['/diagnostics'])
-        found = publish_msg_until_answered(up, msg, timeout=90.0)
+        found = up.publish_until_answered(msg, timeout=90.0)
         assert found, up.output_text[-3000:]
         instances = found['segvec3d/instances'].instances
         assert instances and all(i.label for i in instances)  # labelled by the grounding head
@@ -86,8 +87,8 @@ def test_defaults_silent_input_instance_mask_and_a_late_query_node():
 
         # A frame whose output a cap cut is reported, not silently truncated.
         for name, value in (('input_timeout', 0.0), ('max_instances', 1)):
-            assert set_parameter(up, 'segvec3d_segmentation', name, value).successful
-        capped = publish_msg_until_answered(up, cloud_msg(make_header(), xyz, rgb), 60.0)
+            assert up.set_parameter('segvec3d_segmentation', name, value).successful
+        capped = up.publish_until_answered(cloud_msg(make_header(), xyz, rgb), 60.0)
         assert capped and len(capped['segvec3d/instances'].instances) == 1
         over = wait_for(lambda: (status := pipeline_status(up)) is not None
                         and status.message.startswith('over budget') and status, 10.0)
@@ -99,11 +100,7 @@ def test_defaults_silent_input_instance_mask_and_a_late_query_node():
 @pytest.mark.parametrize('how', ['twice', 'process group'])
 def test_sigints_during_shutdown_exit_cleanly(how):
     process = start_executable('segvec3d-up', env=separate_domain_env(), new_session=True)
-    seen = []
-    for line in iter(process.stderr.readline, ''):
-        seen.append(line)
-        if 'answering queries' in line:
-            break
+    seen = read_until(process, 'answering queries')
     time.sleep(1.0)  # spinning now
     for _ in range(2 if how == 'twice' else 3):
         # systemd's KillSignal=SIGINT reaches every process of the group, as Ctrl-C does.
@@ -112,12 +109,7 @@ def test_sigints_during_shutdown_exit_cleanly(how):
         else:
             os.killpg(process.pid, signal.SIGINT)
         time.sleep(0.01)
-    try:
-        code = process.wait(timeout=60.0)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        raise
-    output = ''.join(seen) + process.stderr.read() + process.stdout.read()
+    code, output = wait_and_read(process, seen)
     assert any('answering queries' in line for line in seen), output
     assert 'Traceback' not in output, output
     assert code == 0, (code, output)

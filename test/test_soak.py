@@ -15,18 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ros_harness import (REPO, make_header, pipeline_diagnostics, query, tabletop_points,
-                         wait_for)
-from segvec3d_ros.tools.dds import isolate_dds
+rclpy = pytest.importorskip('rclpy')
+
+from ros_harness import make_header, wait_for
+from scenes import REPO, tabletop_points
+from segvec3d_ros.ros.dds import isolate_dds
 
 isolate_dds()
 
-rclpy = pytest.importorskip('rclpy')
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 
 from segvec3d_msgs.msg import InstanceArray  # noqa: E402
 from segvec3d_ros.io.pointcloud2 import encode_pointcloud2  # noqa: E402
-from segvec3d_ros.nodes.conversions import pointcloud2_msg  # noqa: E402
+from segvec3d_ros.ros.conversions import pointcloud2_msg  # noqa: E402
 
 pytestmark = pytest.mark.ros
 CI_SECONDS = 15.0
@@ -89,14 +90,14 @@ def test_soak_frames_at_sensor_rate_with_queries(system, soak_seconds: float | N
         due = time.monotonic()
         while not stop.is_set():
             start = time.monotonic()
-            response = query(system, texts[len(query_latency) % len(texts)], top_k=3)
+            response = system.ask(texts[len(query_latency) % len(texts)], top_k=3)
             query_latency.append(time.monotonic() - start)
             if not response.success:
                 failed_queries.append(response.message)
             due += 1.0 / QUERY_HZ
             stop.wait(max(0.0, due - time.monotonic()))
 
-    before = wait_for(lambda: pipeline_diagnostics(system), timeout=10.0)
+    before = wait_for(lambda: system.pipeline_status(), timeout=10.0)
     cpu_before, start = cpu_seconds(system.process.pid), time.monotonic()
     memory: list[tuple[float, int, int]] = []  # (s since start, VmRSS, RssAnon)
     workers = [threading.Thread(target=stream, daemon=True)]
@@ -117,7 +118,7 @@ def test_soak_frames_at_sensor_rate_with_queries(system, soak_seconds: float | N
     cpu = cpu_seconds(system.process.pid) - cpu_before
     reports = len(system.received['/diagnostics'])
     assert wait_for(lambda: len(system.received['/diagnostics']) >= reports + 2, timeout=10.0)
-    after = pipeline_diagnostics(system)
+    after = system.pipeline_status()
     delta = {key: int(after[key]) - int(before[key]) for key in after if key.startswith('frames_')}
 
     latency = [answered_at[key] - sent_at[key] for key in answered_at if key in sent_at]

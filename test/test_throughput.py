@@ -19,24 +19,25 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ros_harness import (Client, make_header, pipeline_diagnostics, start_executable,
-                         stop_process, wait_for)
+rclpy = pytest.importorskip('rclpy')
+
+from ros_harness import make_header, start_executable, stop_process, wait_for
 from segvec3d_ros.bench.measure import bench_frame
 from segvec3d_ros.bench.report import DDS_COLUMNS
 from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.io.pointcloud2 import encode_pointcloud2
-from segvec3d_ros.tools.dds import isolate_dds
+from segvec3d_ros.ros.client import Segvec3dClient as Client
+from segvec3d_ros.ros.dds import isolate_dds
 
 isolate_dds()
 
-rclpy = pytest.importorskip('rclpy')
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 
 from segvec3d_msgs.msg import InstanceArray  # noqa: E402
 from segvec3d_msgs.srv import QueryInstance  # noqa: E402
-from segvec3d_ros.nodes.conversions import pointcloud2_msg  # noqa: E402
+from segvec3d_ros.ros.conversions import pointcloud2_msg  # noqa: E402
 
 pytestmark = pytest.mark.ros
 VGA = 640 * 480
@@ -65,7 +66,7 @@ class Rig:
                                  QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
         self.query = node.create_client(QueryInstance, 'segvec3d/query')
         if not wait_for(lambda: self.process.poll() is not None
-                        or self.query.wait_for_service(timeout_sec=0.5), timeout=120.0) \
+                        or self.query_client.wait_for_service(timeout_sec=0.5), timeout=120.0) \
                 or self.process.poll() is not None:
             _, out, err = self.stop()
             raise RuntimeError(f'segvec3d-up did not come up:\n{out}\n{err}')
@@ -112,7 +113,7 @@ def _crowded_frame(seed: int, num_objects: int) -> Cloud:
 
 def _settled(rig: Rig) -> dict[str, str] | None:
     """Diagnostics once every received frame is accounted for, else None."""
-    values = pipeline_diagnostics(rig.client)
+    values = rig.client.pipeline_status()
     if values is None:
         return None
     accounted = sum(int(values[key]) for key in ('frames_processed', 'frames_dropped',
@@ -139,7 +140,7 @@ def run_at_rate(rig: Rig, messages: list[PointCloud2], frames: int,
     wait_for(lambda: (v := _settled(rig)) is not None
              and int(v['frames_received']) > int(before['frames_received']), timeout=60.0)
     time.sleep(2.0)     # a diagnostics period or two more, for the last frame's outputs
-    after = _settled(rig) or pipeline_diagnostics(rig.client)
+    after = _settled(rig) or rig.client.pipeline_status()
     with rig._lock:
         delays = [1e3 * (rig.answered[key] - at) for key, at in sent.items()
                   if key in rig.answered]
@@ -148,7 +149,8 @@ def run_at_rate(rig: Rig, messages: list[PointCloud2], frames: int,
         return int(after[key]) - int(before[key])
     received = grown('frames_received')
     return {'segmenter': after['segmenter'], 'frames': frames, 'rate_hz': rate_hz,
-            'transport': 'Fast DDS, config/fastdds_large_clouds.xml (256 MiB shared-memory segment)',
+            'transport': 'Fast DDS, config/fastdds_large_clouds.xml '
+                         '(256 MiB shared-memory segment)',
             'seconds': round(time.monotonic() - start, 1), 'received': received,
             'processed': grown('frames_processed'), 'dropped': grown('frames_dropped'),
             'rejected': grown('frames_rejected'), 'failed': grown('frames_failed'),
@@ -167,14 +169,14 @@ def time_queries(rig: Rig, scene: PointCloud2, calls: int) -> dict[str, Any]:
     while key not in rig.answered and time.monotonic() < deadline:
         key = rig.publish(scene)
         wait_for(lambda: key in rig.answered, timeout=5.0)
-    assert key in rig.answered, f'no answer to the query scene: {pipeline_diagnostics(rig.client)}'
+    assert key in rig.answered, f'no answer to the query scene: {rig.client.pipeline_status()}'
     for text in QUERY_TEXTS:    # the encoder caches the texts and the scene's captions
-        rig.client.call(rig.query, QueryInstance.Request(text=text, top_k=5))
+        rig.client.call(rig.query_client, QueryInstance.Request(text=text, top_k=5))
     seconds = []
     for index in range(calls):
         request = QueryInstance.Request(text=QUERY_TEXTS[index % len(QUERY_TEXTS)], top_k=5)
         start = time.monotonic()
-        response = rig.client.call(rig.query, request)
+        response = rig.client.call(rig.query_client, request)
         seconds.append(time.monotonic() - start)
         # 'Not found' is an answer too (below min_score), ranked the same way.
         assert response.success or response.message.startswith('not found'), response.message

@@ -7,9 +7,9 @@ import numpy as np
 import torch
 import yaml
 
+from segvec3d_ros.cli.main import main as cli_main
 from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.model.segvec3d import load_checkpoint
-from segvec3d_ros.tools.cli import main as cli_main
 from segvec3d_ros.training.dataset import Sample, majority_labels, working_sample
 from segvec3d_ros.training.train import TrainConfig, texture, train
 

@@ -38,7 +38,7 @@ class BenchError(RuntimeError):
 
 
 def bench_frame(num_points: int, seed: int = 0, num_objects: int | None = None) -> Cloud:
-    """An organized tabletop frame of about `num_points` pixels, NaN holes included.
+    """Organized tabletop frame of about `num_points` pixels, NaN holes included.
 
     The scene generator's Kinect v1 at the resolution with that many pixels: the same scene,
     seen by a coarser or finer sensor, rather than a subsample of one frame. `num_objects`
@@ -58,7 +58,7 @@ def save_frame(cloud: Cloud, path: Path) -> None:
 
 
 def load_frame(path: Path) -> Cloud:
-    """The cloud `save_frame` wrote."""
+    """Load the cloud `save_frame` wrote."""
     with np.load(path) as data:
         height, width = data['shape']
         return Cloud(data['xyz'], data['rgb'], height=int(height), width=int(width))
@@ -71,7 +71,8 @@ def measure_pipeline(cloud: Cloud, config: dict[str, Any], warmup: int,
     End to end is the node's path without DDS: decode the sensor's message, process, encode
     the labeled cloud.
     """
-    from segvec3d_ros.pipeline import Pipeline, PipelineConfig
+    from segvec3d_ros.config import PipelineConfig
+    from segvec3d_ros.pipeline import Pipeline
 
     pipeline = Pipeline(PipelineConfig(**config))
     message = encode_pointcloud2(cloud.xyz, cloud.rgb, height=cloud.height, width=cloud.width)
@@ -163,8 +164,9 @@ def main(argv: Sequence[str]) -> int:
         result = measure_pipeline(load_frame(Path(task['frame'])), task['config'],
                                   task['warmup'], task['repeats'])
     else:
+        from segvec3d_ros.config import PipelineConfig
         from segvec3d_ros.grounding.query import make_query_engine
-        from segvec3d_ros.pipeline import Pipeline, PipelineConfig
+        from segvec3d_ros.pipeline import Pipeline
 
         instances = Pipeline(PipelineConfig(**task['config'])).process(
             load_frame(Path(task['frame']))).instances
@@ -176,7 +178,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _rss_bytes() -> int:
-    """This process's resident memory now (from /proc; elsewhere its peak so far)."""
+    """Resident memory of this process now (from /proc; elsewhere its peak so far)."""
     try:
         return int(Path('/proc/self/statm').read_text().split()[1]) * os.sysconf('SC_PAGE_SIZE')
     except (OSError, ValueError, IndexError):
@@ -192,7 +194,7 @@ def _reset_peak_rss() -> None:
 
 
 def _peak_rss_bytes() -> int:
-    """This process's peak resident memory since `_reset_peak_rss`.
+    """Peak resident memory of this process since `_reset_peak_rss`.
 
     Linux's VmHWM, not ru_maxrss: that one keeps the forking parent's resident memory across
     exec, so a child of a process holding torch would report torch's memory as its own.

@@ -61,7 +61,7 @@ class Measurement:
 
 
 def stage_order(measurements: Sequence[Measurement]) -> list[str]:
-    """The stages any measurement timed, in frame order; unknown ones just before encode."""
+    """Stages any measurement timed, in frame order; unknown ones just before encode."""
     timed = dict.fromkeys(s for m in measurements for s in m.result['seconds'] if s != TOTAL)
     extra = [s for s in timed if s not in STAGES]
     return [s for s in STAGES[:-1] if s in timed] + extra + [s for s in STAGES[-1:] if s in timed]
@@ -85,7 +85,7 @@ def markdown_report(measurements: Sequence[Measurement], *, command: str, softwa
                     gpu: str | None, frames: str, skipped: dict[str, str],
                     query: dict[str, Any] | None, dds: Sequence[dict[str, Any]],
                     plot: str | None) -> str:
-    """The report: set-up, end-to-end and per-stage tables, plot, queries, DDS runs.
+    """Markdown report: set-up, end-to-end and per-stage tables, plot, queries, DDS runs.
 
     gpu: the GPU's name, or None when there was none; skipped: setups not measured, and why;
     query: `measure.measure_query`'s timings and the instance count, or None; dds:

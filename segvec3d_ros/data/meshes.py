@@ -52,7 +52,7 @@ def lathe(radius: np.ndarray, z: np.ndarray, segments: int = SEGMENTS) -> Mesh:
 
 
 def can(radius: float, height: float) -> Mesh:
-    """Closed cylinder with a slightly recessed lid, like a food or drink can."""
+    """Cylinder closed at both ends, with a slightly recessed lid, like a food or drink can."""
     rim = min(0.004, 0.1 * height)
     r = radius * np.array([0.0, 0.92, 1.0, 1.0, 0.96, 0.9, 0.0])
     z = np.array([0.0, 0.0, rim, height - rim, height, height - rim, height - rim])
@@ -60,7 +60,7 @@ def can(radius: float, height: float) -> Mesh:
 
 
 def bottle(radius: float, height: float) -> Mesh:
-    """Closed bottle: cylindrical body, rounded shoulder, neck and cap."""
+    """Bottle closed at both ends: cylindrical body, rounded shoulder, neck and cap."""
     neck = 0.35 * radius
     shoulder = np.linspace(0.0, np.pi / 2, 6)
     body_top = 0.6 * height
@@ -125,7 +125,7 @@ def chair(seat: float, seat_height: float, back_height: float, board: float = 0.
 
 
 def shelf(width: float, depth: float, height: float, levels: int, board: float = 0.02) -> Mesh:
-    """Open-front shelf (front towards -y): two sides, a back panel and `levels` + 1 boards."""
+    """Open-front shelf, front towards -y: two sides, a back panel and `levels` + 1 boards."""
     sides = [box(board, depth, height, sx * (width / 2 - board / 2)) for sx in (-1, 1)]
     back = box(width, board, height, y=depth / 2 - board / 2)
     boards = [box(width - 2 * board, depth - board, board, y=-board / 2, z=zb)

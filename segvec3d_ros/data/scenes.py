@@ -3,7 +3,7 @@
 The training data of the instance-embedding network and of the 3D-text alignment: each scene
 is laid out from primitives (world frame z up, floor at z = 0), seen by a randomly posed
 RGB-D sensor with that sensor's artefacts, and labelled per point with instance ids, plus
-category, colour, size word and a caption per instance.
+category, colour, size word and what it rests on per instance.
 """
 from __future__ import annotations
 
@@ -76,7 +76,6 @@ class SceneObject:
     rgb: tuple[int, int, int]
     size: np.ndarray                # (3,) extent in m along the object's x, y and up
     is_support: bool                # support surface or background: table, floor, wall
-    caption: str
     on_top_of: int | None           # instance it rests on (table or another object)
     size_word: str                  # 'small', 'large' or '' for its category
     center: np.ndarray              # (3,) world-frame centre of its bounding box
@@ -290,7 +289,7 @@ class _Builder:
 
     def _beside(self, surface: _Surface, lo: np.ndarray, hi: np.ndarray
                 ) -> tuple[np.ndarray, float]:
-        """A pose whose footprint [lo, hi] faces one side of a random neighbour, 0.5-3 mm off."""
+        """Pose whose footprint [lo, hi] faces one side of a random neighbour, 0.5-3 mm off."""
         rng = self.rng
         k = rng.integers(len(surface.footprints))
         frame = surface.yaws[k] + np.pi / 2 * rng.integers(4)
@@ -322,7 +321,7 @@ class _Builder:
                 stacks.append(self._lid(iid, surface))
 
     def _stack_on(self, base: _Surface, category: str) -> int | None:
-        """A box or book smaller than `base`, resting on it."""
+        """Add a box or book smaller than `base`, resting on it."""
         u = self.rng.uniform
         width, depth = 2 * base.half * u(0.5, 0.95, 2)
         height = u(0.03, 0.25) if category == 'box' else u(0.01, 0.06)
@@ -330,7 +329,7 @@ class _Builder:
                           yaw_step=0.0, margin=0.0)
 
     def _lid(self, iid: int, below: _Surface) -> _Surface:
-        """The top of instance `iid` as a surface for stacking."""
+        """Top of instance `iid` as a surface for stacking."""
         item = self.items[iid - 1]
         top = item.vertices.max(0)
         return _Surface(instance_id=iid, center=(item.vertices.min(0)[:2] + top[:2]) / 2,
@@ -340,7 +339,7 @@ class _Builder:
     # -- scene kinds
 
     def tabletop(self) -> _Aim:
-        """A table with objects, maybe floor and a wall behind; returns the camera aim."""
+        """Build a table with objects, maybe floor and a wall behind; returns the camera aim."""
         rng, config = self.rng, self.config
         width, depth, height = rng.uniform(0.8, 1.8), rng.uniform(0.6, 1.0), rng.uniform(0.7, 0.78)
         table_id = self.add('table', meshes.table(width, depth, height), np.zeros(3), 0.0,
@@ -357,7 +356,8 @@ class _Builder:
         # with their number so that most of them still fit
         count = int(rng.integers(config.num_objects[0], config.num_objects[1] + 1))
         table_half = np.array([width, depth]) / 2
-        half = np.array([rng.uniform(0.25, 0.5), rng.uniform(0.2, 0.35)]) * max(1, count / 8) ** 0.5
+        half = (np.array([rng.uniform(0.25, 0.5), rng.uniform(0.2, 0.35)])
+                * max(1, count / 8) ** 0.5)
         half = np.minimum(half, table_half - 0.02)
         centre = rng.uniform(half - table_half, table_half - half)
         self.objects_on(_Surface(table_id, centre, 0.0, half, height), count)
@@ -365,7 +365,7 @@ class _Builder:
                     (0.6, 1.5), (30.0, 75.0))
 
     def room(self) -> _Aim:
-        """A room with furniture and objects on its tables; returns the camera aim."""
+        """Build a room with furniture and objects on its tables; returns the camera aim."""
         rng, config = self.rng, self.config
         half = np.array([rng.uniform(2.0, 4.0), rng.uniform(1.75, 3.0)])
         ceiling, thick = rng.uniform(2.5, 3.0), 0.1
@@ -394,7 +394,8 @@ class _Builder:
                 item.is_support = True
                 centre = (item.vertices.min(0) + item.vertices.max(0))[:2] / 2
                 tables.append(_Surface(iid, centre, item.yaw, np.array([w, d]) / 2, h))
-        for category in ['cabinet'] * int(rng.integers(1, 4)) + ['shelf'] * int(rng.integers(1, 3)):
+        for category in (['cabinet'] * int(rng.integers(1, 4))
+                         + ['shelf'] * int(rng.integers(1, 3))):
             self._against_wall(floor, category)
         for table in tables:
             for _ in range(rng.integers(0, 5)):
@@ -407,7 +408,7 @@ class _Builder:
         return _Aim(np.array([*aim.center, aim.z]), (-180.0, 180.0), (1.3, 3.2), (15.0, 45.0))
 
     def _against_wall(self, floor: _Surface, category: str) -> None:
-        """A cabinet or shelf with its back to a random wall, front into the room."""
+        """Add a cabinet or shelf with its back to a random wall, front into the room."""
         rng = self.rng
         u = rng.uniform
         if category == 'cabinet':
@@ -431,7 +432,7 @@ class _Builder:
                 return
 
     def _chair_at(self, floor: _Surface, table: _Surface) -> None:
-        """A chair facing one side of `table`, a little pulled out."""
+        """Add a chair facing one side of `table`, a little pulled out."""
         rng = self.rng
         seat = rng.uniform(0.4, 0.5)
         mesh = meshes.chair(seat, rng.uniform(0.42, 0.48), rng.uniform(0.35, 0.5))
@@ -492,8 +493,8 @@ class _Builder:
         counts = np.bincount(instance_ids, minlength=len(self.items) + 1)
         objects = [SceneObject(
             instance_id=i, category=item.category, color_name=item.color_name, rgb=item.rgb,
-            size=item.size, is_support=item.is_support, caption=self._caption(i),
-            on_top_of=item.on_top_of, size_word=self._size_word(item),
+            size=item.size, is_support=item.is_support, on_top_of=item.on_top_of,
+            size_word=self._size_word(item),
             center=(item.vertices.min(0) + item.vertices.max(0)) / 2, yaw=item.yaw,
             num_points=int(counts[i])) for i, item in enumerate(self.items, start=1)]
         cloud = Cloud(xyz=frame.xyz, rgb=rgb, height=sensor.height, width=sensor.width)
@@ -529,19 +530,3 @@ class _Builder:
         small, large = SIZE_THRESHOLDS.get(item.category, (0.0, np.inf))
         extent = float(item.size.max())
         return 'small' if extent < small else 'large' if extent > large else ''
-
-    def _caption(self, iid: int) -> str:
-        """'a small red mug on the table', 'a blue box on top of the green box', ..."""
-        item = self.items[iid - 1]
-        words = ' '.join(w for w in (self._size_word(item), item.color_name, item.category) if w)
-        if item.is_support:
-            return f'the {words}'
-        phrase = f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
-        if item.on_top_of is None:
-            return phrase
-        base = self.items[item.on_top_of - 1]
-        if base.category == 'floor':
-            return f'{phrase} in the room'
-        if base.is_support:
-            return f'{phrase} on the {base.category}'
-        return f'{phrase} on top of the {base.color_name} {base.category}'

@@ -52,7 +52,7 @@ class DepthSensor:
         return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
 
     def scaled(self, scale: float) -> DepthSensor:
-        """The same sensor at `scale` times its resolution (pixel-sized parameters follow)."""
+        """Copy of this sensor at `scale` times its resolution (pixel-sized parameters follow)."""
         width, height = max(round(self.width * scale), 2), max(round(self.height * scale), 2)
         sx, sy = width / self.width, height / self.height
         return replace(self, width=width, height=height, fx=self.fx * sx, fy=self.fy * sy,
@@ -61,7 +61,7 @@ class DepthSensor:
                        border=tuple(round(b * s) for b, s in zip(self.border, (sx, sx, sy, sy))))
 
     def jittered(self, rng: np.random.Generator) -> DepthSensor:
-        """A unit of this model: calibration and noise level vary from device to device."""
+        """Another unit of this model: calibration and noise level vary from device to device."""
         f = 1.0 + rng.uniform(-0.02, 0.02)
         noise = rng.uniform(0.8, 1.25)
         return replace(self, fx=self.fx * f * (1.0 + rng.uniform(-0.005, 0.005)), fy=self.fy * f,

@@ -15,6 +15,7 @@ import numpy as np
 
 from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.data.scenes import Scene, generate_scene
+from segvec3d_ros.data.splits import TEST_FIRST_SEED
 from segvec3d_ros.io.files import read_cloud
 
 DATASETS = ('mosd', 'synthetic')
@@ -22,8 +23,6 @@ DATASETS = ('mosd', 'synthetic')
 MOSD_SUBSETS: dict[str, range] = {'boxes': range(0, 17), 'stacked': range(17, 25),
                                   'occluded': range(25, 33), 'cylinders': range(33, 45)}
 DEFAULT_MOSD_DIR = Path('../shared/data/mosd/learn')
-# Synthetic evaluation scenes use seeds from here on; training must use seeds below it.
-EVAL_SEED_BASE = 1_000_000
 SYNTHETIC_SUBSET = 'tabletop'
 MIN_GT_POINTS = 100
 
@@ -34,7 +33,7 @@ class EvalScene(NamedTuple):
     name: str
     subset: str
     cloud: Cloud
-    gt: np.ndarray          # (N,) int64 object id per point, 0 = none (support, unlabelled, invalid)
+    gt: np.ndarray          # (N,) int64 object id per point, 0 = support, unlabelled, invalid
     support: np.ndarray     # (N,) bool support-surface points
 
 
@@ -76,7 +75,7 @@ def mosd_scene(subset: str, path: str | Path) -> EvalScene:
 
 
 def iter_mosd(directory: str | Path = DEFAULT_MOSD_DIR) -> Iterator[EvalScene]:
-    """The 45 mOSD learn frames, read one at a time, in subset order.
+    """Read the 45 mOSD learn frames one at a time, in subset order.
 
     Raises FileNotFoundError at once, not on the first frame, when frames are missing.
     """
@@ -92,7 +91,7 @@ def synthetic_ground_truth(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     return ignore_small(gt), support
 
 
-def iter_synthetic(count: int, first_seed: int = EVAL_SEED_BASE) -> Iterator[EvalScene]:
+def iter_synthetic(count: int, first_seed: int = TEST_FIRST_SEED) -> Iterator[EvalScene]:
     """`count` held-out tabletop scenes, seeds first_seed, first_seed + 1, ..."""
     for seed in range(first_seed, first_seed + count):
         scene = generate_scene(seed, 'tabletop')
@@ -102,8 +101,8 @@ def iter_synthetic(count: int, first_seed: int = EVAL_SEED_BASE) -> Iterator[Eva
 
 def iter_scenes(dataset: str, mosd_dir: str | Path = DEFAULT_MOSD_DIR,
                 synthetic_scenes: int = 30,
-                synthetic_first_seed: int = EVAL_SEED_BASE) -> Iterator[EvalScene]:
-    """The scenes of `dataset`, one of DATASETS."""
+                synthetic_first_seed: int = TEST_FIRST_SEED) -> Iterator[EvalScene]:
+    """Scenes of `dataset`, one of DATASETS."""
     if dataset == 'mosd':
         return iter_mosd(mosd_dir)
     if dataset == 'synthetic':

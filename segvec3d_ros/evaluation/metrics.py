@@ -102,7 +102,7 @@ class Detections:
 
     @staticmethod
     def pooled(parts: Sequence[Detections]) -> Detections:
-        """The detections of several scenes as one set."""
+        """Pool the detections of several scenes into one set."""
         return Detections(
             confidence=np.concatenate([p.confidence for p in parts] or [np.zeros(0)]),
             outcome=np.concatenate([p.outcome for p in parts] or

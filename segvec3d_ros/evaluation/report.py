@@ -93,7 +93,7 @@ def _cells(summary: Summary) -> str:
 
 def markdown_report(records: Sequence[SceneRecord], command: str, skipped: dict[str, str],
                     datasets: dict[str, str], plot: str | None = None) -> str:
-    """The report: set-up, the summary table, a per-scene table and the plot.
+    """Markdown report: set-up, the summary table, a per-scene table and the plot.
 
     skipped: segmenters not evaluated, with the reason; datasets: a description of each.
     """
@@ -134,7 +134,7 @@ def markdown_report(records: Sequence[SceneRecord], command: str, skipped: dict[
 
 
 def plot_summary(path: str | Path, rows: Sequence[Row], title: str) -> None:
-    """Grouped bars of F-measure and AP50 per dataset subset, one bar per segmenter."""
+    """Plot grouped bars of F-measure and AP50 per dataset subset, one bar per segmenter."""
     import matplotlib  # a heavy import, needed only here
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt

@@ -26,9 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
 from scipy.spatial.transform import Rotation
+from torch import Tensor, nn
 
 from segvec3d_ros.colors import srgb_to_lab
 from segvec3d_ros.instances import InstanceInfo
@@ -77,7 +76,7 @@ class W3D(nn.Module):
     """Projects instance descriptors u_X into the shared space (Eq. 10)."""
 
     def __init__(self, input_dim: int, embed_dim: int, hidden: int) -> None:
-        """A linear map, or a one-hidden-layer MLP when `hidden` > 0."""
+        """Linear map, or a one-hidden-layer MLP when `hidden` > 0."""
         super().__init__()
         self.net = (nn.Linear(input_dim, embed_dim) if hidden == 0 else
                     nn.Sequential(nn.Linear(input_dim, hidden), nn.GELU(),
@@ -102,8 +101,10 @@ class Wtxt(nn.Module):
 
 
 class Objectness(nn.Module):
-    """Logit that v_X is one whole object: a direction (and offset) in the shared space, so
-    that it is computed from the embeddings the instance messages carry."""
+    """Logit that v_X is one whole object: a direction (and offset) in the shared space.
+
+    Being in that space, it is computed from the embeddings the instance messages carry.
+    """
 
     def __init__(self, embed_dim: int) -> None:
         """One linear map to a logit."""
@@ -124,7 +125,7 @@ class InfoNCELoss(nn.Module):
     """
 
     def __init__(self, temperature: float = 0.07, learnable: bool = True) -> None:
-        """tau starts at `temperature`; learned in log space when `learnable`."""
+        """Temperature tau starts at `temperature`; learned in log space when `learnable`."""
         super().__init__()
         log_tau = torch.tensor(float(np.log(temperature)))
         if learnable:
@@ -157,9 +158,9 @@ def _multi_positive_nll(logits: Tensor, positives: Tensor) -> Tensor:
 
 def point_geometry(xyz: np.ndarray, normals: np.ndarray, index: np.ndarray,
                    instances: list[InstanceInfo]) -> np.ndarray:
-    """(M, GEOMETRY_CHANNELS) float32: where each point lies in the box of instances[index],
-    and how its surface (unit `normals`, either sign) faces.
+    """(M, GEOMETRY_CHANNELS) float32 geometry of each point in the box of instances[index].
 
+    Where the point lies in the box, and how its surface (unit `normals`, either sign) faces.
     Box coordinates x, y, z (z is the support normal when the box stands on a plane) as
     |x|/hx, |y|/hy, z/hz, |x|, |y|, z in metres and the distance from the box's z axis over
     the half footprint diagonal; the normal's |z| and its |component| along the horizontal
@@ -183,8 +184,10 @@ def point_geometry(xyz: np.ndarray, normals: np.ndarray, index: np.ndarray,
 
 def sample_rows(point_index: np.ndarray, count: int, size: int, rng: np.random.Generator
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """The instances (of `count`) that have rows in `point_index`, and (len(kept), size)
-    indices of rows of each, drawn uniformly with repeats."""
+    """Instances (of `count`) that have rows in `point_index`, and `size` rows of each.
+
+    The rows are (len(kept), size) indices, drawn uniformly with repeats.
+    """
     order = np.argsort(point_index, kind='stable')
     sizes = np.bincount(point_index, minlength=count)
     ends = np.cumsum(sizes)
@@ -230,8 +233,10 @@ class GroundingHead(nn.Module):
         return self.pool(self.phi(point_inputs[:, self.columns]), point_index, box)
 
     def pool(self, per_point: Tensor, point_index: Tensor, box: Tensor) -> Tensor:
-        """(K, embed_dim) v_X from (P, point_hidden) phi rows of K instances (see
-        `instance_vectors`)."""
+        """(K, embed_dim) v_X from (P, point_hidden) phi rows of K instances.
+
+        See `instance_vectors`.
+        """
         empty = torch.zeros((len(box), per_point.shape[1]), dtype=per_point.dtype,
                             device=per_point.device)
         counts = torch.bincount(point_index, minlength=len(box)).clamp(min=1)
@@ -247,19 +252,17 @@ class GroundingHead(nn.Module):
 
     def embed_instances(self, point_inputs: np.ndarray, point_index: np.ndarray,
                         instances: list[InstanceInfo]) -> np.ndarray:
-        """(K, embed_dim) float32 v_X of `instances` from their points' rows (see
-        `embed_rows`)."""
+        """(K, embed_dim) float32 v_X of `instances` from their points' rows (see `embed_rows`)."""
         return self.embed_rows(point_inputs, point_index, box_term(instances))
 
     def embed_rows(self, point_inputs: np.ndarray, point_index: np.ndarray,
                    box: np.ndarray) -> np.ndarray:
-        """(K, embed_dim) float32 v_X from point rows and the (K, BOX_CHANNELS) box terms (see
-        `instance_vectors`).
+        """(K, embed_dim) float32 v_X from point rows and the (K, BOX_CHANNELS) box terms.
 
-        With `draw_points`, each v_X is the normalised mean over `draws` random samples of
-        that many rows of the instance, as training pools a fixed number of points: the max of
-        phi grows with the number of rows pooled. The seed is fixed, so that a frame always
-        gets the same vectors.
+        See `instance_vectors`. With `draw_points`, each v_X is the normalised mean over `draws`
+        random samples of that many rows of the instance, as training pools a fixed number of
+        points: the max of phi grows with the number of rows pooled. The seed is fixed, so that
+        a frame always gets the same vectors.
         """
         index = np.asarray(point_index, np.int64)
         count = len(box)
@@ -282,8 +285,10 @@ class GroundingHead(nn.Module):
         return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
 
     def log_objectness(self, embeddings: np.ndarray) -> np.ndarray:
-        """(K,) float64 log-probability that each v_X is one whole object; 0 without an
-        Objectness layer."""
+        """(K,) float64 log-probability that each v_X is one whole object.
+
+        0 without an Objectness layer.
+        """
         if self.objectness is None:
             return np.zeros(len(embeddings))
         # In numpy: one dot product per instance, called for every phrase of every query.
@@ -305,7 +310,7 @@ def save_grounding(head: GroundingHead, path: str | Path, metadata: dict[str, An
 
 
 def load_grounding(path: str | Path) -> tuple[GroundingHead, dict[str, Any]]:
-    """The head and metadata `save_grounding` wrote, in eval mode.
+    """Load the head and metadata `save_grounding` wrote, in eval mode.
 
     Raises FileNotFoundError for a missing file and ValueError naming the file for any other.
     """

@@ -27,11 +27,11 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from segvec3d_ros.colors import NAMED_COLORS, color_distances, color_names
+from segvec3d_ros.config import DEFAULT_VOCABULARY
+from segvec3d_ros.grounding.grounder import Encoder, shared_text_encoder, text_vectors
 from segvec3d_ros.grounding.model import GroundingHead, load_grounding
-from segvec3d_ros.grounding.step import (Encoder, bundled_grounding_path,
-                                         shared_text_encoder, text_vectors)
-from segvec3d_ros.grounding.vocabulary import DEFAULT_VOCABULARY
 from segvec3d_ros.instances import InstanceInfo
+from segvec3d_ros.names import bundled_grounding_path
 
 MAX_TEXT_CHARS = 1000
 COLOUR_WORDS = {**{name: name for name in NAMED_COLORS}, 'grey': 'gray', 'violet': 'purple',
@@ -88,8 +88,11 @@ DEFAULT_MIN_SCORE = 0.2
 
 @dataclass
 class QueryResult:
-    """Ranked answer; `order` indexes the instances given to `QueryEngine.query`, `scores` are
-    their shares of the scene's softmax and `fit_scores` their fits to the text in [0, 1]."""
+    """Ranked answer; `order` indexes the instances given to `QueryEngine.query`.
+
+    `scores` are their shares of the scene's softmax and `fit_scores` their fits to the text in
+    [0, 1].
+    """
 
     success: bool
     message: str
@@ -107,7 +110,7 @@ class Phrase:
     size: str = ''
 
     def describe(self) -> str:
-        """The words understood, for messages."""
+        """Words understood, for messages."""
         return ' '.join(w for w in (self.size, self.colour, self.noun) if w) or 'any object'
 
 
@@ -277,8 +280,11 @@ class QueryEngine:
     """Ranks instances for text: parsed words and geometry, plus the learned 3D-text space."""
 
     def __init__(self, encoder: Encoder, head: GroundingHead | None = None) -> None:
-        """`head` maps text into the space of the instances' embeddings; without it (or
-        without embeddings on the instances) nouns are matched by caption similarity."""
+        """`head` maps text into the space of the instances' embeddings.
+
+        Without it (or without embeddings on the instances) nouns are matched by caption
+        similarity.
+        """
         self._encoder = encoder
         self._head = head
         # v_T per phrase: repeated queries then cost no encoder or torch call at all.
@@ -296,8 +302,10 @@ class QueryEngine:
 
     def _learned_class(self, head: GroundingHead, instances: Sequence[InstanceInfo], word: str,
                        competitors: Sequence[str], prompt: str = '{}') -> np.ndarray:
-        """(K,) log P(word | instance) over `word` and the competitors that are no synonym of
-        it, with the trained temperature."""
+        """(K,) log P(word | instance) over `word` and the competitors that are no synonym of it.
+
+        The logits are scaled by the trained temperature.
+        """
         query = self._text_vector(prompt.format(word))
         others = np.array([self._text_vector(prompt.format(c)) for c in competitors])
         classes = np.vstack([query, others[others @ query < _SYNONYM_COSINE]])
@@ -308,8 +316,10 @@ class QueryEngine:
     def _phrase_scores(self, phrase: Phrase, instances: Sequence[InstanceInfo],
                        geometry: _Geometry, head: GroundingHead | None,
                        parts: list[str], whole: np.ndarray) -> np.ndarray:
-        """(K,) log-membership of each instance in `phrase`, from the instances' `whole`
-        log-probabilities of being one object; appends what was used to parts."""
+        """(K,) log-membership of each instance in `phrase`; appends what was used to parts.
+
+        It starts from the instances' `whole` log-probabilities of being one object.
+        """
         scores = whole.copy()
         if phrase.noun and head is not None:
             # Membership, not rank: P(noun | instance) against the label words it is not a
@@ -414,11 +424,11 @@ class QueryEngine:
 
 def make_query_engine(grounding_model_path: str = '', text_device: str = 'cpu'
                       ) -> tuple[QueryEngine, str]:
-    """An engine with the text encoder and the grounding head (empty path: the bundled one),
-    and a line saying what it matches nouns by.
+    """Engine with the text encoder and grounding head, and a line saying what it matches nouns by.
 
-    A missing or unreadable head leaves the engine on caption similarity: a named path is
-    then a ValueError, the bundled one only a reason in the line.
+    An empty path gives the bundled head. A missing or unreadable head leaves the engine on
+    caption similarity: a named path is then a ValueError, the bundled one only a reason in the
+    line.
     """
     path = Path(grounding_model_path or bundled_grounding_path())
     head = None

@@ -40,7 +40,7 @@ class SceneStore:
         self._early_points: tuple[Hashable, Cloud] | None = None
 
     def current(self) -> SceneSnapshot | None:
-        """The newest scene, or None before the first instances arrived."""
+        """Newest scene, or None before the first instances arrived."""
         return self._current
 
     def put_instances(self, key: Hashable, header: Any, instances: Sequence[InstanceInfo],

@@ -33,7 +33,7 @@ class BagError(ValueError):
 
 
 def _msg_dir() -> Path:
-    """The segvec3d_msgs .msg files: the source tree's, else an installed package's."""
+    """Folder of the segvec3d_msgs .msg files: the source tree's, else an installed package's."""
     candidates = [Path(__file__).resolve().parents[2] / _MSG_PACKAGE / 'msg']
     candidates += [Path(prefix) / 'share' / _MSG_PACKAGE / 'msg'
                    for prefix in os.environ.get('AMENT_PREFIX_PATH', '').split(os.pathsep)
@@ -71,7 +71,7 @@ class BagMessage:
     msgtype: str = POINTCLOUD2
 
     def cloud(self, max_points: int | None = None) -> Cloud:
-        """The decoded cloud; raises CloudDecodeError when the bytes are no usable cloud."""
+        """Decode the cloud; raises CloudDecodeError when the bytes are no usable cloud."""
         try:
             msg = typestore().deserialize_cdr(self.raw, self.msgtype)
         except Exception as exc:  # noqa: BLE001 - rosbags raises assorted errors on bad CDR

@@ -66,7 +66,7 @@ def read_cloud(path: str | Path) -> Cloud:
 
 
 def _parse_pcd_header(raw: bytes) -> _PcdHeader:
-    """The header of a PCD file held in `raw`; raises ValueError when it is malformed."""
+    """Parse the header of a PCD file held in `raw`; raises ValueError when it is malformed."""
     entries: dict[str, list[str]] = {}
     pos = 0
     while 'DATA' not in entries:

@@ -81,7 +81,7 @@ def pack_rgb(rgb: np.ndarray) -> np.ndarray:
 
 
 def _as_uint8(data: Any) -> np.ndarray:
-    """The message's data as a flat uint8 array, without copying buffer-protocol objects."""
+    """Return the message's data as a flat uint8 array, without copying buffer-protocol objects."""
     try:
         return np.frombuffer(data, dtype=np.uint8)
     except (TypeError, ValueError):  # a list of ints or a non-contiguous array

@@ -20,7 +20,7 @@ def sparse_labels(instance_ids: Tensor, fraction: float, seed: int) -> Tensor:
 
 
 class PullPushLoss(nn.Module):
-    """mean d_ij^2 over same-instance pairs + mean max(0, m - d_ij)^2 over different-instance pairs.
+    """mean d_ij^2 over same-instance pairs + mean max(0, m - d_ij)^2 over cross-instance pairs.
 
     Pairs are sampled, a fixed number per cloud, so the cost does not grow with N^2. Each pair
     first draws its instance uniformly and then its points, so a small object weighs as much as

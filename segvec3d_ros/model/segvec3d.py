@@ -27,11 +27,17 @@ class SegVec3DConfig:
     hidden: int = 64                    # width of the fusion, context and head MLPs
     relative_scale: float = 0.05        # m, edge offsets are divided by this
     recompute_knn_per_layer: bool = False   # layers after the first attend over feature-space k-NN
+    # m, the working resolution of the clouds it was trained on, which inference must use too
+    # (the point spacing is part of what the edge offsets encode); None: not recorded.
+    voxel_size: float | None = None
 
     def __post_init__(self) -> None:
         for spec in fields(self):
             value = getattr(self, spec.name)
-            if type(value) in (int, float) and not value > 0:
+            if spec.name == 'voxel_size':
+                if value is not None and not value >= 0:
+                    raise ValueError(f'SegVec3DConfig.voxel_size must be >= 0, got {value}')
+            elif type(value) in (int, float) and not value > 0:
                 raise ValueError(f'SegVec3DConfig.{spec.name} must be > 0, got {value}')
 
     @property

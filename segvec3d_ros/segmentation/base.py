@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 
+from segvec3d_ros.config import SupportConfig
 from segvec3d_ros.segmentation.geometry import support_surfaces
-
-if TYPE_CHECKING:
-    from segvec3d_ros.pipeline import PipelineConfig
 
 
 @dataclass
@@ -37,12 +35,11 @@ class Segmenter(Protocol):
         ...
 
 
-def peel_support(pts: np.ndarray, config: PipelineConfig, seed: int,
-                 up: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """The support mask and the points left to segment, by `config`'s plane settings (the
-    step every segmenter starts with)."""
+def peel_support(pts: np.ndarray, config: SupportConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The support mask and the points left to segment (the step every segmenter starts
+    with)."""
     # A fresh generator per frame keeps the result a function of the frame alone.
     return support_surfaces(pts, config.plane_distance, config.plane_iterations,
                             config.min_support_fraction, config.drop_below_support,
-                            np.random.default_rng(seed), up, tolerance=config.cluster_tolerance,
+                            np.random.default_rng(0), None, tolerance=config.cluster_tolerance,
                             min_extent=config.min_support_extent)

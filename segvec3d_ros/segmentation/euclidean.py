@@ -2,15 +2,12 @@
 from __future__ import annotations
 
 from time import perf_counter
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from segvec3d_ros.config import EuclideanConfig
 from segvec3d_ros.segmentation.base import Segmentation, peel_support
 from segvec3d_ros.segmentation.geometry import euclidean_clusters
-
-if TYPE_CHECKING:
-    from segvec3d_ros.pipeline import PipelineConfig
 
 
 class EuclideanSegmenter:
@@ -18,19 +15,16 @@ class EuclideanSegmenter:
 
     name = 'euclidean'
 
-    def __init__(self, config: PipelineConfig, up: np.ndarray | None = None,
-                 seed: int = 0) -> None:
-        """Use `config`'s plane and cluster settings; `up`, when known, limits the planes' tilt."""
+    def __init__(self, config: EuclideanConfig) -> None:
+        """Use `config`'s plane and cluster settings."""
         self.config = config
-        self.up = up
-        self.seed = seed
 
     def segment(self, xyz: np.ndarray, rgb: np.ndarray | None) -> Segmentation:
         """Label each finite point: support (mask), instance 1..K by size, or 0."""
         cfg = self.config
         pts = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
         start = perf_counter()
-        support, rest = peel_support(pts, cfg, self.seed, self.up)
+        support, rest = peel_support(pts, cfg.support)
         planed = perf_counter()
         ids = np.zeros(len(pts), dtype=np.int64)
         # Size filtering is the caller's: it counts input points, not these working points.

@@ -268,7 +268,7 @@ def _on_a_surface(patch: np.ndarray, plane: np.ndarray, surfaces: list[np.ndarra
 
 
 def _raised_layer(xyz: np.ndarray, plane: np.ndarray, distance: float,
-                 tolerance: float) -> np.ndarray:
+                  tolerance: float) -> np.ndarray:
     """(N,) mask of the inliers `xyz` of `plane` (within `distance`) whose neighbours lie on
     average over _LAYER_LEVEL of the band above it, on the sensor's side, in patches (gaps
     under `tolerance`) of at least _LAYER_MIN_POINTS points."""

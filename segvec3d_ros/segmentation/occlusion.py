@@ -133,7 +133,8 @@ def _one_surface(pts: np.ndarray, piece_a: np.ndarray, piece_b: np.ndarray,
         centres.append(centre)
         normals.append(np.linalg.svd(near - centre, full_matrices=False)[2][2])
     offset = centres[1] - centres[0]
-    return max(abs(offset @ normals[0]), abs(offset @ normals[1])) <= _ON_SURFACE_VOXELS * voxel_size
+    return (max(abs(offset @ normals[0]), abs(offset @ normals[1]))
+            <= _ON_SURFACE_VOXELS * voxel_size)
 
 
 class _ViewRays:

@@ -12,14 +12,13 @@ import torch
 import yaml
 from tqdm import tqdm
 
+from segvec3d_ros.config import dataclass_from_yaml
 from segvec3d_ros.data.scenes import SceneConfig
 from segvec3d_ros.model.export import export_onnx
 from segvec3d_ros.model.features import input_features
 from segvec3d_ros.model.knn import knn_graph
 from segvec3d_ros.model.loss import PullPushLoss
-from segvec3d_ros.model.segvec3d import (SegVec3D, SegVec3DConfig, load_checkpoint,
-                                         save_checkpoint)
-from segvec3d_ros.settings import dataclass_from_yaml
+from segvec3d_ros.model.segvec3d import SegVec3D, SegVec3DConfig, load_checkpoint, save_checkpoint
 from segvec3d_ros.training.dataset import Sample, SceneCache
 
 CHECKPOINT = 'last.pt'
@@ -58,8 +57,8 @@ class TrainConfig:
         return dataclass_from_yaml(path, cls, 'training')
 
     def network_config(self) -> SegVec3DConfig:
-        """The SegVec3DConfig this run trains."""
-        return SegVec3DConfig(**self.model)
+        """The SegVec3DConfig this run trains, recording the resolution it trains at."""
+        return SegVec3DConfig(**{**self.model, 'voxel_size': self.voxel_size})
 
 
 def texture(sample: Sample, probability: float, rng: np.random.Generator) -> np.ndarray:

@@ -10,7 +10,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from segvec3d_ros.settings import default_value, field_problem
+from segvec3d_ros.config import default_value, field_problem
 
 
 def _descriptor(field: dataclasses.Field) -> ParameterDescriptor:

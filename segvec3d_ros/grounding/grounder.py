@@ -8,28 +8,26 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from segvec3d_ros.config import OTHER
 from segvec3d_ros.grounding.model import GroundingHead, load_grounding, point_geometry
-from segvec3d_ros.grounding.vocabulary import OTHER, PROMPTS
 from segvec3d_ros.instances import InstanceInfo, describe_instances
 from segvec3d_ros.model.features import estimate_normals
+from segvec3d_ros.names import bundled_grounding_path
 from segvec3d_ros.segmentation.base import Segmenter
+from segvec3d_ros.segmentation.split import split_parts, take_splits
 
 if TYPE_CHECKING:
+    from segvec3d_ros.config import PipelineConfig
     from segvec3d_ros.grounding.text_encoder import TextEncoder
-    from segvec3d_ros.pipeline import PipelineConfig
 
-GROUNDING_FILE = 'grounding.pt'
+# Prompts averaged per label, as CLIP-style prompt ensembles do; training used these forms.
+PROMPTS = ('{}', 'a {}', 'the {}')
 # Normals of instance points: a few working voxels (1 cm) across, so that a handle or a rim
 # shows, and estimated on the instances' points alone.
 _NORMAL_RADIUS = 0.03
 _NORMAL_NEIGHBOURS = 20
 # Relative deviation of the probe features above which a backbone is not the one trained with.
 _PROBE_TOLERANCE = 1e-2
-# Two parts that get different labels are taken apart even when the Objectness layer finds
-# their union this much likelier whole (log-probability): its probabilities saturate near 1,
-# for a merge of two touching objects as for one object, and there the labels decide (chosen
-# on the validation scenes, docs/GROUNDING.md).
-SPLIT_LABEL_MARGIN = 0.02
 
 
 class Encoder(Protocol):
@@ -45,17 +43,13 @@ def shared_text_encoder(device: str = 'cpu') -> TextEncoder:
     return TextEncoder(device=device)
 
 
-def bundled_grounding_path() -> Path:
-    """models/grounding.pt beside the bundled segmentation model."""
-    from segvec3d_ros.model.segmenter import bundled_model_path
-    return bundled_model_path().with_name(GROUNDING_FILE)
-
-
 def grounding_inputs(xyz: np.ndarray, features: np.ndarray, ids: np.ndarray,
                      instances: list[InstanceInfo], normals: np.ndarray | None = None
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Rows [F_i, g_i] of the working points with an instance, and each row's index into
-    `instances`; `ids` are per point, with 0 = none and k = the instance whose id is k.
+    """Rows [F_i, g_i] of the working points with an instance, and each row's instance index.
+
+    The index is into `instances`; `ids` are per point, with 0 = none and k = the instance whose
+    id is k.
 
     `normals`, when the caller has them, are those of these rows in point order (as
     `instance_normals` gives them), e.g. for a second set of instances on the same points.
@@ -82,8 +76,11 @@ def instance_normals(points: np.ndarray) -> np.ndarray:
 
 
 def probe_cloud() -> tuple[np.ndarray, np.ndarray]:
-    """A fixed small scene (a box on a plane, sensor frame) whose mean point feature
-    identifies a backbone's weights, whatever file format holds them."""
+    """Small fixed scene whose mean point feature identifies a backbone's weights.
+
+    The scene is a box on a plane, in the sensor frame; the feature identifies the weights
+    whatever file format holds them.
+    """
     rng = np.random.default_rng(12345)
     plane = np.column_stack([rng.uniform(-0.3, 0.3, 600), np.full(600, 0.2),
                              rng.uniform(0.6, 1.0, 600)])
@@ -102,8 +99,11 @@ def backbone_probe(segmenter: Segmenter) -> np.ndarray:
 
 
 def text_vectors(head: GroundingHead, encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
-    """(T, embed_dim) unit v_T per text, averaged over its PROMPTS forms: a CLIP-style prompt
-    ensemble, as the captions trained the head on several phrasings of each word."""
+    """(T, embed_dim) unit v_T per text, averaged over its PROMPTS forms.
+
+    A CLIP-style prompt ensemble, as the captions trained the head on several phrasings of each
+    word.
+    """
     forms = [prompt.format(text) for text in texts for prompt in PROMPTS]
     vectors = head.embed_texts(encoder.encode(forms)).reshape(
         len(texts), len(PROMPTS), head.config.embed_dim).mean(axis=1)
@@ -122,7 +122,7 @@ class Grounder:
         self.label_vectors = text_vectors(head, encoder, self.vocabulary)
 
     def label(self, embeddings: np.ndarray) -> tuple[list[str], np.ndarray]:
-        """Zero-shot label ('other' below the threshold) and its cosine score per vector."""
+        """Zero-shot label, 'other' below the threshold, and its cosine score per vector."""
         if not self.vocabulary:
             return [OTHER] * len(embeddings), np.zeros(len(embeddings), np.float32)
         scores = np.asarray(embeddings) @ self.label_vectors.T
@@ -151,11 +151,13 @@ class Grounder:
     def resolve_splits(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,
                        ids: np.ndarray, proposals: np.ndarray, up: np.ndarray | None
                        ) -> np.ndarray:
-        """`ids` of the working points with the proposed splits (`Segmentation.
-        split_proposals`) taken where the head's Objectness layer finds the two parts more
-        likely to be whole objects each than their union, P(a) P(b) > P(a + b), or nearly as
-        likely (SPLIT_LABEL_MARGIN) when they get different labels, neither of them other.
-        Two touching objects, not two faces of one. A head without that layer takes no split.
+        """`ids` of the working points with the proposed splits taken where the head favours them.
+
+        A proposed split (`Segmentation.split_proposals`) is taken where the head's Objectness
+        layer finds the two parts more likely to be whole objects each than their union,
+        P(a) P(b) > P(a + b), or nearly as likely (`split.SPLIT_LABEL_MARGIN`) when they get
+        different labels, neither of them other: two touching objects, not two faces of one. A
+        head without that layer takes no split.
 
         One proposal per instance, the first; a proposal whose points have no instance is
         ignored.
@@ -163,44 +165,22 @@ class Grounder:
         ids = np.asarray(ids, dtype=np.int64)
         if self.head.objectness is None:
             return ids
-        # Part 2j + 1 stays in parent j + 1, part 2j + 2 leaves it.
-        parts = np.zeros_like(ids)
-        parents = np.zeros_like(ids)
-        taken: list[np.ndarray] = []
-        for number in np.unique(proposals[proposals > 0]):
-            leaving = proposals == number
-            parent = int(np.bincount(ids[leaving]).argmax())
-            member = ids == parent
-            staying = member & ~leaving
-            if parent == 0 or parents[member].any() or not staying.any():
-                continue
-            leaving &= member
-            parents[member] = len(taken) + 1
-            parts[staying] = 2 * len(taken) + 1
-            parts[leaving] = 2 * len(taken) + 2
-            taken.append(leaving)
+        parts, parents, taken = split_parts(ids, proposals)
         if not taken:
             return ids
         # The parts and their unions cover the same points: one set of normals serves both.
         normals = instance_normals(np.asarray(xyz)[parents > 0])
-        split = self._whole_and_label(xyz, rgb, features, parts, normals, up)
-        joined = self._whole_and_label(xyz, rgb, features, parents, normals, up)
-        resolved = ids.copy()
-        for number, leaving in enumerate(taken):
-            (first, first_label), (second, second_label) = (
-                split.get(2 * number + part, (-np.inf, OTHER)) for part in (1, 2))
-            gain = first + second - joined.get(number + 1, (0.0, OTHER))[0]
-            labelled_apart = first_label != second_label and OTHER not in (first_label,
-                                                                           second_label)
-            if gain > 0 or (labelled_apart and gain > -SPLIT_LABEL_MARGIN):
-                resolved[leaving] = resolved.max() + 1
-        return resolved
+        return take_splits(ids, taken,
+                           self._whole_and_label(xyz, rgb, features, parts, normals, up),
+                           self._whole_and_label(xyz, rgb, features, parents, normals, up))
 
     def _whole_and_label(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,
                          ids: np.ndarray, normals: np.ndarray, up: np.ndarray | None
                          ) -> dict[int, tuple[float, str]]:
-        """Log-probability of being one whole object, and label, of each id > 0 of `ids`
-        (`normals`: those of the points with an id, in point order)."""
+        """Log-probability of being one whole object, and label, of each id > 0 of `ids`.
+
+        `normals` are those of the points with an id, in point order.
+        """
         instances = describe_instances(xyz, rgb, ids, up)
         vectors = self.head.embed_instances(
             *grounding_inputs(xyz, features, ids, instances, normals), instances)
@@ -210,7 +190,7 @@ class Grounder:
 
 def load_grounder(config: PipelineConfig, segmenter: Segmenter
                   ) -> tuple[Grounder | None, str]:
-    """The grounding step for `segmenter`, or None, and a line saying which and why.
+    """Grounding step for `segmenter`, or None, and a line saying which and why.
 
     An explicit `grounding_model_path` that is missing or was trained on another backbone is
     a ValueError; the bundled head is skipped (with the reason) when either is the case.

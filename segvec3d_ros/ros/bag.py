@@ -5,7 +5,7 @@
 
 OUT gets /segvec3d/labeled_points, /segvec3d/instances and /segvec3d/markers, one message each
 per input cloud, at the input's bag time and with the input's header: what recording the
-running node would give. Messages are built by `segvec3d_ros.nodes.conversions`, like the
+running node would give. Messages are built by `segvec3d_ros.ros.conversions`, like the
 node's. Clouds that cannot be decoded are skipped with a warning and counted.
 """
 from __future__ import annotations
@@ -21,13 +21,14 @@ from rclpy.time import Time
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
+from segvec3d_ros.cli.common import pipeline_config, pipeline_or_warn
 from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.io.bags import POINTCLOUD2, STORAGES, BagError, BagWriter, iter_bag_clouds
 from segvec3d_ros.io.pointcloud2 import CloudDecodeError, decode_pointcloud2, encode_pointcloud2
-from segvec3d_ros.nodes.conversions import (instance_array_msg, labeled_cloud_msg,
-                                            marker_array_msg, pointcloud2_msg)
+from segvec3d_ros.names import SEGMENTATION_NODE
 from segvec3d_ros.pipeline import Pipeline
-from segvec3d_ros.tools.cli import SEGMENTATION_NODE, pipeline_config, pipeline_or_warn
+from segvec3d_ros.ros.conversions import (instance_array_msg, labeled_cloud_msg, marker_array_msg,
+                                          pointcloud2_msg)
 
 LABELED_TOPIC = '/segvec3d/labeled_points'
 INSTANCES_TOPIC = '/segvec3d/instances'

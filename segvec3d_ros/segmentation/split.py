@@ -1,69 +1,22 @@
-"""Instances from embeddings (section 3.2): (N,) int64 labels 1..K by decreasing size, 0 = noise."""
-from __future__ import annotations
+"""The split of touching objects, in one place: where the learned segmenter proposes one, and
+the rule by which the grounding step takes it.
 
-from collections.abc import Callable
+Graph clustering of the embeddings merges two touching objects through a chain of boundary
+points whose embeddings shade from one to the other. Such a chain is a weak normalised cut of
+the instance's k-NN graph; the segmenter proposes that cut where the two parts meet in a
+valley, and the grounding head's Objectness layer decides whether the parts are two whole
+objects (`take_splits`). The proposal needs no grounding; the decision is handed the head's
+scores, so this module imports neither.
+"""
+from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh
 from scipy.spatial import cKDTree
 
-from segvec3d_ros.segmentation.geometry import cell_index, edge_components, rank_labels
-
-Array = np.ndarray | torch.Tensor
-
-
-def graph_clusters(embeddings: Array, knn_index: Array, radius: float = 0.4,
-                   min_size: int = 1) -> np.ndarray:
-    """Connected components of the spatial k-NN edges whose embedding distance is below `radius`.
-
-    knn_index is (N, k), normally the network's own; negative entries are no edge. Distances are
-    computed by the embeddings' library where they live: numpy arrays by numpy, which is much
-    faster on a CPU, torch tensors by torch on their device, so that GPU embeddings stay there
-    and only the kept edges come back. A large flat region such as the table stays one
-    component however big it is.
-    """
-    if isinstance(embeddings, torch.Tensor):
-        xp, emb, index = torch, embeddings, torch.as_tensor(knn_index, device=embeddings.device)
-    else:
-        xp, emb, index = np, np.asarray(embeddings), _numpy(knn_index)
-    diff = emb[index.clip(0)]
-    diff -= emb[:, None]
-    keep = (xp.einsum('nkd,nkd->nk', diff, diff) < radius**2) & (index >= 0)
-    components = edge_components(np.nonzero(_numpy(keep))[0], _numpy(index[keep]), len(keep))
-    return rank_labels(components + 1, min_size)[0]
-
-
-def absorb_fragments(labels: np.ndarray, knn_index: np.ndarray, min_size: int,
-                     rounds: int = 8) -> np.ndarray:
-    """Give the points of clusters under `min_size` to a neighbouring large cluster.
-
-    Boundary points between two objects get mixed embeddings and form slivers of their own;
-    they belong to one of the objects they touch, not to no object. Each round hands every
-    unassigned point the label of its nearest assigned k-NN neighbour (negative index = none).
-    A small cluster that touches no large one stays as it is: it may be a whole small object
-    (or many identical points in one voxel), which the caller's size filter then judges.
-    """
-    counts = np.bincount(labels, minlength=1)
-    out = np.where(counts[labels] >= min_size, labels, 0)
-    out[labels == 0] = 0
-    pending = (labels > 0) & (out == 0)
-    index = np.asarray(knn_index)
-    for _ in range(rounds):
-        rows = np.flatnonzero(pending)
-        if len(rows) == 0:
-            break
-        neighbours = index[rows]
-        neighbour_labels = np.where(neighbours >= 0, out[np.maximum(neighbours, 0)], 0)
-        has = neighbour_labels > 0
-        first = has.argmax(axis=1)
-        found = has.any(axis=1)
-        out[rows[found]] = neighbour_labels[found, first[found]]
-        pending[rows[found]] = False
-    out[pending] = labels[pending] + out.max(initial=0)
-    return rank_labels(out)[0]
-
+from segvec3d_ros.config import OTHER
+from segvec3d_ros.segmentation.geometry import cell_index
 
 # A split is proposed where the normalised cut of an instance's k-NN graph, its edges weighted
 # by embedding similarity, is this weak: a chain of boundary points between two touching
@@ -203,70 +156,54 @@ def junction_convexity(xyz: np.ndarray, normals: np.ndarray, first: np.ndarray,
     return float((facing[0] - facing[1]) @ offset / max(float(np.linalg.norm(offset)), 1e-9))
 
 
-def dbscan_clusters(embeddings: Array, eps: float = 0.3, min_samples: int = 10,
-                    min_size: int = 1) -> np.ndarray:
-    """DBSCAN: points with >= min_samples points (self included) within eps are core; core points
-    within eps of each other share a cluster, other points within eps of a core point join one of
-    its clusters, the rest are noise.
+# Two parts that get different labels are taken apart even when the Objectness layer finds
+# their union this much likelier whole (log-probability): its probabilities saturate near 1,
+# for a merge of two touching objects as for one object, and there the labels decide (chosen
+# on the validation scenes, docs/GROUNDING.md).
+SPLIT_LABEL_MARGIN = 0.02
 
-    Memory grows with the number of pairs within eps, i.e. with the squared instance sizes.
+
+def split_parts(ids: np.ndarray, proposals: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The parts each proposal would make, as ids for scoring: (parts, parents, leaving).
+
+    Proposal j (the first one on an instance; later ones and those on no instance are ignored)
+    gives part 2j + 1, the points staying in the parent, part 2j + 2, the points leaving it,
+    and parent j + 1, their union; `leaving[j]` masks the points that would leave.
     """
-    pts = _numpy(embeddings)
-    num = len(pts)
-    pairs = cKDTree(pts).query_pairs(eps, output_type='ndarray')
-    core = np.bincount(pairs.reshape(-1), minlength=num) + 1 >= min_samples
-    linked = core[pairs[:, 0]] & core[pairs[:, 1]]
-    components = edge_components(pairs[linked, 0], pairs[linked, 1], num)
-    labels = np.where(core, components + 1, 0)
-    # A border point may reach several clusters; like sklearn it simply takes one of them.
-    for border, anchor in ((1, 0), (0, 1)):
-        reach = core[pairs[:, anchor]] & ~core[pairs[:, border]]
-        labels[pairs[reach, border]] = components[pairs[reach, anchor]] + 1
-    return rank_labels(labels, min_size)[0]
+    parts = np.zeros_like(ids)
+    parents = np.zeros_like(ids)
+    taken: list[np.ndarray] = []
+    for number in np.unique(proposals[proposals > 0]):
+        leaving = proposals == number
+        parent = int(np.bincount(ids[leaving]).argmax())
+        member = ids == parent
+        staying = member & ~leaving
+        if parent == 0 or parents[member].any() or not staying.any():
+            continue
+        leaving &= member
+        parents[member] = len(taken) + 1
+        parts[staying] = 2 * len(taken) + 1
+        parts[leaving] = 2 * len(taken) + 2
+        taken.append(leaving)
+    return parts, parents, taken
 
 
-def mean_shift_clusters(embeddings: Array, bandwidth: float = 0.3, max_seeds: int = 512,
-                        iterations: int = 30, min_size: int = 1, seed: int = 0) -> np.ndarray:
-    """Flat-kernel mean shift from at most `max_seeds` seeds; each point joins its nearest mode.
-
-    Seeds are a seeded random subsample, so the cost is O(iterations * max_seeds * N * D) however
-    large N is; modes closer than `bandwidth` merge into one cluster.
+def take_splits(ids: np.ndarray, leaving: list[np.ndarray],
+                parts: dict[int, tuple[float, str]], parents: dict[int, tuple[float, str]]
+                ) -> np.ndarray:
+    """`ids` with each proposal of `split_parts` taken where its two parts are likelier whole
+    objects each than their union, P(a) P(b) > P(a + b), or nearly as likely
+    (SPLIT_LABEL_MARGIN) when they get different labels, neither of them other: two touching
+    objects, not two faces of one. `parts` and `parents` map those ids to (log-probability of
+    being one whole object, label).
     """
-    pts = _numpy(embeddings).astype(np.float32)
-    num = len(pts)
-    if num == 0:
-        return np.zeros(0, dtype=np.int64)
-    modes = pts[np.random.default_rng(seed).choice(num, min(num, max_seeds), replace=False)]
-    squared_norms = np.einsum('nd,nd->n', pts, pts)
-    for _ in range(iterations):
-        squared = np.einsum('sd,sd->s', modes, modes)[:, None] + squared_norms - 2 * modes @ pts.T
-        window = (squared <= bandwidth**2).astype(np.float32)
-        counts = window.sum(axis=1, keepdims=True)
-        # A mode whose window emptied (possible in high dimension) stays where it is.
-        shifted = np.where(counts > 0, window @ pts / np.maximum(counts, 1), modes)
-        moved = np.abs(shifted - modes).max(initial=0.0)
-        modes = shifted
-        if moved < 1e-3 * bandwidth:
-            break
-    merged = cKDTree(modes).query_pairs(bandwidth, output_type='ndarray')
-    mode_labels = edge_components(merged[:, 0], merged[:, 1], len(modes))
-    nearest = cKDTree(modes).query(pts, k=1)[1]
-    return rank_labels(mode_labels[nearest] + 1, min_size)[0]
-
-
-METHODS: dict[str, Callable[..., np.ndarray]] = {
-    'graph': graph_clusters, 'dbscan': dbscan_clusters, 'meanshift': mean_shift_clusters}
-
-
-def cluster_embeddings(embeddings: Array, method: str = 'graph', **params: object) -> np.ndarray:
-    """Cluster (N, D) embeddings with `method` (graph, dbscan, meanshift) and its parameters."""
-    if method not in METHODS:
-        raise ValueError(f'clustering method must be one of {", ".join(METHODS)}; got {method!r}')
-    return METHODS[method](embeddings, **params)
-
-
-def _numpy(values: Array) -> np.ndarray:
-    """The values as a numpy array, fetched from the GPU when they are there."""
-    if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
+    resolved = ids.copy()
+    for number, points in enumerate(leaving):
+        (first, first_label), (second, second_label) = (
+            parts.get(2 * number + part, (-np.inf, OTHER)) for part in (1, 2))
+        gain = first + second - parents.get(number + 1, (0.0, OTHER))[0]
+        labelled_apart = first_label != second_label and OTHER not in (first_label, second_label)
+        if gain > 0 or (labelled_apart and gain > -SPLIT_LABEL_MARGIN):
+            resolved[points] = resolved.max() + 1
+    return resolved

@@ -7,26 +7,27 @@ from dataclasses import dataclass
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
-from rcl_interfaces.msg import SetParametersResult
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
 from segvec3d_msgs.msg import InstanceArray
+from segvec3d_ros.config import PipelineConfig, setting
 from segvec3d_ros.frame_flow import FrameStats, LatestSlot, SequenceGaps, SilentInput
 from segvec3d_ros.io.pointcloud2 import CloudDecodeError, decode_pointcloud2
-from segvec3d_ros.nodes.conversions import (instance_array_msg, instance_mask_msg,
-                                            labeled_cloud_msg, marker_array_msg)
-from segvec3d_ros.nodes.params import check_parameters, declare_settings, read_settings
-from segvec3d_ros.nodes.runner import StartupError, run
-from segvec3d_ros.pipeline import Pipeline, PipelineConfig, pipeline_or_baseline
-from segvec3d_ros.settings import setting
+from segvec3d_ros.names import (DIAGNOSTICS_TOPIC, INSTANCE_MASK_TOPIC, INSTANCES_TOPIC,
+                                LABELED_POINTS_TOPIC, MARKERS_TOPIC, POINTS_TOPIC,
+                                SEGMENTATION_NODE)
+from segvec3d_ros.pipeline import Pipeline, pipeline_or_baseline
+from segvec3d_ros.ros.conversions import (instance_array_msg, instance_mask_msg, labeled_cloud_msg,
+                                          marker_array_msg)
+from segvec3d_ros.ros.params import check_parameters, declare_settings, read_settings
+from segvec3d_ros.ros.runner import StartupError, run
 
-NODE_NAME = 'segvec3d_segmentation'
 WARN_THROTTLE_S = 2.0
 SILENT_INPUT_THROTTLE_S = 30.0
 README_LARGE_CLOUDS = 'README.md, section "Large clouds over DDS"'
@@ -61,13 +62,15 @@ class SegmentationNode(Node):
     """Segments the latest cloud on a worker thread; the subscription never blocks or queues."""
 
     def __init__(self) -> None:
-        super().__init__(NODE_NAME)
+        super().__init__(SEGMENTATION_NODE)
         declare_settings(self, PipelineConfig)
         declare_settings(self, SegmentationNodeSettings)
         self._settings: SegmentationNodeSettings = read_settings(self, SegmentationNodeSettings)
         self._pipeline_lock = threading.Lock()
         self._pipeline: Pipeline = self._initial_pipeline(read_settings(self, PipelineConfig))
+        self._pending_pipeline: Pipeline | None = None
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._on_parameters_set)
 
         reliability = (ReliabilityPolicy.RELIABLE
                        if self._settings.output_reliability == 'reliable'
@@ -76,19 +79,19 @@ class SegmentationNode(Node):
         output_qos = QoSProfile(depth=5, reliability=reliability,
                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self._labeled_pub = self.create_publisher(
-            PointCloud2, 'segvec3d/labeled_points', output_qos)
+            PointCloud2, LABELED_POINTS_TOPIC, output_qos)
         self._instances_pub = self.create_publisher(
-            InstanceArray, 'segvec3d/instances', output_qos)
-        self._markers_pub = self.create_publisher(MarkerArray, 'segvec3d/markers', output_qos)
-        self._mask_pub = self.create_publisher(Image, 'segvec3d/instance_mask', output_qos)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+            InstanceArray, INSTANCES_TOPIC, output_qos)
+        self._markers_pub = self.create_publisher(MarkerArray, MARKERS_TOPIC, output_qos)
+        self._mask_pub = self.create_publisher(Image, INSTANCE_MASK_TOPIC, output_qos)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
 
         self._slot: LatestSlot[PointCloud2] = LatestSlot()
         self._stats = FrameStats()
         self._missed = SequenceGaps()
         self._silent = SilentInput()
         self._subscription = self.create_subscription(
-            PointCloud2, 'points', self._on_cloud, qos_profile_sensor_data)
+            PointCloud2, POINTS_TOPIC, self._on_cloud, qos_profile_sensor_data)
         self._diagnostics_timer = self.create_timer(
             self._settings.diagnostics_period, self._publish_diagnostics)
         self._worker = threading.Thread(target=self._work, name='segvec3d-worker', daemon=True)
@@ -116,18 +119,25 @@ class SegmentationNode(Node):
         return pipeline
 
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
-        """Validate a change; rebuild the pipeline from the new values when they are valid."""
+        """Check a change: every value in range, and a pipeline that builds from them."""
         result = check_parameters(parameters, (PipelineConfig, SegmentationNodeSettings))
         if not result.successful:
             return result
+        # Building is the check (a model file that does not load is a reason to refuse), so
+        # the pipeline built here is the one the post-set callback puts in place.
         try:
-            pipeline = Pipeline(read_settings(self, PipelineConfig, parameters))
+            self._pending_pipeline = Pipeline(read_settings(self, PipelineConfig, parameters))
         except (ValueError, OSError) as error:
             return SetParametersResult(successful=False, reason=str(error))
-        with self._pipeline_lock:
-            self._pipeline = pipeline
-        self._settings = read_settings(self, SegmentationNodeSettings, parameters)
         return result
+
+    def _on_parameters_set(self, parameters: list[Parameter]) -> None:
+        """Apply a change that passed the check: the new pipeline and node settings."""
+        pipeline, self._pending_pipeline = self._pending_pipeline, None
+        if pipeline is not None:
+            with self._pipeline_lock:
+                self._pipeline = pipeline
+        self._settings = read_settings(self, SegmentationNodeSettings)
 
     def _on_cloud(self, msg: PointCloud2, info: dict) -> None:
         self._stats.on_received()

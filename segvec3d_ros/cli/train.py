@@ -18,7 +18,8 @@ def add_train_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
         description='Train with the pull-push loss on scenes from the repo\'s generator '
                     '(cached under the config\'s cache_dir). Checkpoints to OUT/last.pt; '
                     'writes OUT/segvec3d.pt, OUT/segvec3d.onnx, OUT/config.yaml, OUT/log.csv.')
-    parser.add_argument('config', metavar='CONFIG', help='YAML file, e.g. configs/segvec3d_tabletop.yaml')
+    parser.add_argument('config', metavar='CONFIG',
+                        help='YAML file, e.g. configs/segvec3d_tabletop.yaml')
     parser.add_argument('--out-dir', required=True, metavar='OUT')
     parser.add_argument('--device', choices=('auto', 'cpu', 'cuda'), default='auto')
     parser.add_argument('--resume', action='store_true', help='continue from OUT/last.pt')

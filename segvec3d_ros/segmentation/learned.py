@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from time import perf_counter
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -13,21 +13,19 @@ import onnx.numpy_helper
 import onnxruntime as ort
 import torch
 
-from segvec3d_ros.model.clustering import (Array, absorb_fragments, graph_clusters,
-                                           propose_splits)
+from segvec3d_ros.config import LearnedConfig
 from segvec3d_ros.model.export import CONFIG_KEY, INPUTS, OUTPUTS
 from segvec3d_ros.model.features import estimate_normals, input_features
 from segvec3d_ros.model.knn import knn_graph
 from segvec3d_ros.model.segvec3d import SegVec3DConfig, load_checkpoint
+from segvec3d_ros.names import bundled_model_path
 from segvec3d_ros.segmentation.base import Segmentation, peel_support
+from segvec3d_ros.segmentation.clustering import Array, absorb_fragments, graph_clusters
 from segvec3d_ros.segmentation.occlusion import join_occluded
 from segvec3d_ros.segmentation.openings import claim_seen_through
-
-if TYPE_CHECKING:
-    from segvec3d_ros.pipeline import PipelineConfig
+from segvec3d_ros.segmentation.split import propose_splits
 
 ONNX_SUFFIXES = ('.onnx',)
-BUNDLED_MODEL = 'segvec3d.onnx'
 # Clusters of fewer working points are boundary slivers, merged into a neighbouring instance.
 FRAGMENT_POINTS = 15
 TORCH_SUFFIXES = ('.pt', '.pth')
@@ -153,18 +151,6 @@ def cluster_edges(xyz: Array, knn_index: Array, tolerance: float) -> Array:
     return edges
 
 
-def bundled_model_path() -> Path:
-    """models/segvec3d.onnx of the source tree, else of the installed package's share folder."""
-    source_tree = Path(__file__).resolve().parents[2] / 'models' / BUNDLED_MODEL
-    if source_tree.is_file():
-        return source_tree
-    try:
-        from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory('segvec3d_ros')) / 'models' / BUNDLED_MODEL
-    except (ImportError, LookupError):
-        return source_tree
-
-
 def load_network(path: str | Path, device: str = 'auto') -> _TorchNetwork | _OnnxNetwork:
     """The network in a .pt/.pth checkpoint or .onnx export; raises naming `path` if unusable."""
     if device not in ('auto', 'cpu', 'cuda'):
@@ -201,15 +187,16 @@ class LearnedSegmenter:
 
     name = 'segvec3d'
 
-    def __init__(self, config: PipelineConfig, up: np.ndarray | None = None,
-                 seed: int = 0) -> None:
-        """Load `config.model_path` (empty: the bundled model) on `config.device`; `up`, when
-        known, limits the plane tilt.
-        """
+    def __init__(self, config: LearnedConfig) -> None:
+        """Load `config.model_path` (empty: the bundled model) on `config.device`."""
         self.config = config
-        self.up = up
-        self.seed = seed
-        self.network = load_network(config.model_path or bundled_model_path(), config.device)
+        path = config.model_path or bundled_model_path()
+        self.network = load_network(path, config.device)
+        trained_at = self.network.config.voxel_size
+        if trained_at is not None and abs(trained_at - config.voxel_size) > 1e-9:
+            raise ValueError(f'{path} was trained at voxel_size {trained_at} m but the pipeline '
+                             f'runs at voxel_size {config.voxel_size} m; set voxel_size to '
+                             f'{trained_at} or train a model at {config.voxel_size}')
 
     def segment(self, xyz: np.ndarray, rgb: np.ndarray | None) -> Segmentation:
         """Label each finite point: support (mask), instance 1..K by size, or 0; F per point,
@@ -228,7 +215,7 @@ class LearnedSegmenter:
             now = perf_counter()
             timings[stage], tick = now - tick, now
 
-        support, rest = peel_support(pts, cfg, self.seed, self.up)
+        support, rest = peel_support(pts, cfg.support)
         lap('plane')
         ids = np.zeros(len(pts), dtype=np.int64)
         features = np.zeros((len(pts), self.network.config.channels), dtype=np.float32)

@@ -7,15 +7,16 @@ import shutil
 import sys
 from pathlib import Path
 
-from segvec3d_ros.evaluation.datasets import EVAL_SEED_BASE
-from segvec3d_ros.grounding.dataset import RecordingSegmenter
-from segvec3d_ros.grounding.evaluate import (QUERY_TYPES, SYSTEMS, evaluate_grounding,
-                                             fit_lines, markdown_section, plot_confusion,
-                                             plot_reference, write_section)
+from segvec3d_ros.cli.common import pipeline_config
+from segvec3d_ros.data.splits import TEST_FIRST_SEED
+from segvec3d_ros.evaluation.grounding import (QUERY_TYPES, SYSTEMS, evaluate_grounding, fit_lines,
+                                               markdown_section, plot_confusion, plot_reference,
+                                               write_section)
+from segvec3d_ros.grounding.grounder import shared_text_encoder
 from segvec3d_ros.grounding.query import QueryEngine
-from segvec3d_ros.grounding.step import shared_text_encoder
-from segvec3d_ros.grounding.train import OUTPUT, GroundingTrainConfig, train_grounding
 from segvec3d_ros.pipeline import Pipeline, make_segmenter
+from segvec3d_ros.training.grounding import OUTPUT, GroundingTrainConfig, train_grounding
+from segvec3d_ros.training.grounding_dataset import RecordingSegmenter
 
 
 def add_train_grounding_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -60,10 +61,10 @@ def run_train_grounding(args: argparse.Namespace) -> int:
 
 
 def run_grounding_evaluation(args: argparse.Namespace) -> int:
-    """`segvec3d evaluate --grounding`: write the results block (with the fit scores) and the
-    confusion plot."""
-    from segvec3d_ros.tools.cli import pipeline_config  # tools.cli imports this module
+    """`segvec3d evaluate --grounding`: write the results block and the confusion plot.
 
+    The results block holds the fit scores too.
+    """
     out = args.out or 'docs/GROUNDING.md'
     plot = args.plot or 'docs/grounding_confusion.png'
     try:
@@ -83,7 +84,7 @@ def run_grounding_evaluation(args: argparse.Namespace) -> int:
                                 progress=lambda line: print(line, flush=True))
     words = ['segvec3d', 'evaluate', '--grounding', '--synthetic-scenes',
              str(args.synthetic_scenes)]
-    if args.synthetic_first_seed != EVAL_SEED_BASE:
+    if args.synthetic_first_seed != TEST_FIRST_SEED:
         words += ['--synthetic-first-seed', str(args.synthetic_first_seed)]
     for option, value in (('--params-file', args.params_file), ('--model', args.model),
                           ('--grounding-model', args.grounding_model)):

@@ -14,6 +14,7 @@ from pathlib import Path
 from segvec3d_ros.bench.measure import (VGA_PIXELS, BenchError, bench_frame, run_isolated,
                                         save_frame)
 from segvec3d_ros.bench.report import Measurement, Setup, markdown_report, plot_stages
+from segvec3d_ros.cli.common import pipeline_config
 
 DEFAULT_SIZES = (20_000, 50_000, 200_000, 307_200)
 SETUPS = ('euclidean', 'torch', 'onnxruntime')
@@ -33,7 +34,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def _names(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
-    """An argparse type for comma-separated names out of `choices`."""
+    """Argparse type for comma-separated names out of `choices`."""
     def parse(text: str) -> list[str]:
         names = list(dict.fromkeys(word.strip() for word in text.split(',') if word.strip()))
         if not names or any(name not in choices for name in names):
@@ -43,7 +44,7 @@ def _names(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type for whole numbers of at least `minimum`."""
+    """Argparse type for whole numbers of at least `minimum`."""
     def parse(text: str) -> int:
         value = int(text)
         if value < minimum:
@@ -95,7 +96,7 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
 
 
 def command_line(args: argparse.Namespace) -> str:
-    """The `segvec3d bench` command that repeats this run, every option spelled out."""
+    """`segvec3d bench` command that repeats this run, every option spelled out."""
     words = ['segvec3d', 'bench', '--sizes', ','.join(map(str, args.sizes)),
              '--setups', ','.join(args.setups), '--devices', ','.join(args.devices),
              '--repeats', str(args.repeats), '--warmup', str(args.warmup),
@@ -109,7 +110,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def plan_setups(args: argparse.Namespace) -> tuple[list[Setup], dict[str, str], str | None]:
-    """The setups to measure, those that cannot be (with why), and the GPU's name or None."""
+    """Setups to measure, those that cannot be (with why), and the GPU's name or None."""
     import onnxruntime as ort
     import torch
 
@@ -157,8 +158,6 @@ def _error(message: str) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Measure, print a line per setup and size, write the report; 0 on success, 2 on none."""
-    from segvec3d_ros.tools.cli import pipeline_config  # here: tools.cli imports this module
-
     try:
         config = pipeline_config(args.params_file)
         dds = [json.loads(Path(path).read_text()) for path in args.dds]

@@ -12,7 +12,6 @@ its parser and sets `run` to a function taking the parsed arguments and returnin
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -23,61 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from segvec3d_ros.bench.cli import add_bench_parser
+from segvec3d_ros.cli.bench import add_bench_parser
+from segvec3d_ros.cli.common import add_pipeline_options, pipeline_from_args
+from segvec3d_ros.cli.evaluate import add_evaluate_parser
+from segvec3d_ros.cli.grounding import add_train_grounding_parser
+from segvec3d_ros.cli.train import add_train_parser
 from segvec3d_ros.cloud import Cloud
-from segvec3d_ros.evaluation.cli import add_evaluate_parser
-from segvec3d_ros.grounding.cli import add_train_grounding_parser
 from segvec3d_ros.instances import InstanceInfo
 from segvec3d_ros.io.bags import BagError, is_bag, iter_bag_clouds
 from segvec3d_ros.io.files import SUPPORTED_SUFFIXES, CloudFileError, read_cloud
 from segvec3d_ros.io.pointcloud2 import CloudDecodeError
-from segvec3d_ros.pipeline import Pipeline, PipelineConfig, SceneResult, pipeline_or_baseline
+from segvec3d_ros.pipeline import SceneResult
 from segvec3d_ros.render import render_instances
-from segvec3d_ros.settings import settings_from_params_file
-from segvec3d_ros.training.cli import add_train_parser
-
-# The params-file section of the pipeline settings: segmentation_node.NODE_NAME, which is not
-# imported because that would make this tool need ROS.
-SEGMENTATION_NODE = 'segvec3d_segmentation'
-
-
-def pipeline_config(params_file: str | Path | None = None, **overrides: Any) -> PipelineConfig:
-    """Pipeline settings from a params file's segmentation section (or the defaults), with the
-    overrides that are not None applied; raises ValueError on an invalid file or value."""
-    config = (PipelineConfig() if params_file is None
-              else settings_from_params_file(params_file, SEGMENTATION_NODE, PipelineConfig))
-    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    config.validate()
-    return config
-
-
-def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
-    """The options that choose the pipeline settings, shared by subcommands that segment."""
-    group = parser.add_argument_group('pipeline')
-    group.add_argument('--params-file', metavar='YAML',
-                       help=f'ROS params file (e.g. config/segvec3d.yaml); its '
-                            f'{SEGMENTATION_NODE} section sets the pipeline')
-    group.add_argument('--segmenter', choices=('euclidean', 'segvec3d'))
-    group.add_argument('--model-path', help='weights of the learned segmenter')
-    group.add_argument('--voxel-size', type=float, metavar='M',
-                       help='working resolution in m (0 = no downsampling)')
-
-
-def pipeline_or_warn(config: PipelineConfig, command: str) -> Pipeline:
-    """The pipeline of `config`; a learned model that cannot be loaded gives the euclidean
-    baseline, with a warning naming the reason on stderr, as the node does."""
-    pipeline, reason = pipeline_or_baseline(config)
-    if reason is not None:
-        print(f'{command}: warning: cannot start the {config.segmenter} segmenter ({reason}); '
-              'falling back to the euclidean segmenter', file=sys.stderr)
-    return pipeline
-
-
-def pipeline_from_args(args: argparse.Namespace, command: str) -> Pipeline:
-    """The pipeline that `add_pipeline_options` arguments describe (loads the model once)."""
-    return pipeline_or_warn(pipeline_config(args.params_file, segmenter=args.segmenter,
-                                            model_path=args.model_path,
-                                            voxel_size=args.voxel_size), command)
 
 
 def instance_record(info: InstanceInfo) -> dict[str, Any]:
@@ -168,7 +124,7 @@ def add_segment_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `segvec3d` command line with all its subcommands."""
+    """`segvec3d` command line with all its subcommands."""
     parser = argparse.ArgumentParser(prog='segvec3d', description=__doc__.split('\n\n')[0])
     commands = parser.add_subparsers(metavar='COMMAND', required=True)
     add_segment_parser(commands)

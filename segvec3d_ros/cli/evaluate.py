@@ -8,12 +8,15 @@ import shlex
 import sys
 from pathlib import Path
 
-from segvec3d_ros.evaluation.datasets import (DATASETS, DEFAULT_MOSD_DIR, EVAL_SEED_BASE,
-                                              MIN_GT_POINTS, MOSD_SUBSETS, iter_scenes)
+from segvec3d_ros.cli.common import pipeline_config
+from segvec3d_ros.config import validate_field
+from segvec3d_ros.data.splits import TEST_FIRST_SEED
+from segvec3d_ros.evaluation.datasets import (DATASETS, DEFAULT_MOSD_DIR, MIN_GT_POINTS,
+                                              MOSD_SUBSETS, iter_scenes)
 from segvec3d_ros.evaluation.metrics import evaluate_scene, summarize
 from segvec3d_ros.evaluation.report import (LEARNED, SceneRecord, markdown_report, plot_summary,
                                             summary_rows)
-from segvec3d_ros.pipeline import Pipeline, validate_field
+from segvec3d_ros.pipeline import Pipeline
 
 
 def _segmenter_list(text: str) -> list[str]:
@@ -44,8 +47,8 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument('--model', '--model-path', dest='model', metavar='PATH',
                         help='weights of the learned segmenter')
     parser.add_argument('--synthetic-scenes', type=int, default=30, metavar='N',
-                        help=f'held-out synthetic scenes, seeds {EVAL_SEED_BASE} on (default 30)')
-    parser.add_argument('--synthetic-first-seed', type=int, default=EVAL_SEED_BASE, metavar='S',
+                        help=f'held-out synthetic scenes, seeds {TEST_FIRST_SEED} on (default 30)')
+    parser.add_argument('--synthetic-first-seed', type=int, default=TEST_FIRST_SEED, metavar='S',
                         help='first synthetic seed (default %(default)s; a different range, '
                              'e.g. 2000000, is a validation split for tuning)')
     parser.add_argument('--embedding-radius', type=float, metavar='R',
@@ -78,7 +81,7 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.Argume
 
 
 def command_line(args: argparse.Namespace) -> str:
-    """The `segvec3d evaluate` command that repeats this run, every option spelled out."""
+    """`segvec3d evaluate` command that repeats this run, every option spelled out."""
     words = ['segvec3d', 'evaluate', '--dataset', args.dataset,
              '--segmenters', ','.join(args.segmenters)]
     if args.params_file:
@@ -89,7 +92,7 @@ def command_line(args: argparse.Namespace) -> str:
         words += ['--mosd-dir', args.mosd_dir]
     if args.dataset != 'mosd':
         words += ['--synthetic-scenes', str(args.synthetic_scenes)]
-        if args.synthetic_first_seed != EVAL_SEED_BASE:
+        if args.synthetic_first_seed != TEST_FIRST_SEED:
             words += ['--synthetic-first-seed', str(args.synthetic_first_seed)]
     if args.embedding_radius is not None:
         words += ['--embedding-radius', str(args.embedding_radius)]
@@ -111,17 +114,15 @@ def _error(message: str) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate, print progress per scene, write the report; 0 on success, 2 when nothing ran."""
-    from segvec3d_ros.tools.cli import pipeline_config  # here: tools.cli imports this module
-
     if args.synthetic_scenes < 1:
         return _error('--synthetic-scenes must be at least 1')
     if args.grounding:
-        from segvec3d_ros.grounding.cli import run_grounding_evaluation
+        from segvec3d_ros.cli.grounding import run_grounding_evaluation
         return run_grounding_evaluation(args)
     args.out = args.out or 'docs/EVALUATION.md'
     args.plot = args.plot or 'docs/evaluation.png'
-    if args.synthetic_first_seed < EVAL_SEED_BASE:
-        return _error(f'--synthetic-first-seed below {EVAL_SEED_BASE} would evaluate on '
+    if args.synthetic_first_seed < TEST_FIRST_SEED:
+        return _error(f'--synthetic-first-seed below {TEST_FIRST_SEED} would evaluate on '
                       'training scenes')
     try:
         config = pipeline_config(args.params_file, model_path=args.model,
@@ -174,7 +175,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         'synthetic': f'{args.synthetic_scenes} held-out generated tabletop scenes, seeds '
                      f'{args.synthetic_first_seed}-'
                      f'{args.synthetic_first_seed + args.synthetic_scenes - 1} (training '
-                     f'uses seeds below {EVAL_SEED_BASE}); table, floor and wall = support'}
+                     f'uses seeds below {TEST_FIRST_SEED}); table, floor and wall = support'}
     descriptions = {name: f'{descriptions[name]}; objects under {MIN_GT_POINTS} valid points '
                           f'count as unlabelled' for name in datasets}
     out, plot = Path(args.out), Path(args.plot)

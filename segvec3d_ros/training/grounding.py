@@ -18,17 +18,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segvec3d_ros.config import PipelineConfig, dataclass_from_yaml
 from segvec3d_ros.data.scenes import CATEGORIES, SceneConfig, generate_scene
-from segvec3d_ros.evaluation.datasets import EVAL_SEED_BASE
-from segvec3d_ros.grounding.captions import caption_bank
-from segvec3d_ros.grounding.dataset import (GroundedScene, InstanceSet, RecordingSegmenter,
-                                            attribute_indices, ground_scene)
+from segvec3d_ros.data.splits import TEST_FIRST_SEED
+from segvec3d_ros.grounding.grounder import Encoder, Grounder, backbone_probe, shared_text_encoder
 from segvec3d_ros.grounding.model import (GEOMETRY_CHANNELS, GroundingConfig, GroundingHead,
                                           box_term, sample_rows, save_grounding)
-from segvec3d_ros.grounding.step import (Encoder, Grounder, backbone_probe,
-                                         shared_text_encoder)
-from segvec3d_ros.pipeline import Pipeline, PipelineConfig, make_segmenter
-from segvec3d_ros.settings import dataclass_from_yaml
+from segvec3d_ros.pipeline import Pipeline, make_segmenter
+from segvec3d_ros.training.captions import caption_bank
+from segvec3d_ros.training.grounding_dataset import (GroundedScene, InstanceSet,
+                                                     RecordingSegmenter, attribute_indices,
+                                                     ground_scene)
 
 MASKS = ('gt', 'predicted', 'both')
 OUTPUT = 'grounding.pt'
@@ -70,9 +70,9 @@ class GroundingTrainConfig:
         """Raise ValueError for settings no run can use."""
         if self.masks not in MASKS:
             raise ValueError(f'masks must be one of {MASKS}, got {self.masks!r}')
-        if self.first_scene + self.train_scenes + self.val_scenes > EVAL_SEED_BASE:
+        if self.first_scene + self.train_scenes + self.val_scenes > TEST_FIRST_SEED:
             raise ValueError(f'training and validation scene seeds must stay below '
-                             f'{EVAL_SEED_BASE}, the evaluation scenes')
+                             f'{TEST_FIRST_SEED}, the evaluation scenes')
         if min(self.train_scenes, self.steps, self.batch_instances,
                self.points_per_instance, self.points_per_step) < 1:
             raise ValueError('scene, step, batch and point counts must be at least 1')

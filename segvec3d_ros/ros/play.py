@@ -21,8 +21,7 @@ from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import PointCloud2
 
 from segvec3d_ros.io.bags import BagError, iter_bag_clouds
-
-NODE_NAME = 'segvec3d_play'
+from segvec3d_ros.names import PLAY_NODE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.rate > 0:
         parser.error(f'--rate must be > 0, got {args.rate}')
     rclpy.init(args=['segvec3d-play', *argv])
-    node = Node(NODE_NAME)
+    node = Node(PLAY_NODE)
     exit_code = 0
     try:
         count = play(node, args)

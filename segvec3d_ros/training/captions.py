@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from segvec3d_ros.config import DEFAULT_VOCABULARY
 from segvec3d_ros.data.scenes import CATEGORIES, OBJECT_COLOURS
-from segvec3d_ros.grounding.vocabulary import DEFAULT_VOCABULARY
 
 SIZE_WORDS = ('', 'small', 'large')     # index 0: the generator's '' (neither)
 # Nouns and the categories they name: names, synonyms, shapes and generic words.

@@ -15,11 +15,11 @@ from scipy.spatial import cKDTree
 from segvec3d_ros.data.scenes import CATEGORIES, OBJECT_COLOURS, Scene, SceneObject
 from segvec3d_ros.evaluation.datasets import synthetic_ground_truth
 from segvec3d_ros.evaluation.metrics import scene_overlaps
-from segvec3d_ros.grounding.captions import SIZE_WORDS
-from segvec3d_ros.grounding.step import grounding_inputs
+from segvec3d_ros.grounding.grounder import grounding_inputs
 from segvec3d_ros.instances import InstanceInfo, describe_instances
 from segvec3d_ros.pipeline import Pipeline
 from segvec3d_ros.segmentation.base import Segmentation, Segmenter
+from segvec3d_ros.training.captions import SIZE_WORDS
 
 MATCH_IOU = 0.5
 

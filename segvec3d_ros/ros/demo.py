@@ -1,6 +1,6 @@
 """The product end to end, on a bag it records itself (what `make demo` runs).
 
-    python -m segvec3d_ros.tools.demo --out-dir out/demo [--text "the mug"] [--scan PCD]
+    python -m segvec3d_ros.ros.demo --out-dir out/demo [--text "the mug"] [--scan PCD]
                                       [--params-file YAML] [--timeout 120]
 
 Records a few frames of a real scan (../shared/data/real_scans, when present) or else of a
@@ -22,22 +22,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import rclpy
 from rclpy.executors import ExternalShutdownException
-from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import PointCloud2
 
-from segvec3d_msgs.msg import InstanceArray
-from segvec3d_msgs.srv import QueryInstance
+from segvec3d_ros.cli.common import pipeline_config, pipeline_or_warn
 from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.io.files import read_cloud
 from segvec3d_ros.io.pointcloud2 import decode_pointcloud2
-from segvec3d_ros.nodes.conversions import instance_info
+from segvec3d_ros.names import INSTANCES_TOPIC, LABELED_POINTS_TOPIC
 from segvec3d_ros.render import render_instances
-from segvec3d_ros.tools.bag import segment_bag, write_cloud_bag
-from segvec3d_ros.tools.cli import pipeline_config, pipeline_or_warn
-from segvec3d_ros.tools.dds import isolate_dds
+from segvec3d_ros.ros.bag import segment_bag, write_cloud_bag
+from segvec3d_ros.ros.client import Segvec3dClient
+from segvec3d_ros.ros.conversions import instance_info
+from segvec3d_ros.ros.dds import isolate_dds
 
 REPO = Path(__file__).resolve().parents[2]
 SCAN = REPO.parent / 'shared' / 'data' / 'real_scans' / 'table_scene_mug_stereo_textured.pcd'
@@ -101,39 +97,23 @@ def _key(msg: Any) -> tuple[int, int, str]:
     return (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id)
 
 
-class Demo:
-    """The demo's own node: records segvec3d-up's outputs and calls its query service."""
+def wait_until(done: Callable[[], Any], waiting_for: str, deadline: float,
+               up: subprocess.Popen) -> Any:
+    """Wait until done() is truthy and return it; DemoError at the deadline or if up dies."""
+    while time.monotonic() < deadline:
+        value = done()
+        if value:
+            return value
+        if up.poll() is not None:
+            raise DemoError(f'segvec3d-up exited with code {up.returncode} while waiting for '
+                            f'{waiting_for}')
+        time.sleep(0.1)
+    raise DemoError(f'timed out waiting for {waiting_for}')
 
-    def __init__(self, deadline: float, up: subprocess.Popen) -> None:
-        self.deadline = deadline
-        self.up = up
-        self.node = Node('segvec3d_demo')
-        self.labeled: dict[tuple[int, int, str], PointCloud2] = {}
-        self.instances: dict[tuple[int, int, str], InstanceArray] = {}
-        qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.node.create_subscription(PointCloud2, 'segvec3d/labeled_points',
-                                      lambda m: self.labeled.__setitem__(_key(m), m), qos)
-        self.node.create_subscription(InstanceArray, 'segvec3d/instances',
-                                      lambda m: self.instances.__setitem__(_key(m), m), qos)
-        self.query = self.node.create_client(QueryInstance, 'segvec3d/query')
 
-    def spin_until(self, done: Callable[[], Any], waiting_for: str) -> Any:
-        """Spin until done() is truthy and return it; DemoError at the deadline or if up dies."""
-        while time.monotonic() < self.deadline:
-            value = done()
-            if value:
-                return value
-            if self.up.poll() is not None:
-                raise DemoError(f'segvec3d-up exited with code {self.up.returncode} while '
-                                f'waiting for {waiting_for}')
-            rclpy.spin_once(self.node, timeout_sec=0.1)
-        raise DemoError(f'timed out waiting for {waiting_for}')
-
-    def ask(self, text: str) -> QueryInstance.Response:
-        """The query service's answer for `text`."""
-        future = self.query.call_async(QueryInstance.Request(text=text, top_k=3))
-        return self.spin_until(lambda: future.result() if future.done() else None,
-                               'the query answer')
+def _by_frame(client: Segvec3dClient, topic: str) -> dict[tuple[int, int, str], Any]:
+    """The messages received on `topic`, by the frame they answer."""
+    return {_key(m): m for m in list(client.received[topic])}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -154,24 +134,28 @@ def run(args: argparse.Namespace) -> None:
 
     isolate_dds()
     up_log, play_log = out_dir / 'segvec3d-up.log', out_dir / 'segvec3d-play.log'
-    up = start_process('segvec3d_ros.nodes.up',
+    up = start_process('segvec3d_ros.ros.up',
                        ['--ros-args', '--params-file', str(args.params_file)], up_log)
     player = None
-    rclpy.init()
-    demo = Demo(deadline, up)
+    client = Segvec3dClient('segvec3d_demo')
     try:
-        demo.spin_until(demo.query.service_is_ready, 'segvec3d-up to start')
+        wait_until(client.query_client.service_is_ready, 'segvec3d-up to start', deadline, up)
         print(f'segvec3d-up is up (log: {up_log}); playing the bag into it')
         # --loop: the first frames may go out before the node has discovered the player.
         # --restamp: recorded stamps would age past the query node's max_scene_age.
-        player = start_process('segvec3d_ros.tools.play',
+        player = start_process('segvec3d_ros.ros.play',
                                [str(bag_dir), '--loop', '--restamp', '--remap', 'points'],
                                play_log)
-        demo.spin_until(lambda: demo.labeled.keys() & demo.instances.keys(),
-                        'the segmentation outputs')
+        wait_until(lambda: (_by_frame(client, LABELED_POINTS_TOPIC).keys()
+                            & _by_frame(client, INSTANCES_TOPIC).keys()),
+                   'the segmentation outputs', deadline, up)
         stop_process(player)
 
-        response = demo.ask(args.text)
+        try:
+            response = client.ask(args.text, top_k=3,
+                                  timeout=max(1.0, deadline - time.monotonic()))
+        except TimeoutError as error:
+            raise DemoError(str(error)) from error
         print(f'query {args.text!r}: success={response.success} message={response.message!r}')
         if not response.success or not response.matches:
             raise DemoError(f'the query failed: {response.message}')
@@ -183,22 +167,26 @@ def run(args: argparse.Namespace) -> None:
                   f'({match.num_points} points)')
 
         key = _key(response)
-        demo.spin_until(lambda: key in demo.labeled and key in demo.instances,
-                        'the answered frame')
-        scene = decode_pointcloud2(demo.labeled[key])
-        instances = [instance_info(i) for i in demo.instances[key].instances]
-        render_instances(out_dir / 'answer.png', scene, scene.extra['label'], instances,
+        labeled, instances = wait_until(
+            lambda: ((_by_frame(client, LABELED_POINTS_TOPIC).get(key),
+                      _by_frame(client, INSTANCES_TOPIC).get(key))
+                     if key in _by_frame(client, LABELED_POINTS_TOPIC).keys()
+                     & _by_frame(client, INSTANCES_TOPIC).keys() else None),
+            'the answered frame', deadline, up)
+        scene = decode_pointcloud2(labeled)
+        render_instances(out_dir / 'answer.png', scene, scene.extra['label'],
+                         [instance_info(i) for i in instances.instances],
                          highlight=int(best.id), title=f'"{args.text}": instance {best.id}')
         print(f'wrote {out_dir / "answer.png"}')
     finally:
-        demo.node.destroy_node()
-        rclpy.try_shutdown()
+        client.close()
         stop_process(player)
         up_code = stop_process(up)
     if up_code not in (0, -signal.SIGINT):
         raise DemoError(f'segvec3d-up exited with code {up_code} on Ctrl-C')
 
-    report = segment_bag(bag_dir, outputs_bag, pipeline_or_warn(pipeline_config(args.params_file), 'segvec3d demo'))
+    report = segment_bag(bag_dir, outputs_bag,
+                         pipeline_or_warn(pipeline_config(args.params_file), 'segvec3d demo'))
     print(f'segvec3d-bag: {report.segmented} clouds segmented, {report.skipped} skipped, '
           f'into {outputs_bag}')
 

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from segvec3d_ros.config import DEFAULT_VOCABULARY, OTHER
 from segvec3d_ros.data.scenes import CATEGORIES, OBJECT_COLOURS, SceneObject, generate_scene
-from segvec3d_ros.evaluation.datasets import EVAL_SEED_BASE
+from segvec3d_ros.data.splits import TEST_FIRST_SEED
 from segvec3d_ros.evaluation.report import machine_description
-from segvec3d_ros.grounding.dataset import GroundedScene, InstanceSet, ground_scene
+from segvec3d_ros.grounding.grounder import Encoder, Grounder
 from segvec3d_ros.grounding.query import DEFAULT_MIN_SCORE, QueryEngine
-from segvec3d_ros.grounding.step import Encoder, Grounder
-from segvec3d_ros.grounding.vocabulary import DEFAULT_VOCABULARY, OTHER
 from segvec3d_ros.pipeline import Pipeline
+from segvec3d_ros.training.grounding_dataset import GroundedScene, InstanceSet, ground_scene
 
 QUERY_TYPES = ('category', 'colour', 'attribute', 'relation', 'camera')
 SYSTEMS = ('segvec3d (predicted instances)', 'segvec3d (ground-truth masks)',
@@ -50,8 +50,10 @@ BEGIN, END = '<!-- grounding-evaluation:begin -->', '<!-- grounding-evaluation:e
 
 @dataclass
 class Query:
-    """One generated query and the index (into GroundedScene.objects) of its answer, -1 for
-    a query about what the scene lacks."""
+    """One generated query and the index of its answer, -1 for a query about what the scene lacks.
+
+    The index is into GroundedScene.objects.
+    """
 
     kind: str
     text: str
@@ -67,8 +69,10 @@ def _horizontal(centers: np.ndarray, up: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def generate_queries(objects: Sequence[SceneObject], visible: Sequence[int],
                      centers: np.ndarray, up: np.ndarray) -> list[Query]:
-    """Unambiguous queries about the `visible` objects (indices into `objects`), whose box
-    centres `centers` and the world's `up` are in the camera (optical) frame."""
+    """Unambiguous queries about the `visible` objects (indices into `objects`).
+
+    The objects' box centres `centers` and the world's `up` are in the camera (optical) frame.
+    """
     visible = [int(i) for i in visible]
     category = {i: objects[i].category for i in visible}
     counts = Counter(category.values())
@@ -122,9 +126,11 @@ def generate_queries(objects: Sequence[SceneObject], visible: Sequence[int],
 
 
 def absent_queries(objects: Sequence[SceneObject]) -> list[Query]:
-    """Queries about what none of `objects` (visible or not) is: a category or colour the
-    generator draws elsewhere, a label word it never draws, and unknown nouns, alone and with
-    a colour of the scene ("the purple elephant")."""
+    """Absent queries, about what none of `objects` (visible or not) is.
+
+    They name a category or colour the generator draws elsewhere, a label word it never draws,
+    and unknown nouns, alone and with a colour of the scene ("the purple elephant").
+    """
     categories = {o.category for o in objects}
     colours = [o.color_name for o in objects]
     queries = [Query(ABSENT_KINDS[0], f'the {c}', -1) for c in CATEGORIES if c not in categories]
@@ -159,8 +165,11 @@ def _label_rule(text: str, instances: InstanceSet, encoder: Encoder) -> int:
 
 def answer_queries(grounded: GroundedScene, queries: Sequence[Query], engine: QueryEngine,
                    encoder: Encoder) -> list[Outcome]:
-    """Every system's top-1 hit per query; the engine is timed on its second call (cached
-    text embeddings, as a repeated query in the node)."""
+    """Every system's top-1 hit per query.
+
+    The engine is timed on its second call (cached text embeddings, as a repeated query in the
+    node).
+    """
     outcomes = []
     sets = {SYSTEMS[0]: grounded.predicted, SYSTEMS[1]: grounded.ground_truth}
     for query in queries:
@@ -201,13 +210,15 @@ class GroundingReport:
     labels: dict[str, list[tuple[str, str]]]   # instance set -> (true category, label) pairs
     scenes: int
     seconds_per_scene: float
-    first_seed: int = EVAL_SEED_BASE
+    first_seed: int = TEST_FIRST_SEED
     # absent_queries and the fit score of the predicted instances' answer to each
     absent: list[tuple[Query, float]] = field(default_factory=list)
 
     def hits(self, system: str, kind: str) -> list[float]:
-        """`system`'s hit (1/0; random: probability) on each query of `kind` ('all' for every
-        one)."""
+        """`system`'s hit on each query of `kind` ('all' for every one).
+
+        A hit is 1 or 0; the random system's is its probability.
+        """
         return [o.hits[system] for o in self.outcomes if kind in ('all', o.kind)]
 
     def accuracy(self, system: str, kind: str) -> tuple[float, int]:
@@ -216,25 +227,31 @@ class GroundingReport:
         return (float(np.mean(hits)) if hits else float('nan')), len(hits)
 
     def interval(self, system: str, kind: str, z: float = 1.96) -> tuple[float, float]:
-        """Wilson score interval (95 % for z = 1.96) of `accuracy(system, kind)`: with a few
-        hundred queries per type, a point or two either way is noise."""
+        """Wilson score interval, 95 % for z = 1.96, of `accuracy(system, kind)`.
+
+        With a few hundred queries per type, a point or two either way is noise.
+        """
         accuracy, count = self.accuracy(system, kind)
         if not count:
             return float('nan'), float('nan')
         centre = (accuracy + z * z / (2 * count)) / (1 + z * z / count)
         half = z / (1 + z * z / count) * np.sqrt(accuracy * (1 - accuracy) / count
-                                                  + z * z / (4 * count * count))
+                                                 + z * z / (4 * count * count))
         return centre - half, centre + half
 
     def miss_rate(self, cause: str, kind: str) -> float:
-        """Share of the queries of `kind` ('all' for every one) that the predicted instances
-        missed for `cause`."""
+        """Share of the queries of `kind` that the predicted instances missed for `cause`.
+
+        `kind` 'all' stands for every query.
+        """
         causes = [o.cause for o in self.outcomes if kind in ('all', o.kind)]
         return float(np.mean([c == cause for c in causes])) if causes else float('nan')
 
     def answer_fits(self, kind: str, right: bool = True) -> np.ndarray:
-        """Fit scores of the predicted instances' right (or wrong) answers to the queries of
-        `kind` ('all' for every one)."""
+        """Fit scores of the predicted instances' right (or wrong) answers to queries of `kind`.
+
+        `kind` 'all' stands for every query.
+        """
         return np.array([o.fit for o in self.outcomes if kind in ('all', o.kind)
                          and bool(o.hits[SYSTEMS[0]]) == right and not np.isnan(o.fit)])
 
@@ -244,7 +261,7 @@ class GroundingReport:
                          if query.kind == kind and text in ('', query.text)])
 
     def fit_threshold(self, keep: float = FIT_KEEP) -> float:
-        """The largest min_score that keeps at least `keep` of the right answers."""
+        """Largest min_score that keeps at least `keep` of the right answers."""
         fits = np.sort(self.answer_fits('all'))
         return float(fits[int((1 - keep) * len(fits))]) if len(fits) else float('nan')
 
@@ -255,10 +272,13 @@ class GroundingReport:
 
 
 def evaluate_grounding(pipeline: Pipeline, engine: QueryEngine, encoder: Encoder,
-                       scenes: int, first_seed: int = EVAL_SEED_BASE,
+                       scenes: int, first_seed: int = TEST_FIRST_SEED,
                        progress: Callable[[str], None] = print) -> GroundingReport:
-    """Run the pipeline (segmenter wrapped in a RecordingSegmenter, grounder loaded) on the
-    held-out tabletop scenes and answer their queries, and the absent queries of each."""
+    """Run the pipeline on the held-out tabletop scenes and answer their queries.
+
+    The segmenter is wrapped in a RecordingSegmenter and the grounder loaded; the absent
+    queries of each scene are answered too.
+    """
     grounder: Grounder | None = pipeline.grounder
     if grounder is None:
         raise ValueError(f'the pipeline has no grounding head: {pipeline.grounding_status}')
@@ -322,7 +342,7 @@ def _pct(value: float) -> str:
 
 
 def fit_lines(report: GroundingReport, min_score: float = DEFAULT_MIN_SCORE) -> list[str]:
-    """The fit-score table: right answers kept and absent queries rejected at `min_score`."""
+    """Fit-score table: right answers kept and absent queries rejected at `min_score`."""
     def share(fits: np.ndarray, kept: bool) -> str:
         return _pct(np.mean((fits >= min_score) == kept)) if len(fits) else '-'
 
@@ -350,7 +370,7 @@ def fit_lines(report: GroundingReport, min_score: float = DEFAULT_MIN_SCORE) -> 
 
 
 def markdown_section(report: GroundingReport, command: str, plot: str) -> str:
-    """The results block of docs/GROUNDING.md, between its markers."""
+    """Results block of docs/GROUNDING.md, between its markers."""
     header = ('| system | ' + ' | '.join(QUERY_TYPES) + ' | all |\n|'
               + ' --- |' * (len(QUERY_TYPES) + 2))
     rows = []
@@ -363,7 +383,7 @@ def markdown_section(report: GroundingReport, command: str, plot: str) -> str:
     intervals = ' | '.join('–'.join(map(_pct, report.interval(SYSTEMS[0], k)))
                            for k in (*QUERY_TYPES, 'all'))
     misses = [f'| {cause} | ' + ' | '.join(_pct(report.miss_rate(cause, kind))
-                                          for kind in (*QUERY_TYPES, 'all')) + ' |'
+                                           for kind in (*QUERY_TYPES, 'all')) + ' |'
               for cause in CAUSES]
     latency = np.array([o.seconds for o in report.outcomes]) * 1000
     labels = {source: report.label_accuracy(source) for source in report.labels}
@@ -373,7 +393,7 @@ def markdown_section(report: GroundingReport, command: str, plot: str) -> str:
         '',
         f'{report.scenes} tabletop scenes, seeds {report.first_seed}–'
         f'{report.first_seed + report.scenes - 1} (training uses seeds below '
-        f'{EVAL_SEED_BASE}); '
+        f'{TEST_FIRST_SEED}); '
         f'{machine_description()}; {report.seconds_per_scene:.1f} s per scene for '
         f'segmentation, grounding and all queries.',
         '',
@@ -416,5 +436,5 @@ def write_section(path: str | Path, section: str) -> None:
 
 
 def plot_reference(plot: str | Path, out: str | Path) -> str:
-    """The plot's path relative to the markdown file's folder."""
+    """Path of the plot relative to the markdown file's folder."""
     return Path(os.path.relpath(Path(plot).resolve(), Path(out).resolve().parent)).as_posix()

@@ -5,9 +5,9 @@ rclpy has no component containers, so this is how the product runs without `ros2
 """
 from __future__ import annotations
 
-from segvec3d_ros.nodes.query_node import QueryNode
-from segvec3d_ros.nodes.runner import run
-from segvec3d_ros.nodes.segmentation_node import SegmentationNode
+from segvec3d_ros.ros.query_node import QueryNode
+from segvec3d_ros.ros.runner import run
+from segvec3d_ros.ros.segmentation_node import SegmentationNode
 
 
 def main(args: list[str] | None = None) -> None:

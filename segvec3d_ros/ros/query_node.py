@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rclpy.node import Node
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import PointCloud2
@@ -15,15 +17,15 @@ from std_msgs.msg import Header
 
 from segvec3d_msgs.msg import InstanceArray
 from segvec3d_msgs.srv import QueryInstance
+from segvec3d_ros.config import setting
 from segvec3d_ros.grounding.query import DEFAULT_MIN_SCORE, make_query_engine
 from segvec3d_ros.grounding.scene_store import SceneStore
 from segvec3d_ros.io.pointcloud2 import CloudDecodeError, decode_pointcloud2, encode_pointcloud2
-from segvec3d_ros.nodes.conversions import instance_info, pointcloud2_msg
-from segvec3d_ros.nodes.params import check_parameters, declare_settings, read_settings
-from segvec3d_ros.nodes.runner import run
-from segvec3d_ros.settings import setting
+from segvec3d_ros.names import INSTANCES_TOPIC, LABELED_POINTS_TOPIC, QUERY_NODE, QUERY_SERVICE
+from segvec3d_ros.ros.conversions import instance_info, pointcloud2_msg
+from segvec3d_ros.ros.params import check_parameters, declare_settings, read_settings
+from segvec3d_ros.ros.runner import run
 
-NODE_NAME = 'segvec3d_query'
 WARN_THROTTLE_S = 2.0
 
 
@@ -53,18 +55,19 @@ class QueryNode(Node):
     """Follows the segmentation outputs and ranks the latest scene's instances for text."""
 
     def __init__(self) -> None:
-        super().__init__(NODE_NAME)
+        super().__init__(QUERY_NODE)
         declare_settings(self, QueryNodeSettings)
         self._settings: QueryNodeSettings = read_settings(self, QueryNodeSettings)
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._on_parameters_set)
         # Loading the encoder takes seconds: pay it at start-up, not in the first query.
         self._engine, engine_status = make_query_engine(self._settings.grounding_model_path,
                                                         self._settings.text_device)
         self._scenes = SceneStore()
-        self._instances_sub = self._follow(InstanceArray, 'segvec3d/instances',
+        self._instances_sub = self._follow(InstanceArray, INSTANCES_TOPIC,
                                            self._on_instances)
-        self._points_sub = self._follow(PointCloud2, 'segvec3d/labeled_points', self._on_points)
-        self._service = self.create_service(QueryInstance, 'segvec3d/query', self._on_query)
+        self._points_sub = self._follow(PointCloud2, LABELED_POINTS_TOPIC, self._on_points)
+        self._service = self.create_service(QueryInstance, QUERY_SERVICE, self._on_query)
         self.get_logger().info(f'answering queries on {self._service.srv_name}; {engine_status}')
 
     def _follow(self, msg_type: type, topic: str, callback: Callable[[Any], None]
@@ -89,11 +92,13 @@ class QueryNode(Node):
         self.destroy_subscription(getattr(self, attribute))
         setattr(self, attribute, self._follow(msg_type, topic, callback))
 
-    def _on_set_parameters(self, parameters):
-        result = check_parameters(parameters, (QueryNodeSettings,))
-        if result.successful:
-            self._settings = read_settings(self, QueryNodeSettings, parameters)
-        return result
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
+        """Check a change: every value in range."""
+        return check_parameters(parameters, (QueryNodeSettings,))
+
+    def _on_parameters_set(self, parameters: list[Parameter]) -> None:
+        """Apply a change that passed the check."""
+        self._settings = read_settings(self, QueryNodeSettings)
 
     def _on_instances(self, msg: InstanceArray) -> None:
         self._scenes.put_instances(_frame_key(msg.header), msg.header,
@@ -124,7 +129,7 @@ class QueryNode(Node):
         if max_age > 0 and scene.age() > max_age:
             response.success = False
             response.message = (f'the latest scene is {scene.age():.1f} s old '
-                                 f'(max_scene_age {max_age:.1f} s)')
+                                f'(max_scene_age {max_age:.1f} s)')
             return response
         try:
             result = self._engine.query(request.text, scene.instances, request.top_k,
