@@ -2,7 +2,7 @@
 
 The method is SegVec3D (arXiv 2507.09459).
 
-The subpackages follow the data flow: io (clouds in and out) -> data (synthetic scenes) ->
-segmentation (segmenters, clustering) -> grounding (shared 3D-text space) -> nodes (ROS glue).
-Everything except `nodes` is ROS-free.
+The layers, bottom to top: config and names -> io and data -> model -> segmentation ->
+instances -> grounding -> pipeline -> training, evaluation, bench -> cli -> ros. Each imports
+only its own layer and those below (docs/ARCHITECTURE.md); everything except `ros` is ROS-free.
 """

@@ -29,7 +29,7 @@ _BASE_RADIUS = 0.05
 
 
 def make_segmenter(config: PipelineConfig) -> Segmenter:
-    """The segmenter that `config.segmenter` names."""
+    """Make the segmenter that `config.segmenter` names."""
     if config.segmenter == 'euclidean':
         return EuclideanSegmenter(config.euclidean())
     # Imported here so that euclidean-only users never load torch and onnxruntime.
@@ -38,7 +38,7 @@ def make_segmenter(config: PipelineConfig) -> Segmenter:
 
 
 def pipeline_or_baseline(config: PipelineConfig) -> tuple[Pipeline, str | None]:
-    """The pipeline `config` describes or, when its model cannot be loaded, the euclidean one.
+    """Pipeline `config` describes or, when its model cannot be loaded, the euclidean one.
 
     Returns the pipeline and, after a fallback, the reason in one line (torch's unpickling
     errors span several, and logs must stay greppable). Invalid settings still raise.
@@ -194,7 +194,7 @@ class Pipeline:
 
     def _support_normal(self, xyz: np.ndarray, support: np.ndarray,
                         on_instance: np.ndarray) -> np.ndarray | None:
-        """Normal of the support surface the instances stand on, or None.
+        """Return the normal of the support surface the instances stand on, or None.
 
         Segmenters report support points, not planes, and the largest support plane may be a
         wall behind the objects, so the plane is fitted to the support points near instances.

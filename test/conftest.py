@@ -1,5 +1,7 @@
-"""Shared fixtures and options: ../shared data (skips when absent), a running segvec3d-up, the
-long soak run."""
+"""Shared fixtures and options.
+
+../shared data (skips when absent), a running segvec3d-up, the long soak run.
+"""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -23,13 +25,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture
 def soak_seconds(request: pytest.FixtureRequest) -> float | None:
-    """The --soak-seconds option, None for the short CI run."""
+    """Value of the --soak-seconds option, None for the short CI run."""
     return request.config.getoption('--soak-seconds')
 
 
 @pytest.fixture(scope='session')
 def shared_dir() -> Path:
-    """The ../shared folder beside the repo; skips the test when it is not there."""
+    """Path of the ../shared folder beside the repo; skips the test when it is not there."""
     if not (SHARED_DIR / 'data').is_dir():
         pytest.skip('../shared/data is absent')
     return SHARED_DIR

@@ -33,16 +33,21 @@ os.environ.setdefault('FASTRTPS_DEFAULT_PROFILES_FILE',
 
 
 def separate_domain_env() -> dict[str, str]:
-    """A DDS domain of its own for a second system beside the module's (isolate_dds() domains
-    are 1-100), so that neither hears the other."""
+    """Environment giving a second system a DDS domain of its own, beside the module's.
+
+    isolate_dds() domains are 1-100, so the two are apart and neither hears the other.
+    """
     return {'ROS_DOMAIN_ID': str(int(os.environ['ROS_DOMAIN_ID']) + 100)}
 
 
 def start_executable(name: str, *ros_args: str, env: Mapping[str, str] | None = None,
                      params_file: Path | None = PARAMS_FILE,
                      new_session: bool = False) -> subprocess.Popen:
-    """Start an installed segvec3d executable with a params file (the repo's by default, none
-    when None) and extra `env`; `new_session` makes it the leader of its own process group."""
+    """Start an installed segvec3d executable with a params file and extra `env`.
+
+    The params file is the repo's by default, none when None; `new_session` makes the process
+    the leader of its own process group.
+    """
     files = [] if params_file is None else ['--params-file', str(params_file)]
     return subprocess.Popen([name, '--ros-args', *files, *ros_args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=new_session,
@@ -50,7 +55,7 @@ def start_executable(name: str, *ros_args: str, env: Mapping[str, str] | None = 
 
 
 def read_until(process: subprocess.Popen, text: str) -> list[str]:
-    """The lines a process writes to stderr, up to and including the first holding `text`."""
+    """Read the lines a process writes to stderr, up to and including the first holding `text`."""
     seen = []
     for line in iter(process.stderr.readline, ''):
         seen.append(line)
@@ -96,8 +101,10 @@ class UpClient(Segvec3dClient):
     def __init__(self, *ros_args: str, name: str = 'segvec3d_test_client',
                  env: Mapping[str, str] | None = None, startup_timeout: float = 60.0,
                  params_file: Path | None = PARAMS_FILE) -> None:
-        """Start segvec3d-up with `ros_args`, `params_file` (None: none) and extra `env`, which
-        may set its ROS_DOMAIN_ID."""
+        """Start segvec3d-up with `ros_args`, `params_file` (None: none) and extra `env`.
+
+        `env` may set its ROS_DOMAIN_ID.
+        """
         isolate_dds()
         self.process = start_executable('segvec3d-up', *ros_args, env=env,
                                         params_file=params_file)
@@ -125,7 +132,7 @@ class UpClient(Segvec3dClient):
         return ''.join(self.output)
 
     def memory_bytes(self, key: str = 'VmRSS') -> int:
-        """A memory figure of the node from /proc/<pid>/status: VmRSS, VmHWM (peak), RssAnon."""
+        """One memory figure of the node from /proc/<pid>/status: VmRSS, VmHWM (peak), RssAnon."""
         for line in Path(f'/proc/{self.process.pid}/status').read_text().splitlines():
             if line.startswith(key + ':'):
                 return int(line.split()[1]) * 1024  # reported in kB
@@ -149,8 +156,10 @@ class UpClient(Segvec3dClient):
 @contextmanager
 def separate_system(*ros_args: str, params_file: Path | None = PARAMS_FILE
                     ) -> Iterator[UpClient]:
-    """segvec3d-up with `ros_args` and its client, in a domain apart from a module's system;
-    on exit the node stops and its output must hold no traceback."""
+    """segvec3d-up with `ros_args` and its client, in a domain apart from a module's system.
+
+    On exit the node stops and its output must hold no traceback.
+    """
     up = UpClient(*ros_args, env=separate_domain_env(), params_file=params_file)
     try:
         yield up
@@ -160,7 +169,7 @@ def separate_system(*ros_args: str, params_file: Path | None = PARAMS_FILE
 
 
 def make_header(frame_id: str = FRAME, sec: int = 0) -> Header:
-    """A header stamped now (or at `sec`), unique to the nanosecond."""
+    """Header stamped now (or at `sec`), unique to the nanosecond."""
     header = Header(frame_id=frame_id)
     header.stamp.sec = sec or int(time.time())
     header.stamp.nanosec = int(time.time_ns() % 1_000_000_000)
@@ -169,7 +178,7 @@ def make_header(frame_id: str = FRAME, sec: int = 0) -> Header:
 
 def cloud_msg(header: Header, xyz: np.ndarray, rgb: np.ndarray | None = None,
               height: int = 1) -> PointCloud2:
-    """The PointCloud2 the codec writes for these points."""
+    """PointCloud2 the codec writes for these points."""
     return pointcloud2_msg(header, encode_pointcloud2(xyz, rgb, height=height))
 
 
@@ -181,5 +190,5 @@ def publish_until_answered(client: UpClient, xyz: np.ndarray, rgb: np.ndarray | 
 
 
 def diagnostics_count(client: Segvec3dClient, key: str) -> int:
-    """A counter of the latest pipeline diagnostics, e.g. frames_rejected; 0 before the first."""
+    """Counter of the latest pipeline diagnostics, e.g. frames_rejected; 0 before the first."""
     return int((client.pipeline_status() or {}).get(key, 0))

@@ -11,7 +11,7 @@ PARAMS_FILE = REPO / 'config' / 'segvec3d.yaml'
 
 def tabletop_points(seed: int = 0, n_objects: int = 3) -> tuple[np.ndarray, np.ndarray,
                                                                 np.ndarray]:
-    """A table plane and separated boxes seen from a camera frame (z forward, y down).
+    """Table plane and separated boxes seen from a camera frame (z forward, y down).
 
     Returns xyz (N,3) float32, rgb (N,3) uint8 and the true instance id per point (0 = table).
     """

@@ -92,7 +92,8 @@ def test_category_and_relation_queries_return_the_right_instance(planner, segmen
     min_score = planner.get_parameter('segvec3d_query', 'min_score')
 
     for query in chosen:
-        response = planner.call(planner.query_client, QueryInstance.Request(text=query.text, top_k=3))
+        response = planner.call(planner.query_client,
+                                QueryInstance.Request(text=query.text, top_k=3))
         assert response.success, response.message
         assert response.header == header
         assert len(response.fit_scores) == len(response.matches) == 3

@@ -32,7 +32,7 @@ from segvec3d_ros.ros.dds import isolate_dds
 isolate_dds()
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
+from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import PointCloud2  # noqa: E402
 
 from segvec3d_msgs.msg import InstanceArray  # noqa: E402
@@ -56,7 +56,7 @@ class Rig:
 
     def __init__(self, *ros_args: str) -> None:
         self.process = start_executable('segvec3d-up', *ros_args)
-        self.client = Client('segvec3d_throughput_client')
+        self.client = Client('segvec3d_throughput_client', record_outputs=False)
         self.client.record(DiagnosticArray, '/diagnostics')
         self.answered: dict[tuple[int, int], float] = {}   # stamp -> monotonic arrival
         self.instances: dict[tuple[int, int], int] = {}    # stamp -> instance count
@@ -64,13 +64,13 @@ class Rig:
         node = self.client.node
         node.create_subscription(InstanceArray, 'segvec3d/instances', self._on_instances,
                                  QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
-        self.query = node.create_client(QueryInstance, 'segvec3d/query')
         if not wait_for(lambda: self.process.poll() is not None
-                        or self.query_client.wait_for_service(timeout_sec=0.5), timeout=120.0) \
+                        or self.client.query_client.wait_for_service(timeout_sec=0.5),
+                        timeout=120.0) \
                 or self.process.poll() is not None:
             _, out, err = self.stop()
             raise RuntimeError(f'segvec3d-up did not come up:\n{out}\n{err}')
-        self.publisher = node.create_publisher(PointCloud2, 'points', qos_profile_sensor_data)
+        self.publisher = self.client.points_pub
         # Best effort: what goes out before the node's subscription has matched is lost.
         wait_for(self.publisher.get_subscription_count, timeout=30.0)
 
@@ -171,12 +171,12 @@ def time_queries(rig: Rig, scene: PointCloud2, calls: int) -> dict[str, Any]:
         wait_for(lambda: key in rig.answered, timeout=5.0)
     assert key in rig.answered, f'no answer to the query scene: {rig.client.pipeline_status()}'
     for text in QUERY_TEXTS:    # the encoder caches the texts and the scene's captions
-        rig.client.call(rig.query_client, QueryInstance.Request(text=text, top_k=5))
+        rig.client.call(rig.client.query_client, QueryInstance.Request(text=text, top_k=5))
     seconds = []
     for index in range(calls):
         request = QueryInstance.Request(text=QUERY_TEXTS[index % len(QUERY_TEXTS)], top_k=5)
         start = time.monotonic()
-        response = rig.client.call(rig.query_client, request)
+        response = rig.client.call(rig.client.query_client, request)
         seconds.append(time.monotonic() - start)
         # 'Not found' is an answer too (below min_score), ranked the same way.
         assert response.success or response.message.startswith('not found'), response.message

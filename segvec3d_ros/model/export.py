@@ -19,8 +19,10 @@ OPSET = 17
 
 
 def export_onnx(model: SegVec3D, path: str | Path, example_n: int = 2048) -> None:
-    """Write `model` as ONNX: inputs features (N, Cin), xyz (N, 3), knn_index (N, k) int64;
-    outputs embeddings (N, D), point_features (N, C); N is dynamic, the config is metadata.
+    """Write `model` as ONNX; N is dynamic, the config is metadata.
+
+    Inputs features (N, Cin), xyz (N, 3), knn_index (N, k) int64; outputs embeddings (N, D),
+    point_features (N, C).
     """
     cfg = model.config
     if cfg.recompute_knn_per_layer:

@@ -54,7 +54,7 @@ class GraphAttentionLayer(nn.Module):
     """
 
     def __init__(self, channels: int) -> None:
-        """A layer keeping `channels` feature channels."""
+        """Layer keeping `channels` feature channels."""
         super().__init__()
         self.channels = channels
         self.phi = nn.Linear(channels, channels, bias=False)
@@ -74,7 +74,7 @@ class GraphAttentionLayer(nn.Module):
         return torch.softmax(logits * self.channels**-0.5, dim=1)
 
     def forward(self, features: Tensor, relative: Tensor, knn_index: Tensor) -> Tensor:
-        """Updated (N, C) features from (N, C) features, (N, k, 4) geometry, (N, k) index."""
+        """(N, C) features updated from (N, C) features, (N, k, 4) geometry, (N, k) index."""
         alpha = self.attention(features, relative, knn_index)
         gamma_f, gamma_r = self.gamma.weight.split([self.channels, RELATIVE_CHANNELS], dim=1)
         # The bias passes through unchanged because each row of alpha sums to 1.

@@ -112,6 +112,6 @@ class PullPushLoss(nn.Module):
 
 
 def _uniform_below(counts: Tensor, generator: torch.Generator | None) -> Tensor:
-    """A uniform random integer in [0, count) for each count (>= 1)."""
+    """Uniform random integer in [0, count) for each count (>= 1)."""
     draws = (torch.rand(len(counts), dtype=torch.float64, generator=generator) * counts).long()
     return torch.minimum(draws, counts - 1)

@@ -47,8 +47,10 @@ class SegVec3DConfig:
 
 
 class SegVec3D(nn.Module):
-    """Input MLP -> L graph attention layers -> fusion of all layers (Eq. 4) -> global context
-    -> unit instance embeddings.
+    """SegVec3D network: points to unit instance embeddings.
+
+    Input MLP -> L graph attention layers -> fusion of all layers (Eq. 4) -> global context ->
+    unit instance embeddings.
 
     The k-NN index is an input so that exported graphs take any point count and hold no
     neighbour search; several clouds go through at once as one concatenated cloud whose
@@ -104,7 +106,7 @@ def save_checkpoint(model: SegVec3D, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = 'cpu') -> SegVec3D:
-    """The model `save_checkpoint` wrote, in eval mode on `device`.
+    """Load the model `save_checkpoint` wrote, in eval mode on `device`.
 
     Raises FileNotFoundError for a missing file and ValueError naming the file for any other.
     """

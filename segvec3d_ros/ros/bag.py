@@ -46,7 +46,7 @@ class BagReport:
 
 
 def stamp_header(stamp_ns: int, frame_id: str) -> Header:
-    """A header at `stamp_ns` nanoseconds since the epoch."""
+    """Header at `stamp_ns` nanoseconds since the epoch."""
     return Header(stamp=Time(nanoseconds=stamp_ns).to_msg(), frame_id=frame_id)
 
 
@@ -88,7 +88,7 @@ def segment_bag(bag_in: str | Path, bag_out: str | Path, pipeline: Pipeline,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of segvec3d-bag."""
+    """Command line of segvec3d-bag."""
     parser = argparse.ArgumentParser(prog='segvec3d-bag', description=__doc__.split('\n\n')[0])
     parser.add_argument('bag_in', metavar='IN', help='rosbag2 folder, or a .db3 / .mcap file')
     parser.add_argument('bag_out', metavar='OUT', help='new rosbag2 folder (must not exist)')

@@ -37,7 +37,7 @@ OUTPUT_TOPICS = (LABELED_POINTS_TOPIC, INSTANCES_TOPIC, MARKERS_TOPIC)
 
 
 def header_of(msg: Any) -> Header | None:
-    """The header of an output message; a MarkerArray's is its first marker's."""
+    """Header of an output message; a MarkerArray's is its first marker's."""
     if isinstance(msg, MarkerArray):
         return msg.markers[0].header if msg.markers else None
     return msg.header
@@ -63,8 +63,10 @@ class Segvec3dClient:
 
     def __init__(self, name: str = 'segvec3d_client', domain_id: int | None = None,
                  record_outputs: bool = True) -> None:
-        """Start the client's node; `record_outputs` subscribes to the outputs and diagnostics
-        (a client that only queries, or measures rates, may leave them out)."""
+        """Start the client's node; `record_outputs` subscribes to the outputs and diagnostics.
+
+        A client that only queries, or measures rates, may leave them out.
+        """
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id)
         self.node = Node(name, context=self.context)
@@ -112,7 +114,7 @@ class Segvec3dClient:
         return future.result()
 
     def ask(self, text: str, top_k: int = 1, timeout: float = 30.0) -> QueryInstance.Response:
-        """The query service's answer for `text`."""
+        """Query service's answer for `text`."""
         return self.call(self.query_client, QueryInstance.Request(text=text, top_k=top_k),
                          timeout)
 
@@ -163,7 +165,7 @@ class Segvec3dClient:
         return self.call(service, request).results[0]
 
     def get_parameter(self, node: str, name: str, timeout: float = 30.0) -> Any:
-        """The current value of one parameter of a running node."""
+        """Get the current value of one parameter of a running node."""
         service = self.node.create_client(GetParameters, f'{node}/get_parameters')
         value = self.call(service, GetParameters.Request(names=[name]), timeout).values[0]
         return Parameter.from_parameter_msg(ParameterMsg(name=name, value=value)).value

@@ -31,14 +31,16 @@ def pointcloud2_msg(header: Header, packed: PackedCloud) -> PointCloud2:
 
 
 def labeled_cloud_msg(header: Header, cloud: Cloud, labels: np.ndarray) -> PointCloud2:
-    """The input points with an instance `label` per point (PCL PointXYZRGBL convention)."""
+    """Input points with an instance `label` per point (PCL PointXYZRGBL convention)."""
     return pointcloud2_msg(header, encode_pointcloud2(
         cloud.xyz, cloud.rgb, labels, height=cloud.height, width=cloud.width))
 
 
 def instance_mask_msg(header: Header, cloud: Cloud, labels: np.ndarray) -> Image:
-    """Instance id per pixel of an organized cloud (32SC1, 0 = none), as grasp networks such
-    as Contact-GraspNet take it beside the depth image."""
+    """Instance id per pixel of an organized cloud (32SC1, 0 = none).
+
+    This is the form grasp networks such as Contact-GraspNet take beside the depth image.
+    """
     mask = np.ascontiguousarray(labels, dtype='<i4').reshape(cloud.height, cloud.width)
     return Image(header=header, height=cloud.height, width=cloud.width, encoding='32SC1',
                  is_bigendian=0, step=cloud.width * 4, data=mask.tobytes())

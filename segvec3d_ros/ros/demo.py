@@ -58,7 +58,7 @@ def default_params_file() -> Path:
 
 
 def demo_cloud(scan: Path) -> tuple[str, Cloud]:
-    """(description, cloud) of the scan when it exists, else of synthetic tabletop scene 0."""
+    """Load the scan when it exists, else synthetic tabletop scene 0, as (description, cloud)."""
     if scan.is_file():
         return scan.name, read_cloud(scan)
     from segvec3d_ros.data.scenes import generate_scene  # only needed without the real scan
@@ -88,7 +88,7 @@ def stop_process(process: subprocess.Popen | None) -> int | None:
 
 
 def log_tail(log: Path, lines: int = 15) -> str:
-    """The last lines of a log file, indented, for error messages."""
+    """Last lines of a log file, indented, for error messages."""
     text = log.read_text(errors='replace').splitlines()[-lines:] if log.is_file() else []
     return '\n'.join(f'    {line}' for line in text)
 
@@ -112,7 +112,7 @@ def wait_until(done: Callable[[], Any], waiting_for: str, deadline: float,
 
 
 def _by_frame(client: Segvec3dClient, topic: str) -> dict[tuple[int, int, str], Any]:
-    """The messages received on `topic`, by the frame they answer."""
+    """Messages received on `topic`, by the frame they answer."""
     return {_key(m): m for m in list(client.received[topic])}
 
 
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The demo's command line."""
+    """Command line of the demo."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--out-dir', default='out/demo', metavar='DIR')
     parser.add_argument('--text', default='the mug', help='what to ask for (default: the mug)')

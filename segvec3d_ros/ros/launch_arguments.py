@@ -16,12 +16,12 @@ CYCLONE_DDS_PROFILE = 'cyclonedds_large_clouds.xml'
 
 
 def parameter_overrides(arguments: Mapping[str, str]) -> dict[str, str]:
-    """The parameters that launch arguments set: those given, i.e. not left empty."""
+    """Parameters that launch arguments set: those given, i.e. not left empty."""
     return {name: value for name, value in arguments.items() if value != ''}
 
 
 def launch_flag(name: str, text: str) -> bool:
-    """A boolean launch argument as `ros2 launch` users write it; ValueError otherwise."""
+    """Parse a boolean launch argument as `ros2 launch` users write it; ValueError otherwise."""
     lowered = text.strip().lower()
     if lowered in ('true', '1', 'yes', 'on'):
         return True

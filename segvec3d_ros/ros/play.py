@@ -25,7 +25,7 @@ from segvec3d_ros.names import PLAY_NODE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of segvec3d-play."""
+    """Command line of segvec3d-play."""
     parser = argparse.ArgumentParser(
         prog='segvec3d-play', description=__doc__.split('\n\n')[0],
         epilog='ROS arguments after --ros-args (e.g. -r, -p use_sim_time:=true) are honoured.')

@@ -36,8 +36,7 @@ class Segmenter(Protocol):
 
 
 def peel_support(pts: np.ndarray, config: SupportConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The support mask and the points left to segment (the step every segmenter starts
-    with)."""
+    """Support mask and the points left to segment: the step every segmenter starts with."""
     # A fresh generator per frame keeps the result a function of the frame alone.
     return support_surfaces(pts, config.plane_distance, config.plane_iterations,
                             config.min_support_fraction, config.drop_below_support,

@@ -14,7 +14,9 @@ Array = np.ndarray | torch.Tensor
 
 def graph_clusters(embeddings: Array, knn_index: Array, radius: float = 0.4,
                    min_size: int = 1) -> np.ndarray:
-    """Connected components of the spatial k-NN edges whose embedding distance is below `radius`.
+    """Clusters: connected components of the spatial k-NN edges with close embeddings.
+
+    An edge is kept when its embedding distance is below `radius`.
 
     knn_index is (N, k), normally the network's own; negative entries are no edge. Distances are
     computed by the embeddings' library where they live: numpy arrays by numpy, which is much
@@ -64,7 +66,7 @@ def absorb_fragments(labels: np.ndarray, knn_index: np.ndarray, min_size: int,
 
 
 def _numpy(values: Array) -> np.ndarray:
-    """The values as a numpy array, fetched from the GPU when they are there."""
+    """Values as a numpy array, fetched from the GPU when they are there."""
     if isinstance(values, torch.Tensor):
         return values.detach().cpu().numpy()
     return np.asarray(values)

@@ -46,8 +46,10 @@ class VoxelGrid:
 
 
 def edge_components(rows: np.ndarray, cols: np.ndarray, num: int) -> np.ndarray:
-    """(num,) connected-component number of each node of the undirected graph of the edges
-    rows[i] - cols[i]; a node without edges is a component of its own."""
+    """(num,) connected-component number of each node of the undirected graph of the edges.
+
+    Edge i joins rows[i] and cols[i]; a node without edges is a component of its own.
+    """
     graph = coo_matrix((np.ones(len(rows), dtype=bool), (rows, cols)), shape=(num, num))
     return connected_components(graph, directed=False)[1]
 
@@ -85,8 +87,10 @@ def voxel_downsample(xyz: np.ndarray, voxel_size: float,
 
 
 def cell_index(cells: np.ndarray) -> np.ndarray:
-    """(N,) int64 number of each row's cell among the distinct rows of (N, 3) non-negative
-    whole-number cell coordinates (float or int), in sorted order of the cells."""
+    """(N,) int64 number of each row's cell among the distinct rows, in sorted order of the cells.
+
+    The rows are (N, 3) non-negative whole-number cell coordinates (float or int).
+    """
     span = np.asarray(cells.max(axis=0, initial=0), dtype=np.float64) + 1.0
     if np.prod(span) < _MAX_PACKED_KEY:
         _, inverse = np.unique(_packed_keys(cells, span), return_inverse=True)
@@ -97,8 +101,11 @@ def cell_index(cells: np.ndarray) -> np.ndarray:
 
 
 def _packed_keys(cells: np.ndarray, span: np.ndarray) -> np.ndarray:
-    """(N,) int64 key of each row of (N, 3) whole-number cell coordinates below `span` per
-    axis (product under _MAX_PACKED_KEY), ordered as the rows are lexicographically."""
+    """(N,) int64 key of each row of (N, 3) whole-number cell coordinates below `span` per axis.
+
+    The product of `span` is under _MAX_PACKED_KEY; the keys are ordered as the rows are
+    lexicographically.
+    """
     ijk = cells.astype(np.int64)
     return (ijk[:, 0] * int(span[1]) + ijk[:, 1]) * int(span[2]) + ijk[:, 2]
 
@@ -160,8 +167,10 @@ def fit_support_plane(xyz: np.ndarray, distance: float, iterations: int,
 
 
 def plane_basis(normal: np.ndarray) -> np.ndarray:
-    """(3, 2) two orthonormal vectors spanning the plane perpendicular to the unit `normal`;
-    the first is built from the coordinate axis least along the normal."""
+    """(3, 2) two orthonormal vectors spanning the plane perpendicular to the unit `normal`.
+
+    The first is built from the coordinate axis least along the normal.
+    """
     helper = np.eye(3)[int(np.argmin(np.abs(normal)))]
     first = np.cross(normal, helper)
     first /= np.linalg.norm(first)
@@ -194,8 +203,10 @@ def plane_patches(xyz: np.ndarray, normal: np.ndarray, tolerance: float) -> np.n
 
 
 def longest_span(xyz: np.ndarray, normal: np.ndarray) -> float:
-    """Length of the points' extent along their principal direction in the plane of the
-    unit `normal` (a patch's long side, whatever its yaw)."""
+    """Length of the points' extent along their principal direction in the plane of `normal`.
+
+    `normal` is a unit vector; the length is a patch's long side, whatever its yaw.
+    """
     flat = np.asarray(xyz, dtype=np.float64).reshape(-1, 3) @ plane_basis(normal)
     if len(flat) < 2:
         return 0.0
@@ -260,8 +271,7 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
 
 
 def _on_a_surface(patch: np.ndarray, plane: np.ndarray, surfaces: list[np.ndarray]) -> bool:
-    """Whether `patch` of `plane` lies parallel to one of `surfaces` and within OBJECT_HEIGHT
-    of it."""
+    """Whether `patch` of `plane` is parallel to and within OBJECT_HEIGHT of one of `surfaces`."""
     return any(abs(plane[:3] @ surface[:3]) >= _PARALLEL_COS
                and abs(np.median(patch @ surface[:3] + surface[3])) <= OBJECT_HEIGHT
                for surface in surfaces)
@@ -269,9 +279,12 @@ def _on_a_surface(patch: np.ndarray, plane: np.ndarray, surfaces: list[np.ndarra
 
 def _raised_layer(xyz: np.ndarray, plane: np.ndarray, distance: float,
                   tolerance: float) -> np.ndarray:
-    """(N,) mask of the inliers `xyz` of `plane` (within `distance`) whose neighbours lie on
-    average over _LAYER_LEVEL of the band above it, on the sensor's side, in patches (gaps
-    under `tolerance`) of at least _LAYER_MIN_POINTS points."""
+    """(N,) mask of the inliers `xyz` of `plane` (within `distance`) that form a raised layer.
+
+    Those are the inliers whose neighbours lie on average over _LAYER_LEVEL of the band above
+    the plane, on the sensor's side, in patches (gaps under `tolerance`) of at least
+    _LAYER_MIN_POINTS points.
+    """
     pts = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
     raised = np.zeros(len(pts), dtype=bool)
     height = (pts @ plane[:3] + plane[3]) * (np.sign(plane[3]) or 1.0)
@@ -309,7 +322,7 @@ def rank_labels(labels: np.ndarray, min_size: int = 1,
 
 def euclidean_clusters(xyz: np.ndarray, tolerance: float, min_points: int = 1,
                        max_points: int | None = None) -> np.ndarray:
-    """Connected components of the `tolerance`-radius graph: (N,) int64, largest 1, noise 0.
+    """Connected-component labels of the `tolerance`-radius graph: (N,) int64, largest 1, noise 0.
 
     Memory grows with the number of point pairs within `tolerance`, so feed voxelised points.
     """

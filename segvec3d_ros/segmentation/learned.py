@@ -1,5 +1,8 @@
-"""The learned segmenter: RANSAC support surface, SegVec3D embeddings, graph clustering,
-split proposals, occlusion reasoning, support seen through openings."""
+"""The learned segmenter and its stages.
+
+RANSAC support surface, SegVec3D embeddings, graph clustering, split proposals, occlusion
+reasoning, support seen through openings.
+"""
 from __future__ import annotations
 
 import json
@@ -138,7 +141,7 @@ def _einsums_as_matmuls(model: onnx.ModelProto) -> None:
 
 
 def cluster_edges(xyz: Array, knn_index: Array, tolerance: float) -> Array:
-    """The (N, k) k-NN index with -1 for every edge longer than `tolerance`.
+    """(N, k) k-NN index with -1 for every edge longer than `tolerance`.
 
     Embeddings split what is spatially connected, and never join what a gap separates.
     numpy arrays or torch tensors (one kind for both), computed where they are.
@@ -152,7 +155,7 @@ def cluster_edges(xyz: Array, knn_index: Array, tolerance: float) -> Array:
 
 
 def load_network(path: str | Path, device: str = 'auto') -> _TorchNetwork | _OnnxNetwork:
-    """The network in a .pt/.pth checkpoint or .onnx export; raises naming `path` if unusable."""
+    """Network in a .pt/.pth checkpoint or .onnx export; raises naming `path` if unusable."""
     if device not in ('auto', 'cpu', 'cuda'):
         raise ValueError(f'device must be auto, cpu or cuda; got {device!r}')
     file = Path(path)
@@ -171,13 +174,15 @@ def load_network(path: str | Path, device: str = 'auto') -> _TorchNetwork | _Onn
 
 
 class LearnedSegmenter:
-    """SegVec3D: RANSAC support surfaces peeled off, the network on the points in front of
-    them, connected components of the spatial k-NN edges whose embeddings are closer than
-    `embedding_radius`, then the pieces of objects that a nearer object splits joined again
-    (`occlusion_gap`), and the support points seen through an object's opening given to it
-    (`claim_openings`). With `split_touching`, instances that look like two touching objects
-    come with a proposed split (`propose_splits`), which the pipeline's grounding step takes
-    or leaves.
+    """SegVec3D: support surfaces peeled off, the network's embeddings clustered on the rest.
+
+    RANSAC support surfaces are peeled off, the network runs on the points in front of them,
+    and the instances are the connected components of the spatial k-NN edges whose embeddings
+    are closer than `embedding_radius`; then the pieces of objects that a nearer object splits
+    are joined again (`occlusion_gap`), and the support points seen through an object's
+    opening are given to it (`claim_openings`). With `split_touching`, instances that look like
+    two touching objects come with a proposed split (`propose_splits`), which the pipeline's
+    grounding step takes or leaves.
 
     The support surfaces are found as in the geometric baseline, so the table is one region
     however embeddings would split it, and the network, the costly stage, runs only on what
@@ -199,8 +204,10 @@ class LearnedSegmenter:
                              f'{trained_at} or train a model at {config.voxel_size}')
 
     def segment(self, xyz: np.ndarray, rgb: np.ndarray | None) -> Segmentation:
-        """Label each finite point: support (mask), instance 1..K by size, or 0; F per point,
-        zeros where the network did not run (support surfaces and what lies beyond them)."""
+        """Label each finite point: support (mask), instance 1..K by size, or 0; F per point.
+
+        F is zeros where the network did not run (support surfaces and what lies beyond them).
+        """
         cfg = self.config
         pts = np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
         timings: dict[str, float] = {}
@@ -243,9 +250,11 @@ class LearnedSegmenter:
     def _embed_and_cluster(self, pts: np.ndarray, rgb: np.ndarray | None,
                            lap: Callable[[str], None]
                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(M,) instance ids 1..K, (M, C) point features and (M,) proposed splits (see
-        `propose_splits`) of M >= 1 points in front of the support: connected components of
-        the short k-NN edges with close embeddings."""
+        """(M,) instance ids 1..K, (M, C) point features and (M,) proposed splits of M >= 1 points.
+
+        The points lie in front of the support; the instances are connected components of the
+        short k-NN edges with close embeddings, the splits those of `propose_splits`.
+        """
         cfg, net_cfg, device = self.config, self.network.config, self.network.device
         features = torch.from_numpy(input_features(pts, rgb, net_cfg)).to(device)
         lap('features')

@@ -100,8 +100,10 @@ def join_occluded(xyz: np.ndarray, ids: np.ndarray, voxel_size: float, min_gap: 
 
 def _near_boxes(lows: np.ndarray, highs: np.ndarray,
                 max_gap: float) -> tuple[np.ndarray, np.ndarray]:
-    """Indices i < j, in row order, of the boxes (lows, highs) at most `max_gap` apart: boxes
-    farther apart cannot hold points that close."""
+    """Index pairs i < j, in row order, of the boxes (lows, highs) at most `max_gap` apart.
+
+    Boxes farther apart cannot hold points that close.
+    """
     first, second = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
     # _BOX_BLOCK boxes at a time: the gaps of all pairs at once are 384 MB at 4000 pieces.
     for start in range(0, len(lows), _BOX_BLOCK):
@@ -138,9 +140,12 @@ def _one_surface(pts: np.ndarray, piece_a: np.ndarray, piece_b: np.ndarray,
 
 
 class _ViewRays:
-    """The view directions of the points that a ray towards any of some sample points can
-    pass within _RAY_WIDTH_VOXELS of: a k-d tree of all directions costs more than the rest
-    of the occlusion step, and most points (the table, the background) are far from any gap."""
+    """View directions of the points that a ray towards any of some sample points can pass near.
+
+    Only those within _RAY_WIDTH_VOXELS of such a ray: a k-d tree of all directions costs more
+    than the rest of the occlusion step, and most points (the table, the background) are far
+    from any gap.
+    """
 
     def __init__(self, rel: np.ndarray, ranges: np.ndarray, samples: np.ndarray,
                  voxel_size: float) -> None:
@@ -168,8 +173,10 @@ def _gap_samples(ends: np.ndarray, voxel_size: float) -> np.ndarray:
 
 def _gap_hidden(ends: np.ndarray, samples: np.ndarray, ranges: np.ndarray, ids: np.ndarray,
                 pair: tuple[int, int], rays: _ViewRays, voxel_size: float) -> bool:
-    """Whether the segment between `ends` (viewpoint-relative), at `samples`, is hidden behind
-    other points."""
+    """Whether the segment between `ends`, at `samples`, is hidden behind other points.
+
+    `ends` are viewpoint-relative.
+    """
     front = np.minimum(np.linalg.norm(samples, axis=1), np.linalg.norm(ends, axis=1).min())
     front -= _IN_FRONT_VOXELS * voxel_size
     hidden = 0

@@ -22,7 +22,7 @@ _MAX_IMAGE_SIDE = 2048
 
 def claim_seen_through(xyz: np.ndarray, ids: np.ndarray, support: np.ndarray,
                        voxel_size: float) -> tuple[np.ndarray, np.ndarray]:
-    """New (ids, support): each support point ringed on four sides by one instance joins it.
+    """(ids, support) after each support point ringed on four sides by one instance joins it.
 
     xyz (M, 3) are working points in the sensor frame (sensor at the origin), ids (M,) their
     instances (0 = none), support (M,) the support mask. The image has pixels of `voxel_size`
@@ -71,8 +71,10 @@ def claim_seen_through(xyz: np.ndarray, ids: np.ndarray, support: np.ndarray,
 
 
 def _ringed_by(image: np.ndarray) -> np.ndarray:
-    """Per pixel, the label that is the nearest non-zero one in all four image directions, or
-    0 where those differ or one direction has none."""
+    """Per pixel, the label that is the nearest non-zero one in all four image directions.
+
+    0 where those differ or one direction has none.
+    """
     nearest = [_nearest_before(image), _nearest_before(image[:, ::-1])[:, ::-1],
                _nearest_before(image.T).T, _nearest_before(image.T[:, ::-1])[:, ::-1].T]
     same = np.all([n == nearest[0] for n in nearest[1:]], axis=0)

@@ -1,5 +1,7 @@
-"""The split of touching objects, in one place: where the learned segmenter proposes one, and
-the rule by which the grounding step takes it.
+"""The split of touching objects, in one place.
+
+Both where the learned segmenter proposes one, and the rule by which the grounding step takes
+it.
 
 Graph clustering of the embeddings merges two touching objects through a chain of boundary
 points whose embeddings shade from one to the other. Such a chain is a weak normalised cut of
@@ -37,8 +39,9 @@ _DENSE_CELLS = 160          # up to this many cubes dense matrices are faster th
 
 def propose_splits(ids: np.ndarray, embeddings: np.ndarray, edges: np.ndarray,
                    xyz: np.ndarray, normals: np.ndarray, scale: float) -> np.ndarray:
-    """(N,) int64: 0, or the number j >= 1 of a proposed split on the points that would leave
-    their instance in it.
+    """(N,) int64: 0, or the number j >= 1 of a proposed split.
+
+    Proposed split j is marked on the points that would leave their instance in it.
 
     An instance is proposed for a split when its normalised cut (Shi and Malik) over the
     spatial k-NN `edges` (-1 = none), weighted by exp(-|e_i - e_j|^2 / scale^2), is at most
@@ -70,16 +73,15 @@ def propose_splits(ids: np.ndarray, embeddings: np.ndarray, edges: np.ndarray,
 
 def normalized_cut(rows: np.ndarray, edges: np.ndarray, edge_weights: np.ndarray,
                    xyz: np.ndarray) -> tuple[np.ndarray | None, float]:
-    """The best two-way normalised cut of the points `rows`, connected by their k-NN graph
-    (`edges`, -1 = none, with (N, k) `edge_weights`), along its Fiedler vector: (mask of one
-    side, its Ncut value), or (None, inf) for too few points, points in one cell, or a failed
-    eigensolver.
+    """Best two-way normalised cut of the points `rows`, along their k-NN graph's Fiedler vector.
+
+    The graph is `edges` (-1 = none) with (N, k) `edge_weights`. Returns (mask of one side, its
+    Ncut value), or (None, inf) for too few points, points in one cell, or a failed eigensolver.
 
     The eigenvector is solved on the graph summed over _CUT_CELL cubes (exactly the fine
     graph's cuts and volumes for cuts along cell faces, with about a ninth of the nodes of a
-    surface sampled at 1 cm);
-    the cut and its value are then those of the fine graph. Each side keeps MIN_SPLIT_POINTS
-    and MIN_SPLIT_FRACTION of the points.
+    surface sampled at 1 cm); the cut and its value are then those of the fine graph. Each
+    side keeps MIN_SPLIT_POINTS and MIN_SPLIT_FRACTION of the points.
     """
     smallest = max(MIN_SPLIT_POINTS, int(np.ceil(MIN_SPLIT_FRACTION * len(rows))))
     if len(rows) < 2 * smallest:
@@ -141,10 +143,13 @@ def normalized_cut(rows: np.ndarray, edges: np.ndarray, edge_weights: np.ndarray
 
 def junction_convexity(xyz: np.ndarray, normals: np.ndarray, first: np.ndarray,
                        second: np.ndarray) -> float:
-    """(n_a - n_b) . (c_a - c_b) / |c_a - c_b| of the bands of the two point sets (indices)
-    within _JUNCTION_BAND of each other: c the band's centroid, n its mean normal (normals
-    facing the sensor). Positive where the surfaces bend away from each other (a convex edge),
-    negative in a valley; 0 when the sets do not meet."""
+    """(n_a - n_b) . (c_a - c_b) / |c_a - c_b| of the bands where two point sets meet.
+
+    The bands are the points of the two sets (indices) within _JUNCTION_BAND of each other: c
+    the band's centroid, n its mean normal (normals facing the sensor). Positive where the
+    surfaces bend away from each other (a convex edge), negative in a valley; 0 when the sets
+    do not meet.
+    """
     near = [group[np.isfinite(cKDTree(xyz[other]).query(
         xyz[group], distance_upper_bound=_JUNCTION_BAND)[0])]
         for group, other in ((first, second), (second, first))]
@@ -165,7 +170,7 @@ SPLIT_LABEL_MARGIN = 0.02
 
 def split_parts(ids: np.ndarray, proposals: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """The parts each proposal would make, as ids for scoring: (parts, parents, leaving).
+    """Parts each proposal would make, as ids for scoring: (parts, parents, leaving).
 
     Proposal j (the first one on an instance; later ones and those on no instance are ignored)
     gives part 2j + 1, the points staying in the parent, part 2j + 2, the points leaving it,
@@ -192,11 +197,12 @@ def split_parts(ids: np.ndarray, proposals: np.ndarray
 def take_splits(ids: np.ndarray, leaving: list[np.ndarray],
                 parts: dict[int, tuple[float, str]], parents: dict[int, tuple[float, str]]
                 ) -> np.ndarray:
-    """`ids` with each proposal of `split_parts` taken where its two parts are likelier whole
-    objects each than their union, P(a) P(b) > P(a + b), or nearly as likely
-    (SPLIT_LABEL_MARGIN) when they get different labels, neither of them other: two touching
-    objects, not two faces of one. `parts` and `parents` map those ids to (log-probability of
-    being one whole object, label).
+    """`ids` with each proposal of `split_parts` taken where its two parts are likelier apart.
+
+    A proposal is taken where its parts are likelier whole objects each than their union,
+    P(a) P(b) > P(a + b), or nearly as likely (SPLIT_LABEL_MARGIN) when they get different
+    labels, neither of them other: two touching objects, not two faces of one. `parts` and
+    `parents` map those ids to (log-probability of being one whole object, label).
     """
     resolved = ids.copy()
     for number, points in enumerate(leaving):

@@ -59,9 +59,12 @@ def _truth(noun_categories: tuple[str, ...], colour: str, size: str,
 
 
 def caption_bank(seed: int = 0, templates_per_phrase: int = 2) -> CaptionBank:
-    """Every noun with every colour and size word (none included), a material word on a
-    quarter of them, each phrase in `templates_per_phrase` random templates; then every
-    distractor with every colour word (or none), true of nothing."""
+    """Every noun with every colour and size word (none included), then the distractors.
+
+    A material word is on a quarter of the noun phrases, and each phrase is in
+    `templates_per_phrase` random templates; then every distractor comes with every colour word
+    (or none), true of nothing.
+    """
     rng = np.random.default_rng(seed)
     texts: list[str] = []
     truth: list[np.ndarray] = []

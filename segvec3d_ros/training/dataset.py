@@ -23,7 +23,7 @@ class Sample:
 
 
 def majority_labels(inverse: np.ndarray, labels: np.ndarray, num_groups: int) -> np.ndarray:
-    """The most frequent label in each group (ties: the smaller label)."""
+    """Most frequent label in each group (ties: the smaller label)."""
     if len(inverse) == 0:
         return np.zeros(num_groups, dtype=np.int64)
     pairs, counts = np.unique(np.column_stack([inverse, labels]), axis=0, return_counts=True)
@@ -58,7 +58,7 @@ class SceneCache:
 
     def __init__(self, root: str | Path, scene_config: SceneConfig, kinds: dict[str, float],
                  voxel_size: float, max_points: int) -> None:
-        """Samples live under root/<hash of everything that shapes them>/."""
+        """Keep the samples under root/<hash of everything that shapes them>/."""
         self.scene_config = scene_config
         self.kinds = kinds
         self.voxel_size = voxel_size
@@ -69,14 +69,14 @@ class SceneCache:
         self.directory = Path(root) / hashlib.sha1(recipe.encode()).hexdigest()[:12]
 
     def kind_of(self, seed: int) -> str:
-        """The scene kind of a seed, drawn by the configured proportions."""
+        """Scene kind of a seed, drawn by the configured proportions."""
         names = sorted(self.kinds)
         weights = np.array([self.kinds[n] for n in names], dtype=np.float64)
         draw = np.random.default_rng([seed, 7]).random()
         return names[int(np.searchsorted(np.cumsum(weights) / weights.sum(), draw))]
 
     def get(self, seed: int) -> Sample:
-        """The sample of scene `seed`, generated and stored on first use."""
+        """Sample of scene `seed`, generated and stored on first use."""
         path = self.directory / f'{seed:07d}.npz'
         if path.is_file():
             with np.load(path) as stored:

@@ -81,7 +81,7 @@ class GroundingTrainConfig:
         self.head_config(64)
 
     def pipeline_config(self) -> PipelineConfig:
-        """The learned-segmenter pipeline whose features are grounded.
+        """Learned-segmenter pipeline whose features are grounded.
 
         Without `split_touching`: a split is taken on a grounding head's labels, and the
         training data must not depend on the head that happens to be installed.
@@ -91,7 +91,7 @@ class GroundingTrainConfig:
                                             'split_touching': False})
 
     def head_config(self, feature_dim: int) -> GroundingConfig:
-        """The head this run trains, for backbone features of `feature_dim` channels."""
+        """Head this run trains, for backbone features of `feature_dim` channels."""
         return GroundingConfig(**{**self.head, 'feature_dim': feature_dim,
                                   'draw_points': self.points_per_step,
                                   'objectness': self.objectness_weight > 0})
@@ -113,14 +113,17 @@ class InstanceTable:
                                for f in fields(InstanceTable)))
 
     def select(self, rows: np.ndarray) -> InstanceTable:
-        """The given rows."""
+        """Table of the given rows."""
         return InstanceTable(*(getattr(self, f.name)[rows] for f in fields(InstanceTable)))
 
 
 def _sampled(instances: InstanceSet, grounded: GroundedScene, predicted: bool, count: int,
              rng: np.random.Generator) -> InstanceTable:
-    """`count` points (with repeats when fewer) of each instance; one that matches no object
-    (a fragment, or several objects merged) has attributes -1."""
+    """`count` points (with repeats when fewer) of each instance.
+
+    An instance that matches no object (a fragment, or several objects merged) has attributes
+    -1.
+    """
     keep, rows = sample_rows(instances.point_index, len(instances.instances), count, rng)
     points = instances.point_inputs[rows]
     attributes = np.full((len(keep), 3), -1, dtype=np.int64)
@@ -135,8 +138,11 @@ class InstanceCache:
     """Per-scene instance tables on disk, keyed by everything that shapes them."""
 
     def __init__(self, config: GroundingTrainConfig, probe: np.ndarray) -> None:
-        """Tables live under cache_dir/<hash of backbone probe, first scene's segmentation,
-        pipeline, scenes, sampling>/."""
+        """Keep the tables under cache_dir/<hash of what shapes them>/.
+
+        The hash covers the backbone probe, the first scene's segmentation, the pipeline, the
+        scenes and the sampling.
+        """
         self.config = config
         pipeline_config = config.pipeline_config()
         self._pipeline = Pipeline(pipeline_config,

@@ -34,7 +34,7 @@ class RecordingSegmenter:
         self.last: tuple[np.ndarray, Segmentation] | None = None
 
     def segment(self, xyz: np.ndarray, rgb: np.ndarray | None) -> Segmentation:
-        """The inner segmentation, remembered with its points."""
+        """Inner segmentation, remembered with its points."""
         result = self.inner.segment(xyz, rgb)
         self.last = (np.asarray(xyz), result)
         return result
@@ -63,7 +63,7 @@ class GroundedScene:
 
 
 def scene_truth(scene: Scene) -> tuple[list[SceneObject], np.ndarray, np.ndarray]:
-    """The non-support objects, their box centres and the world's up, in the camera frame."""
+    """Non-support objects, their box centres and the world's up, in the camera frame."""
     pose = scene.camera_pose
     objects = [o for o in scene.objects if not o.is_support]
     world = np.array([o.center for o in objects], dtype=np.float64).reshape(-1, 3)

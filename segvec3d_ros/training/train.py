@@ -57,7 +57,7 @@ class TrainConfig:
         return dataclass_from_yaml(path, cls, 'training')
 
     def network_config(self) -> SegVec3DConfig:
-        """The SegVec3DConfig this run trains, recording the resolution it trains at."""
+        """SegVec3DConfig this run trains, recording the resolution it trains at."""
         return SegVec3DConfig(**{**self.model, 'voxel_size': self.voxel_size})
 
 
