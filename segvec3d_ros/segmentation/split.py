@@ -121,7 +121,11 @@ def normalized_cut(rows: np.ndarray, edges: np.ndarray, edge_weights: np.ndarray
         deflated = LinearOperator((cells, cells), dtype=np.float64,
                                   matvec=lambda x: normalised @ x - trivial * (trivial @ x))
         try:
-            vector = eigsh(deflated, k=1, which='LA', tol=1e-4, maxiter=2000)[1][:, 0]
+            # A seeded start vector: ARPACK's own is random, and a near-tied cut then came out
+            # differently from run to run on the same frame.
+            start = np.random.default_rng(cells).standard_normal(cells)
+            vector = eigsh(deflated, k=1, which='LA', tol=1e-4, maxiter=2000,
+                           v0=start)[1][:, 0]
         except ArpackError:
             return None, float('inf')
     fiedler = (vector / root)[cell]
