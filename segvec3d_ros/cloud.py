@@ -14,7 +14,7 @@ class Cloud:
     `valid` says which points the segmenters may use.
     """
 
-    xyz: np.ndarray                     # (N, 3) float32; NaN/Inf rows are invalid points
+    xyz: np.ndarray                     # (N, 3) float32; invalid points stay (see `valid`)
     rgb: np.ndarray | None = None       # (N, 3) uint8, or None when the cloud has no colour
     height: int = 1                     # organized clouds: height * width == N
     width: int = 0
@@ -37,8 +37,15 @@ class Cloud:
 
     @property
     def valid(self) -> np.ndarray:
-        """Boolean mask of points whose x, y and z are all finite."""
-        return np.isfinite(self.xyz).all(axis=1)
+        """Boolean mask of the real points: finite x, y and z, not all 0, `range` not 0.
+
+        Drivers mark a missing return with NaN (depth cameras, PCL), with x = y = z = 0 or
+        with a `range` field of 0 (ouster-ros, Velodyne and Livox drivers).
+        """
+        valid = np.isfinite(self.xyz).all(axis=1) & self.xyz.any(axis=1)
+        if 'range' in self.extra:
+            valid &= np.asarray(self.extra['range']).reshape(-1) != 0
+        return valid
 
     @property
     def is_organized(self) -> bool:
