@@ -3,6 +3,7 @@
 For example:
 
     ros2 launch segvec3d_ros segvec3d.launch.py points_topic:=/camera/depth/points rviz:=true
+    ros2 launch segvec3d_ros segvec3d.launch.py sensor:=lidar points_topic:=/ouster/points
 """
 import os
 
@@ -13,7 +14,8 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
-from segvec3d_ros.ros.launch_arguments import parameter_overrides, profile_environment
+from segvec3d_ros.ros.launch_arguments import (parameter_overrides, params_file_for,
+                                               profile_environment)
 
 PACKAGE = 'segvec3d_ros'
 
@@ -23,8 +25,8 @@ def _nodes(context: LaunchContext) -> list[Node]:
     def value(name: str) -> str:
         return LaunchConfiguration(name).perform(context)
 
-    params_file = value('params_file')
     config_dir = os.path.join(FindPackageShare(PACKAGE).perform(context), 'config')
+    params_file = params_file_for(value('sensor'), value('params_file'), config_dir)
     env = profile_environment(value('large_clouds_profile'), os.environ, config_dir)
     segmentation = Node(
         package=PACKAGE, executable='segmentation_node', name='segvec3d_segmentation',
@@ -48,10 +50,13 @@ def generate_launch_description() -> LaunchDescription:
                               description='the sensor_msgs/PointCloud2 topic to segment'),
         DeclareLaunchArgument('device', default_value='',
                               description='auto | cpu | cuda; empty = the params file\'s'),
-        DeclareLaunchArgument('params_file',
-                              default_value=PathJoinSubstitution([share, 'config',
-                                                                  'segvec3d.yaml']),
-                              description='parameters of both nodes'),
+        DeclareLaunchArgument('sensor', default_value='camera',
+                              description='camera | lidar: the shipped params file, '
+                                          'config/segvec3d.yaml or config/lidar.yaml, used '
+                                          'when params_file is not given'),
+        DeclareLaunchArgument('params_file', default_value='',
+                              description='parameters of both nodes; empty = the sensor '
+                                          'argument\'s shipped file'),
         DeclareLaunchArgument('large_clouds_profile', default_value='true',
                               description='give both nodes the shipped Fast DDS or Cyclone DDS '
                                           'profile for camera-sized clouds, unless one is set '

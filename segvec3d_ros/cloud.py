@@ -39,8 +39,8 @@ class Cloud:
     def valid(self) -> np.ndarray:
         """Boolean mask of the real points: finite x, y and z, not all 0, `range` not 0.
 
-        Drivers mark a missing return with NaN (depth cameras, PCL), with x = y = z = 0 or
-        with a `range` field of 0 (ouster-ros, Velodyne and Livox drivers).
+        Drivers mark a missing return with NaN (depth cameras, PCL) or, as ouster-ros does,
+        with x = y = z = 0 and a `range` field of 0; either of the two is enough here.
         """
         valid = np.isfinite(self.xyz).all(axis=1) & self.xyz.any(axis=1)
         if 'range' in self.extra:

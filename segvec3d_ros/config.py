@@ -156,12 +156,33 @@ class LearnedConfig:
     split_touching: bool
 
 
+@dataclass(frozen=True)
+class RangeImageConfig:
+    """The range-image (LiDAR) segmenter's settings."""
+
+    up: tuple[float, float, float]   # the cloud frame's up direction, a unit axis
+    plane_distance: float            # m: RANSAC band of the ground plane
+    plane_iterations: int
+    ground_cell: float               # m: grid cell that corrects the plane locally; 0 = none
+    ground_band: float               # m above a cell's lowest return that is ground
+    angle_threshold: float           # degrees: Bogoslavskyi-Stachniss criterion
+    cluster_tolerance: float         # m: the least gap that joins neighbouring returns
+    wall_extent: float               # m: upright planar instances this long are support; 0 = off
+
+
+# The up_axis choices, as unit vectors of the cloud's frame.
+UP_AXES = {'z': (0.0, 0.0, 1.0), '-z': (0.0, 0.0, -1.0), 'y': (0.0, 1.0, 0.0),
+           '-y': (0.0, -1.0, 0.0), 'x': (1.0, 0.0, 0.0), '-x': (-1.0, 0.0, 0.0)}
+
+
 @dataclass
 class PipelineConfig:
     """Plain-data pipeline settings; every field is also a ROS parameter of the same name."""
 
-    segmenter: str = setting('segvec3d', 'segmenter: segvec3d (learned model) or euclidean '
-                             '(geometric baseline)', choices=('segvec3d', 'euclidean'))
+    segmenter: str = setting('segvec3d', 'segmenter: segvec3d (learned model), euclidean '
+                             '(geometric baseline) or range_image (LiDAR: regions of the '
+                             'organized scan\'s range image)',
+                             choices=('segvec3d', 'euclidean', 'range_image'))
     device: str = setting('auto', 'torch device of the learned segmenter',
                           choices=('auto', 'cpu', 'cuda'))
     model_path: str = setting('', 'weights of the learned segmenter (.pt or .onnx); '
@@ -177,8 +198,9 @@ class PipelineConfig:
                                  'costs a box, a grounding pass and two markers; synthetic rooms '
                                  'have up to ~500, a scattered broken cloud tens of thousands)',
                                  range=(1, 100_000))
-    cluster_tolerance: float = setting(0.02, 'Euclidean clustering radius in m',
-                                       range=(0.001, 1.0))
+    cluster_tolerance: float = setting(0.02, 'Euclidean clustering radius in m (range_image: '
+                                       'the least gap that joins neighbouring returns; it '
+                                       'grows with their range)', range=(0.001, 1.0))
     embedding_radius: float = setting(0.3, 'learned segmenter: k-NN neighbours closer than '
                                       'this in embedding space join one instance',
                                       range=(0.01, 2.0))
@@ -207,6 +229,23 @@ class PipelineConfig:
                                        'surface from the sensor (cloud in the sensor frame)')
     max_range: float = setting(0.0, 'drop points farther than this from the sensor in m '
                                '(0 = keep all)', range=(0.0, 1000.0))
+    min_range: float = setting(0.0, 'drop points nearer than this to the sensor in m (a '
+                               'LiDAR\'s own vehicle; 0 = keep all)', range=(0.0, 100.0))
+    up_axis: str = setting('z', 'range_image: the cloud frame\'s up axis (z in REP 103 body '
+                           'and LiDAR frames, -y in a camera optical frame); the ground is '
+                           'level and walls upright about it', choices=tuple(UP_AXES))
+    ground_cell: float = setting(1.0, 'range_image: m; the ground plane is corrected per cell '
+                                 'of this size (slopes, camber, kerbs); 0 = the plane alone',
+                                 range=(0.0, 20.0))
+    ground_band: float = setting(0.2, 'range_image: m; returns this little above their '
+                                 'cell\'s lowest return are ground', range=(0.01, 5.0))
+    angle_threshold: float = setting(10.0, 'range_image: degrees; neighbouring returns join '
+                                     'when the surface between them makes more than this '
+                                     'angle with the farther beam (Bogoslavskyi-Stachniss)',
+                                     range=(0.5, 89.0))
+    wall_extent: float = setting(10.0, 'range_image: m; upright planar instances at least this '
+                                 'long (facades) are support surfaces; 0 = none are',
+                                 range=(0.0, 1000.0))
     grounding_model_path: str = setting('', 'grounding head of the learned segmenter (.pt); '
                                         'empty = the bundled models/grounding.pt')
     label_vocabulary: list[str] = setting(DEFAULT_VOCABULARY, 'zero-shot instance labels '
@@ -220,6 +259,9 @@ class PipelineConfig:
         if self.voxel_size > 0 and self.cluster_tolerance <= self.voxel_size:
             raise ValueError(f'cluster_tolerance={self.cluster_tolerance} must exceed '
                              f'voxel_size={self.voxel_size}, or every voxel is its own cluster')
+        if 0 < self.max_range <= self.min_range:
+            raise ValueError(f'max_range={self.max_range} must exceed '
+                             f'min_range={self.min_range}, or no point is kept')
 
     def support(self) -> SupportConfig:
         """Support-surface settings every segmenter starts with."""
@@ -230,6 +272,12 @@ class PipelineConfig:
     def euclidean(self) -> EuclideanConfig:
         """Geometric baseline's share of the settings."""
         return EuclideanConfig(self.support(), self.cluster_tolerance)
+
+    def range_image(self) -> RangeImageConfig:
+        """Range-image (LiDAR) segmenter's share of the settings."""
+        return RangeImageConfig(UP_AXES[self.up_axis], self.plane_distance,
+                                self.plane_iterations, self.ground_cell, self.ground_band,
+                                self.angle_threshold, self.cluster_tolerance, self.wall_extent)
 
     def learned(self) -> LearnedConfig:
         """Learned segmenter's share of the settings."""

@@ -20,6 +20,7 @@ from segvec3d_ros.segmentation.base import Segmenter
 from segvec3d_ros.segmentation.euclidean import EuclideanSegmenter
 from segvec3d_ros.segmentation.geometry import (VoxelGrid, fit_support_plane, group_means,
                                                 nearest_labels, rank_labels, voxel_downsample)
+from segvec3d_ros.segmentation.range_image import RangeImageSegmenter
 
 if TYPE_CHECKING:
     from segvec3d_ros.grounding.grounder import Grounder
@@ -32,6 +33,8 @@ def make_segmenter(config: PipelineConfig) -> Segmenter:
     """Make the segmenter that `config.segmenter` names."""
     if config.segmenter == 'euclidean':
         return EuclideanSegmenter(config.euclidean())
+    if config.segmenter == 'range_image':
+        return RangeImageSegmenter(config.range_image())
     # Imported here so that euclidean-only users never load torch and onnxruntime.
     from segvec3d_ros.segmentation.learned import LearnedSegmenter
     return LearnedSegmenter(config.learned())
@@ -113,25 +116,31 @@ class Pipeline:
             tick = now
 
         index = np.flatnonzero(cloud.valid)
-        if cfg.max_range > 0:
+        if cfg.max_range > 0 or cfg.min_range > 0:
             with np.errstate(over='ignore'):  # a norm beyond float32 is out of range anyway
-                index = index[np.linalg.norm(cloud.xyz[index], axis=1) <= cfg.max_range]
+                distance = np.linalg.norm(cloud.xyz[index], axis=1)
+            index = index[(distance >= cfg.min_range)
+                          & ((distance <= cfg.max_range) | (cfg.max_range == 0))]
         xyz = cloud.xyz[index]
         rgb = None if cloud.rgb is None else cloud.rgb[index]
         lap('filter')
 
-        grid = (voxel_downsample(xyz, cfg.voxel_size, rgb) if cfg.voxel_size > 0
+        # The range-image segmenter works on the scan's own grid: every return is a working
+        # point and keeps its pixel. Unorganized clouds take the usual voxels.
+        scan = isinstance(self.segmenter, RangeImageSegmenter) and cloud.is_organized
+        grid = (voxel_downsample(xyz, cfg.voxel_size, rgb) if cfg.voxel_size > 0 and not scan
                 else VoxelGrid(xyz, rgb, np.arange(len(xyz))))
         working = np.arange(len(grid.xyz))
-        if len(working) > cfg.max_points:
+        if len(working) > cfg.max_points and not scan:
             unit = 'voxels' if cfg.voxel_size > 0 else 'points'
             limits_hit.append(f'max_points: {len(working)} {unit} subsampled to {cfg.max_points}')
             working = np.sort(np.random.default_rng(0).choice(len(working), cfg.max_points,
                                                               replace=False))
         lap('downsample')
 
+        organized = {'pixels': index, 'shape': (cloud.height, cloud.width)} if scan else {}
         seg = self.segmenter.segment(grid.xyz[working],
-                                     None if grid.rgb is None else grid.rgb[working])
+                                     None if grid.rgb is None else grid.rgb[working], **organized)
         timings.update(seg.timings or {})
         limits_hit += seg.limits_hit
         tick = perf_counter()
@@ -179,8 +188,10 @@ class Pipeline:
                                    num_instances + 1)[1:].astype(np.float32)
         lap('upsample')
 
-        up = self._support_normal(grid.xyz[working], seg.support_mask,
-                                  new_id[seg.instance_ids] > 0)
+        up = seg.support_normal
+        if up is None:
+            up = self._support_normal(grid.xyz[working], seg.support_mask,
+                                      new_id[seg.instance_ids] > 0)
         instances = describe_instances(xyz, rgb, ids, up)
         lap('describe')
         if self.grounder is not None and seg.features is not None:

@@ -10,13 +10,16 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 
+from segvec3d_ros.cli.common import pipeline_config
 from segvec3d_ros.ros.launch_arguments import (CYCLONE_DDS_PROFILE, FAST_DDS_PROFILE,
-                                               parameter_overrides, profile_environment)
+                                               SENSOR_PARAMS, parameter_overrides,
+                                               params_file_for, profile_environment)
 
 REPO = Path(__file__).resolve().parents[1]
 RCLPY_OWN_PARAMETERS = {'use_sim_time', 'start_type_description_service'}
 LAUNCH_FILE = REPO / 'launch' / 'segvec3d.launch.py'
 PARAMS_FILE = REPO / 'config' / 'segvec3d.yaml'
+LIDAR_PARAMS_FILE = REPO / 'config' / 'lidar.yaml'
 RVIZ_FILE = REPO / 'config' / 'segvec3d.rviz'
 
 
@@ -52,7 +55,7 @@ def _console_scripts() -> set[str]:
 
 def test_launch_declares_the_documented_arguments():
     declared = {call.args[0].value for call in _launch_calls('DeclareLaunchArgument')}
-    assert declared == {'namespace', 'points_topic', 'device', 'params_file',
+    assert declared == {'namespace', 'points_topic', 'device', 'sensor', 'params_file',
                         'large_clouds_profile', 'rviz'}
 
 
@@ -70,6 +73,25 @@ def test_launch_arguments_default_to_the_params_file():
 def test_a_launch_argument_overrides_only_when_given():
     assert parameter_overrides({'device': ''}) == {}
     assert parameter_overrides({'device': 'cpu'}) == {'device': 'cpu'}
+
+
+def test_the_sensor_chooses_the_shipped_params_file_unless_one_is_given():
+    assert params_file_for('camera', '', '/share/config') == '/share/config/segvec3d.yaml'
+    assert params_file_for('lidar', '', '/share/config') == '/share/config/lidar.yaml'
+    assert params_file_for('lidar', '/mine.yaml', '/share/config') == '/mine.yaml'
+    with pytest.raises(ValueError, match='sensor'):
+        params_file_for('radar', '', '/share/config')
+    # The launch file resolves it: no default params file of its own.
+    defaults = {call.args[0].value: call.keywords[0].value for call in
+                _launch_calls('DeclareLaunchArgument')}
+    assert defaults['params_file'].value == '' and defaults['sensor'].value == 'camera'
+    assert len(_launch_calls('params_file_for')) == 1
+
+
+def test_the_lidar_preset_runs_the_range_image_segmenter():
+    config = pipeline_config(LIDAR_PARAMS_FILE)
+    assert config.segmenter == 'range_image' and config.up_axis == 'z'
+    assert config.min_range > 0 and config.max_instances < 1000
 
 
 @pytest.mark.parametrize('environ, expected', [
@@ -117,7 +139,10 @@ def test_every_file_the_launch_file_names_exists_and_is_installed():
     for call in named:
         parts = [e.value for e in call.args[0].elts if isinstance(e, ast.Constant)]
         paths.append(REPO.joinpath(*parts))
-    assert PARAMS_FILE in paths and RVIZ_FILE in paths
+    assert RVIZ_FILE in paths
+    # The params files the sensor argument chooses are named in launch_arguments.
+    paths += [REPO / 'config' / name for name in SENSOR_PARAMS.values()]
+    assert PARAMS_FILE in paths and LIDAR_PARAMS_FILE in paths
     setup_text = (REPO / 'setup.py').read_text()
     for path in paths:
         assert path.is_file(), path
@@ -152,8 +177,9 @@ def declared_parameters() -> dict[str, set[str]]:
         rclpy.try_shutdown()
 
 
-def test_params_file_sets_exactly_the_declared_parameters(declared_parameters):
-    sections = yaml.safe_load(PARAMS_FILE.read_text())
+@pytest.mark.parametrize('params_file', [PARAMS_FILE, LIDAR_PARAMS_FILE])
+def test_params_file_sets_exactly_the_declared_parameters(declared_parameters, params_file):
+    sections = yaml.safe_load(params_file.read_text())
     assert set(sections) == {f'/**/{name}' for name in declared_parameters}
     for name, declared in declared_parameters.items():
         keys = set(sections[f'/**/{name}']['ros__parameters'])
@@ -161,8 +187,9 @@ def test_params_file_sets_exactly_the_declared_parameters(declared_parameters):
         assert declared - keys == set(), f'{name}: parameters missing from the params file'
 
 
-def test_every_parameter_in_the_params_file_has_a_comment():
-    for line in PARAMS_FILE.read_text().splitlines():
+@pytest.mark.parametrize('params_file', [PARAMS_FILE, LIDAR_PARAMS_FILE])
+def test_every_parameter_in_the_params_file_has_a_comment(params_file):
+    for line in params_file.read_text().splitlines():
         if re.match(r'^\s{4}\w+:', line):
             assert '#' in line, line
 

@@ -221,7 +221,7 @@ def degenerate_clouds():
 
 
 @pytest.mark.parametrize('name', list(degenerate_clouds()))
-@pytest.mark.parametrize('segmenter', ['euclidean', 'segvec3d'])
+@pytest.mark.parametrize('segmenter', ['euclidean', 'segvec3d', 'range_image'])
 def test_degenerate_inputs(name, segmenter):
     cloud = degenerate_clouds()[name]
     result = Pipeline(PipelineConfig(segmenter=segmenter)).process(cloud)

@@ -33,7 +33,7 @@ def add_pipeline_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--params-file', metavar='YAML',
                        help=f'ROS params file (e.g. config/segvec3d.yaml); its '
                             f'{SEGMENTATION_NODE} section sets the pipeline')
-    group.add_argument('--segmenter', choices=('euclidean', 'segvec3d'))
+    group.add_argument('--segmenter', choices=('euclidean', 'segvec3d', 'range_image'))
     group.add_argument('--model-path', help='weights of the learned segmenter')
     group.add_argument('--voxel-size', type=float, metavar='M',
                        help='working resolution in m (0 = no downsampling)')

@@ -13,6 +13,19 @@ FAST_DDS_VARIABLES = ('FASTRTPS_DEFAULT_PROFILES_FILE', 'FASTDDS_DEFAULT_PROFILE
 FAST_DDS_PROFILE = 'fastdds_large_clouds.xml'
 CYCLONE_DDS_RMW = 'rmw_cyclonedds_cpp'
 CYCLONE_DDS_PROFILE = 'cyclonedds_large_clouds.xml'
+# The shipped params file of each `sensor` launch argument, in the package's config folder.
+SENSOR_PARAMS = {'camera': 'segvec3d.yaml', 'lidar': 'lidar.yaml'}
+
+
+def params_file_for(sensor: str, params_file: str, config_dir: str) -> str:
+    """Return the params file of both nodes: `params_file` when given, else the sensor's.
+
+    Raises ValueError naming the argument when `sensor` is none of SENSOR_PARAMS.
+    """
+    if sensor not in SENSOR_PARAMS:
+        raise ValueError(f'launch argument sensor:={sensor!r} must be one of '
+                         f'{", ".join(SENSOR_PARAMS)}')
+    return params_file or os.path.join(config_dir, SENSOR_PARAMS[sensor])
 
 
 def parameter_overrides(arguments: Mapping[str, str]) -> dict[str, str]:

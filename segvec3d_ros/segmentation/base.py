@@ -23,10 +23,17 @@ class Segmentation:
     split_proposals: np.ndarray | None = None
     # Lines of the segmenter's own bounds that changed this result (see SceneResult.limits_hit)
     limits_hit: list[str] = field(default_factory=list)
+    # (3,) normal of the surface the instances stand on, when the segmenter fitted it (the
+    # range-image segmenter's ground); None: the pipeline fits it near the instances
+    support_normal: np.ndarray | None = None
 
 
 class Segmenter(Protocol):
-    """Segments a cloud of finite points; called once per frame."""
+    """Segments a cloud of finite points; called once per frame.
+
+    The range-image segmenter also takes the points' `pixels` and the organized cloud's
+    `shape` as keywords; the pipeline passes them to it alone.
+    """
 
     name: str
 
