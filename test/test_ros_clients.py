@@ -113,3 +113,43 @@ def test_sigints_during_shutdown_exit_cleanly(how):
     assert any('answering queries' in line for line in seen), output
     assert 'Traceback' not in output, output
     assert code == 0, (code, output)
+
+
+@pytest.mark.shared
+def test_a_real_ouster_scan_through_the_node_with_the_lidar_preset(shared_dir):
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import PointCloud2
+
+    from segvec3d_ros.io.bags import iter_bag_clouds
+    from test_lidar_scans import LIDAR_PARAMS, check_scan_labels, no_echo
+
+    bag = shared_dir / 'data' / 'lidar' / 'OS-0-128-U1_v2.3.0_1024x10'
+    msg = deserialize_message(next(iter(iter_bag_clouds(bag))).raw, PointCloud2)
+    msg.header = make_header(frame_id=msg.header.frame_id)   # unique, to match the outputs
+    with separate_system(params_file=LIDAR_PARAMS) as up:
+        found = up.publish_until_answered(msg, timeout=90.0)
+        assert found, up.output_text[-3000:]
+        labels = decode_pointcloud2(found['segvec3d/labeled_points']).extra['label']
+        instances = check_scan_labels(labels, no_echo(bag), rows=128)
+        assert len(found['segvec3d/instances'].instances) == instances
+        status = wait_for(lambda: pipeline_status(up), 10.0)
+        assert status and values_of(status)['segmenter'] == 'range_image'
+
+
+def test_marker_text_grows_with_distance_beyond_a_camera_s_range():
+    from visualization_msgs.msg import Marker
+
+    from segvec3d_ros.instances import InstanceInfo
+    from segvec3d_ros.ros.conversions import TEXT_HEIGHT, marker_array_msg
+
+    def at(number: int, centre: list[float]) -> InstanceInfo:
+        return InstanceInfo(id=number, num_points=100, centroid=np.array(centre),
+                            bbox_center=np.array(centre), bbox_quaternion=np.array([0, 0, 0, 1.0]),
+                            bbox_size=np.ones(3), mean_color=np.zeros(4))
+
+    infos = [at(1, [0.0, 0.1, 1.2]), at(2, [0.3, -0.2, 3.0]), at(3, [20.0, 0.0, 0.0]),
+             at(4, [0.0, 30.0, -1.7])]
+    heights = [m.scale.z for m in marker_array_msg(make_header(), infos).markers
+               if m.type == Marker.TEXT_VIEW_FACING]
+    assert heights[:2] == [TEXT_HEIGHT, TEXT_HEIGHT]   # a camera's objects: as before
+    assert heights[2] == pytest.approx(0.24) and heights[3] > 0.35

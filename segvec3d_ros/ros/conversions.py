@@ -18,6 +18,16 @@ from segvec3d_ros.io.pointcloud2 import PackedCloud, encode_pointcloud2
 
 MARKER_ALPHA = 0.35
 TEXT_HEIGHT = 0.04  # m
+# m of text height per m from the frame's origin (the sensor, for a sensor-frame cloud):
+# beyond 3.3 m a label grows with its distance, so that a LiDAR's instances 10-30 m away
+# (0.12-0.36 m labels) read from the sensor's viewpoint as large as a label at 3.3 m; within
+# 3.3 m, where a camera's objects are, TEXT_HEIGHT holds.
+TEXT_HEIGHT_PER_METRE = 0.012
+
+
+def text_height(info: InstanceInfo) -> float:
+    """Return the height of an instance's marker text: TEXT_HEIGHT, or more when it is far."""
+    return max(TEXT_HEIGHT, TEXT_HEIGHT_PER_METRE * float(np.linalg.norm(info.bbox_center)))
 
 
 def pointcloud2_msg(header: Header, packed: PackedCloud) -> PointCloud2:
@@ -103,6 +113,6 @@ def marker_array_msg(header: Header, instances: Sequence[InstanceInfo],
         text.pose.position = Point(x=float(info.bbox_center[0]), y=float(info.bbox_center[1]),
                                    z=float(info.bbox_center[2]))
         text.pose.orientation.w = 1.0
-        text.scale.z = TEXT_HEIGHT
+        text.scale.z = text_height(info)
         markers += [box, text]
     return MarkerArray(markers=markers)
