@@ -67,6 +67,56 @@ def describe_instances(xyz: np.ndarray, rgb: np.ndarray | None, instance_ids: np
             for i, (axes, mid, size), quat in zip(present, boxes, quaternions)]
 
 
+def describe_upright(xyz: np.ndarray, rgb: np.ndarray | None, instance_ids: np.ndarray,
+                     up: np.ndarray) -> list[InstanceInfo]:
+    """Describe every id > 0 like `describe_instances`, with boxes standing on the `up` plane.
+
+    Each box's yaw is its footprint's principal axis instead of the smallest rectangle, so
+    that all boxes come from a few passes over the points (bincounts and ufunc.at): a LiDAR
+    frame's hundred instances take a few ms where one hull per instance took ~25 ms.
+    """
+    ids = np.asarray(instance_ids, dtype=np.int64)
+    members = np.flatnonzero(ids > 0)
+    ids = ids[members]
+    counts = np.bincount(ids, minlength=1)
+    present = np.flatnonzero(counts[1:]) + 1
+    if len(present) == 0:
+        return []
+    up = np.asarray(up, dtype=np.float64) / np.linalg.norm(up)
+    axes = np.column_stack([plane_basis(up), up])     # e1, e2, up: right-handed
+    local = np.asarray(xyz).reshape(-1, 3)[members].astype(np.float64) @ axes
+    num = len(counts)
+    mean = group_means(ids, local, num)
+    centred = local[:, :2] - mean[ids, :2]
+    sxx, syy, sxy = (np.bincount(ids, weights=w, minlength=num) for w in
+                     (centred[:, 0] ** 2, centred[:, 1] ** 2, centred[:, 0] * centred[:, 1]))
+    yaw = 0.5 * np.arctan2(2 * sxy, sxx - syy)        # the footprint's principal axis
+    cos, sin = np.cos(yaw), np.sin(yaw)
+    box = np.column_stack([centred[:, 0] * cos[ids] + centred[:, 1] * sin[ids],
+                           -centred[:, 0] * sin[ids] + centred[:, 1] * cos[ids], local[:, 2]])
+    low, high = np.full((num, 3), np.inf), np.full((num, 3), -np.inf)
+    for axis in range(3):
+        np.minimum.at(low[:, axis], ids, box[:, axis])
+        np.maximum.at(high[:, axis], ids, box[:, axis])
+    low, high = low[present], high[present]
+    mid = (low + high) / 2
+    cos, sin, mean = cos[present], sin[present], mean[present]
+    centre = np.column_stack([mean[:, 0] + mid[:, 0] * cos - mid[:, 1] * sin,
+                              mean[:, 1] + mid[:, 0] * sin + mid[:, 1] * cos, mid[:, 2]])
+    first = cos[:, None] * axes[:, 0] + sin[:, None] * axes[:, 1]
+    rotations = np.stack([first, np.cross(up, first), np.broadcast_to(up, first.shape)], axis=2)
+    quaternions = Rotation.from_matrix(rotations).as_quat()
+    colours = np.zeros((num, 4))
+    if rgb is not None:
+        colours[:, :3] = group_means(ids, np.asarray(rgb)[members], num) / 255.0
+        colours[:, 3] = 1.0
+    centroids, centres = mean @ axes.T, centre @ axes.T
+    return [InstanceInfo(id=int(i), num_points=int(counts[i]), centroid=centroids[k],
+                         bbox_center=centres[k], bbox_quaternion=quaternions[k],
+                         bbox_size=high[k] - low[k], mean_color=colours[i])
+            for k, i in enumerate(present)]
+
+
 def _oriented_box(centered: np.ndarray,
                   plane_axes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Box axes (3, 3) as columns, box centre in box axes from the centroid, edge lengths."""

@@ -5,9 +5,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+from scipy.spatial.transform import Rotation
 
 from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.config import PipelineConfig
+from segvec3d_ros.instances import describe_instances, describe_upright
 from segvec3d_ros.pipeline import Pipeline
 from segvec3d_ros.segmentation.range_image import destagger
 
@@ -184,3 +186,31 @@ def test_min_range_drops_the_vehicle_itself():
 def test_degenerate_scans_do_not_raise(cloud):
     result = Pipeline(lidar_config()).process(cloud)
     assert len(result.labels) == len(cloud)
+
+
+def test_upright_boxes_hold_their_points_and_stand_on_the_plane():
+    rng = np.random.default_rng(5)
+    up = np.array([0.1, -0.2, 1.0]) / np.linalg.norm([0.1, -0.2, 1.0])
+    tilt = Rotation.align_vectors([up], [[0, 0, 1.0]])[0]
+    parts = [tilt.apply(Rotation.from_euler('z', rng.uniform(0, np.pi)).apply(
+        rng.uniform(-0.5, 0.5, (400, 3)) * rng.uniform(0.2, 4, 3)) + rng.uniform(-20, 20, 3))
+        for _ in range(12)]
+    xyz = np.concatenate(parts)
+    ids = np.repeat(np.arange(1, 13), 400)
+    ids[::5] = 0
+    rgb = rng.integers(0, 256, (len(xyz), 3)).astype(np.uint8)
+    upright = describe_upright(xyz, rgb, ids, up)
+    hull = describe_instances(xyz, rgb, ids, up)
+    assert [i.id for i in upright] == [i.id for i in hull] == list(range(1, 13))
+    for box, reference in zip(upright, hull):
+        assert box.num_points == reference.num_points == 320
+        np.testing.assert_allclose(box.centroid, reference.centroid, atol=1e-9)
+        np.testing.assert_allclose(box.mean_color, reference.mean_color, atol=1e-12)
+        axes = Rotation.from_quat(box.bbox_quaternion).as_matrix()
+        assert abs(np.linalg.det(axes) - 1) < 1e-9
+        np.testing.assert_allclose(axes[:, 2], up, atol=1e-9)
+        local = (xyz[ids == box.id] - box.bbox_center) @ axes
+        assert (np.abs(local) <= box.bbox_size / 2 + 1e-9).all()
+        # A box's faces touch its points on every side: it is the tightest at its yaw.
+        np.testing.assert_allclose(np.abs(local).max(axis=0), box.bbox_size / 2, atol=1e-9)
+    assert describe_upright(xyz, None, np.zeros(len(xyz), int), up) == []
