@@ -1,6 +1,8 @@
 """The ROS-free frame processor that nodes, CLI, bag tools and tests call.
 
 filter -> voxelise -> cap -> segment -> up-project to input points -> drop small -> describe.
+An organized cloud for the range-image segmenter skips voxelise and cap: its scan's pixels are
+the working points.
 """
 from __future__ import annotations
 
