@@ -81,7 +81,9 @@ class RangeImageSegmenter:
         timings['cluster'] = perf_counter() - tick
         tick = perf_counter()
         if cfg.wall_extent > 0:
-            walls = np.isin(ids, wall_ids(pts, ids, up, cfg.wall_extent))
+            # Upright about the ground when there is one: the sensor may be mounted tilted.
+            level = up if normal is None else normal
+            walls = np.isin(ids, wall_ids(pts, ids, level, cfg.wall_extent))
             support |= walls
             ids[walls] = 0
         timings['walls'] = perf_counter() - tick
