@@ -44,12 +44,18 @@ def point_colours(cloud: Cloud, labels: np.ndarray, highlight: int | None = None
 
 
 def scene_image(cloud: Cloud, labels: np.ndarray, highlight: int | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 picture of the cloud coloured by `point_colours`."""
+    """(H, W, 3) uint8 picture of the cloud coloured by `point_colours`.
+
+    An organized cloud in front of an optical frame is its own image; any other cloud is
+    projected, so a spinning LiDAR's scan, whose rows drivers publish staggered in azimuth, is
+    drawn from above.
+    """
     colours = point_colours(cloud, labels, highlight)
-    if cloud.is_organized:
-        return colours.reshape(cloud.height, cloud.width, 3)
     valid = cloud.valid
-    return _projected(cloud.xyz[valid].astype(np.float64), colours[valid])
+    xyz = cloud.xyz[valid].astype(np.float64)
+    if cloud.is_organized and looks_forward(xyz):
+        return colours.reshape(cloud.height, cloud.width, 3)
+    return _projected(xyz, colours[valid])
 
 
 def looks_forward(xyz: np.ndarray) -> bool:

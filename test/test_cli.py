@@ -236,6 +236,18 @@ def test_unorganized_picture_is_a_pinhole_view_where_nearer_points_hide_farther_
     assert is_wall[rows.min():rows.max() + 1, cols.min():cols.max() + 1].sum() == 0
 
 
+def test_an_organized_scan_in_a_body_frame_is_drawn_from_above():
+    # A spinning LiDAR's rows: z up, points all around the sensor, 16 x 360.
+    azimuth = np.radians(np.arange(360))
+    elevation = np.radians(np.linspace(-15, 15, 16))[:, None]
+    scan = np.stack([10 * np.cos(azimuth) * np.cos(elevation),
+                     10 * np.sin(azimuth) * np.cos(elevation),
+                     10 * np.sin(elevation) * np.ones_like(azimuth)], axis=-1).reshape(-1, 3)
+    image = scene_image(Cloud(scan, height=16, width=360), np.zeros(len(scan), np.uint32))
+    height, width = image.shape[:2]
+    assert (height, width) != (16, 360) and abs(height - width) <= 0.1 * width  # a ring
+
+
 def test_clouds_not_in_an_optical_frame_are_drawn_from_above():
     rng = np.random.default_rng(1)
     room = np.column_stack([rng.uniform(-4, 4, 5000), rng.uniform(-3, 3, 5000),
