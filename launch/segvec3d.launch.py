@@ -14,10 +14,9 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+from segvec3d_ros.names import PACKAGE, QUERY_NODE, SEGMENTATION_NODE
 from segvec3d_ros.ros.launch_arguments import (parameter_overrides, params_file_for,
                                                profile_environment)
-
-PACKAGE = 'segvec3d_ros'
 
 
 def _nodes(context: LaunchContext) -> list[Node]:
@@ -29,12 +28,12 @@ def _nodes(context: LaunchContext) -> list[Node]:
     params_file = params_file_for(value('sensor'), value('params_file'), config_dir)
     env = profile_environment(value('large_clouds_profile'), os.environ, config_dir)
     segmentation = Node(
-        package=PACKAGE, executable='segmentation_node', name='segvec3d_segmentation',
+        package=PACKAGE, executable='segmentation_node', name=SEGMENTATION_NODE,
         namespace=value('namespace'), output='screen', emulate_tty=True,
         parameters=[params_file, parameter_overrides({'device': value('device')})],
         remappings=[('points', value('points_topic'))], additional_env=env)
     query = Node(
-        package=PACKAGE, executable='query_node', name='segvec3d_query',
+        package=PACKAGE, executable='query_node', name=QUERY_NODE,
         namespace=value('namespace'), output='screen', emulate_tty=True,
         parameters=[params_file], additional_env=env)
     return [segmentation, query]

@@ -10,6 +10,7 @@ from xml.etree import ElementTree
 import pytest
 import yaml
 
+from segvec3d_ros import names
 from segvec3d_ros.cli.common import pipeline_config
 from segvec3d_ros.ros.launch_arguments import (CYCLONE_DDS_PROFILE, FAST_DDS_PROFILE,
                                                SENSOR_PARAMS, parameter_overrides,
@@ -30,9 +31,14 @@ def _launch_calls(name: str) -> list[ast.Call]:
 
 
 def _module_constants() -> dict[str, str]:
+    """The launch file's string constants, its own and those it imports from names.py."""
     tree = ast.parse(LAUNCH_FILE.read_text())
-    return {node.targets[0].id: node.value.value for node in tree.body
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)}
+    constants = {node.targets[0].id: node.value.value for node in tree.body
+                 if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == 'segvec3d_ros.names':
+            constants.update({alias.name: getattr(names, alias.name) for alias in node.names})
+    return constants
 
 
 def _keyword(call: ast.Call, name: str) -> str | None:

@@ -25,14 +25,16 @@ from segvec3d_ros.cli.common import pipeline_config, pipeline_or_warn
 from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.io.bags import POINTCLOUD2, STORAGES, BagError, BagWriter, iter_bag_clouds
 from segvec3d_ros.io.pointcloud2 import CloudDecodeError, decode_pointcloud2, encode_pointcloud2
-from segvec3d_ros.names import SEGMENTATION_NODE
+from segvec3d_ros.names import (INSTANCES_TOPIC as NODE_INSTANCES_TOPIC, LABELED_POINTS_TOPIC,
+                                MARKERS_TOPIC as NODE_MARKERS_TOPIC, SEGMENTATION_NODE)
 from segvec3d_ros.pipeline import Pipeline
 from segvec3d_ros.ros.conversions import (instance_array_msg, labeled_cloud_msg, marker_array_msg,
                                           pointcloud2_msg)
 
-LABELED_TOPIC = '/segvec3d/labeled_points'
-INSTANCES_TOPIC = '/segvec3d/instances'
-MARKERS_TOPIC = '/segvec3d/markers'
+# The node's outputs, as a bag recorded at the root namespace holds them.
+LABELED_TOPIC = f'/{LABELED_POINTS_TOPIC}'
+INSTANCES_TOPIC = f'/{NODE_INSTANCES_TOPIC}'
+MARKERS_TOPIC = f'/{NODE_MARKERS_TOPIC}'
 INSTANCE_ARRAY = 'segvec3d_msgs/msg/InstanceArray'
 MARKER_ARRAY = 'visualization_msgs/msg/MarkerArray'
 
