@@ -45,8 +45,9 @@ def make_segmenter(config: PipelineConfig) -> Segmenter:
 def pipeline_or_baseline(config: PipelineConfig) -> tuple[Pipeline, str | None]:
     """Pipeline `config` describes or, when its model cannot be loaded, the euclidean one.
 
-    Returns the pipeline and, after a fallback, the reason in one line (torch's unpickling
-    errors span several, and logs must stay greppable). Invalid settings still raise.
+    Returns the pipeline and, after a fallback, the warning to give, naming the reason in one
+    line (torch's unpickling errors span several, and logs must stay greppable). Invalid
+    settings still raise.
     """
     try:
         return Pipeline(config), None
@@ -55,7 +56,9 @@ def pipeline_or_baseline(config: PipelineConfig) -> tuple[Pipeline, str | None]:
             raise
         config.validate()  # a settings problem is the user's to fix, not a reason to fall back
         reason = ' '.join(str(error).split())
-        return Pipeline(dataclasses.replace(config, segmenter='euclidean')), reason
+        warning = (f'cannot start the {config.segmenter} segmenter ({reason}); falling back to '
+                   'the euclidean segmenter')
+        return Pipeline(dataclasses.replace(config, segmenter='euclidean')), warning
 
 
 @dataclass

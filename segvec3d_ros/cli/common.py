@@ -44,10 +44,9 @@ def pipeline_or_warn(config: PipelineConfig, command: str) -> Pipeline:
 
     The fallback comes with a warning naming the reason on stderr, as the node does.
     """
-    pipeline, reason = pipeline_or_baseline(config)
-    if reason is not None:
-        print(f'{command}: warning: cannot start the {config.segmenter} segmenter ({reason}); '
-              'falling back to the euclidean segmenter', file=sys.stderr)
+    pipeline, warning = pipeline_or_baseline(config)
+    if warning is not None:
+        print(f'{command}: warning: {warning}', file=sys.stderr)
     return pipeline
 
 

@@ -104,17 +104,15 @@ class SegmentationNode(Node):
         """Build the configured pipeline, or fall back to the euclidean one if allowed."""
         try:
             if self._settings.fallback_to_euclidean:
-                pipeline, reason = pipeline_or_baseline(config)
+                pipeline, warning = pipeline_or_baseline(config)
             else:
-                pipeline, reason = Pipeline(config), None
+                pipeline, warning = Pipeline(config), None
         except (ValueError, OSError) as error:
             reason = ' '.join(str(error).split())
             self.get_logger().fatal(f'cannot start the {config.segmenter} segmenter: {reason}')
             raise StartupError(reason) from error
-        if reason is not None:
-            self.get_logger().warning(
-                f'cannot start the {config.segmenter} segmenter ({reason}); '
-                'falling back to the euclidean segmenter')
+        if warning is not None:
+            self.get_logger().warning(warning)
             self.set_parameters([Parameter('segmenter', value='euclidean')])
         return pipeline
 
