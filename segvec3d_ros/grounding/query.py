@@ -41,10 +41,18 @@ SIZE_WORDS = {**dict.fromkeys(('largest', 'biggest', 'larger', 'bigger', 'large'
                                'huge'), ('volume', 1.0)),
               **dict.fromkeys(('smallest', 'smaller', 'small', 'little', 'tiny', 'tiniest'),
                               ('volume', -1.0)),
-              **dict.fromkeys(('tallest', 'taller', 'tall', 'highest', 'higher', 'high'),
-                              ('height', 1.0)),
-              **dict.fromkeys(('shortest', 'shorter', 'short', 'lowest', 'flattest', 'flat'),
-                              ('height', -1.0))}
+              **dict.fromkeys(('tallest', 'taller', 'tall'), ('height', 1.0)),
+              **dict.fromkeys(('shortest', 'shorter', 'short', 'flattest', 'flat'),
+                              ('height', -1.0)),
+              # Where it is, not how tall it is: the top of a stack is 'highest' however thin.
+              **dict.fromkeys(('highest', 'higher', 'high', 'top', 'topmost', 'uppermost'),
+                              ('elevation', 1.0)),
+              **dict.fromkeys(('lowest', 'lower', 'low', 'bottom', 'bottommost', 'lowermost'),
+                              ('elevation', -1.0))}
+# 'on top' / 'at the top' / 'at the bottom' without an anchor are elevation superlatives, not
+# the relation 'on' with the anchor 'top'.
+_POSITION_PHRASES = ((r'\b(on|at) (the )?top\b(?! of)', 'topmost'),
+                     (r'\b(at|on) (the )?bottom\b(?! of)', 'bottommost'))
 # Binary relations, longest phrases first so that 'on top of' wins over 'on'.
 RELATIONS = (('to the left of', 'left of'), ('on the left of', 'left of'), ('left of', 'left of'),
              ('to the right of', 'right of'), ('on the right of', 'right of'),
@@ -158,6 +166,8 @@ def parse_phrase(text: str) -> Phrase:
 def parse_query(text: str) -> ParsedQuery:
     """Split cleaned text into target phrase, relation, anchor phrase and camera superlatives."""
     words = ' '.join(re.sub(r"[^\w\s]", ' ', text.lower()).split())
+    for pattern, word in _POSITION_PHRASES:
+        words = re.sub(pattern, word, words)
     unary = []
     for pattern, name in UNARY:
         found = re.search(pattern, words)
@@ -347,9 +357,15 @@ class QueryEngine:
             parts.append(f"colour '{phrase.colour}' ignored (the cloud has no colour)")
         if phrase.size:
             measure, sign = SIZE_WORDS[phrase.size]
-            values = np.log(geometry.volume) if measure == 'volume' else \
-                np.log(np.maximum(2 * geometry.half[:, 2], 1e-3))
-            scores += _rank_term(sign * values, np.exp(scores), _SIZE_SCALE)
+            if measure == 'elevation':
+                # the top of the box above the support: metres, ranked like positions
+                values, scale = geometry.center @ geometry.up + geometry.half[:, 2], \
+                    _POSITION_SCALE
+            else:
+                values = np.log(geometry.volume) if measure == 'volume' else \
+                    np.log(np.maximum(2 * geometry.half[:, 2], 1e-3))
+                scale = _SIZE_SCALE
+            scores += _rank_term(sign * values, np.exp(scores), scale)
             parts.append(f"size '{phrase.size}' (box {measure})")
         return scores
 
