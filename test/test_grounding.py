@@ -177,9 +177,10 @@ def test_captions_are_true_of_exactly_the_instances_their_words_name():
         assert bank.truth[index, mug, red, small]
         assert not bank.truth[index, mug, red, 0]
         assert bank.truth[index].sum() == 1
-    cylinder = [i for i, t in enumerate(texts) if t.split()[-1] == 'cylinder'
-                and len(t.split()) <= 2]
-    assert cylinder and bank.truth[cylinder[0], CATEGORIES.index('can')].all()
+    green = OBJECT_COLOURS.index('green')
+    cylinder = [i for i, t in enumerate(texts) if t in ('the green cylinder', 'green cylinder')]
+    for shape in ('can', 'bottle', 'jar'):
+        assert cylinder and bank.truth[cylinder[0], CATEGORIES.index(shape), green].all()
     assert not bank.truth[cylinder[0], CATEGORIES.index('ball')].any()
     # The label vocabulary's words for things the generator never draws are true of nothing.
     for word in set(DEFAULT_VOCABULARY) - set(CATEGORIES):
@@ -371,6 +372,9 @@ def test_a_proposed_split_is_taken_when_its_parts_are_likelier_whole_objects(par
      []),
     ('the mug in front of the box', ('mug', '', ''), 'in front of', ('box', '', ''), []),
     ('the farthest bowl', ('bowl', '', ''), '', None, ['farthest from the camera']),
+    ('the box on top', ('box', '', 'topmost'), '', None, []),
+    ('the top box', ('box', '', 'top'), '', None, []),
+    ('the highest object', ('', '', 'highest'), '', None, []),
 ])
 def test_parser_extracts_colour_size_relation_and_camera_words(text, target, relation, anchor,
                                                                unary):
@@ -415,6 +419,9 @@ def _learned_engine(instances: list[InstanceInfo]) -> QueryEngine:
     ('the largest box', 4), ('the smallest box', 6), ('the object closest to the camera', 6),
     ('the box behind the bowl', 4), ('the leftmost object', 1),
     ('the box in front of the bowl', 6), ('the can', 5),
+    # elevation above the support, not height: the can on the box is highest, the box tallest
+    ('the highest object', 5), ('the object on top', 5), ('the tallest object', 4),
+    ('the lowest object', 6),
 ])
 def test_queries_resolve_attributes_and_relations_on_hand_made_boxes(text, expected, learned):
     instances = _scene()
