@@ -117,8 +117,8 @@ def dataclass_from_yaml(path: str | Path, settings_class: type, what: str) -> An
 OTHER = 'other'
 # The generator's categories (data.scenes.CATEGORIES) and common tabletop objects it does not
 # draw, which an instance of those categories should not be mistaken for.
-DEFAULT_VOCABULARY = ['box', 'can', 'bottle', 'bowl', 'mug', 'ball', 'book', 'plate', 'banana',
-                      'apple', 'keyboard', 'phone']
+DEFAULT_VOCABULARY = ['box', 'can', 'bottle', 'bowl', 'mug', 'ball', 'book', 'cup', 'plate',
+                      'carton', 'jar', 'toy', 'banana', 'apple', 'keyboard', 'phone']
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,11 @@ from segvec3d_ros.data import meshes
 from segvec3d_ros.data.sensor import SENSORS, DepthSensor, Frame, render_depth
 
 KINDS = ('tabletop', 'room')
-CATEGORIES = ('box', 'can', 'bottle', 'bowl', 'mug', 'ball', 'book')
+CATEGORIES = ('box', 'can', 'bottle', 'bowl', 'mug', 'ball', 'book', 'cup', 'plate', 'carton',
+              'jar', 'toy')
+# Lying on their side (bottles, cans, cartons) or upside down (bowls, cups) this often.
+LYING = {'bottle': 0.3, 'can': 0.25, 'carton': 0.2, 'cup': 0.15}
+UPSIDE_DOWN = {'bowl': 0.25, 'cup': 0.2}
 STACKABLE = ('box', 'book')     # flat tops that can carry another box or book
 MAX_STACK = 3                   # objects in one stack, the lowest included
 
@@ -40,12 +44,17 @@ FURNITURE_COLOURS: dict[str, tuple[str, ...]] = {
 # largest extent (m) below which an instance is 'small' and above which it is 'large'
 SIZE_THRESHOLDS: dict[str, tuple[float, float]] = {
     'box': (0.12, 0.22), 'can': (0.10, 0.15), 'bottle': (0.20, 0.27), 'bowl': (0.14, 0.21),
-    'mug': (0.11, 0.135), 'ball': (0.10, 0.18), 'book': (0.18, 0.25), 'table': (1.2, 1.6),
+    'mug': (0.11, 0.135), 'ball': (0.10, 0.18), 'book': (0.18, 0.25), 'cup': (0.08, 0.11),
+    'plate': (0.2, 0.26), 'carton': (0.2, 0.26), 'jar': (0.1, 0.14), 'toy': (0.09, 0.15),
+    'table': (1.2, 1.6),
     'chair': (0.85, 0.95), 'cabinet': (0.9, 1.5), 'shelf': (1.1, 1.6),
 }
 # IR-absorbing and glossy surfaces lose many more returns on real sensors
 DARK_DROPOUT_GAIN = 4.0
-GLOSSY_DROPOUT_GAIN = {'bottle': 4.0}
+GLOSSY_DROPOUT_GAIN = {'bottle': 4.0, 'jar': 3.0, 'can': 2.0}
+# Non-objects that are no support either: a robot arm in view is background, like a wall.
+BACKGROUND = ('robot',)
+ROBOT_COLOURS = ('gray', 'white', 'black', 'orange', 'blue')
 
 
 @dataclass
@@ -61,6 +70,9 @@ class SceneConfig:
     touch_prob: float = 0.3                     # an object goes right beside another one
     floor_prob: float = 0.7                     # tabletop: floor under the table
     wall_prob: float = 0.5                      # tabletop: wall behind the table
+    clutter_prob: float = 0.5                   # tabletop: a second table, shelf or chairs
+    robot_prob: float = 0.3                     # tabletop: a robot arm reaching into view
+    hold_prob: float = 0.5                      # ... holding an object in the air
     noise: bool = True                          # depth noise, quantisation, colour noise
     dropout: bool = True                        # missing returns of every kind
     max_depth: float | None = None              # crop beyond this z, e.g. to match a dataset
@@ -178,6 +190,8 @@ class _Item:
     rgb: tuple[int, int, int]
     vertices: np.ndarray
     triangles: np.ndarray
+    triangle_parts: np.ndarray      # (T,) part of each triangle; part 0 has the item's colour
+    part_rgbs: np.ndarray           # (P, 3) colour of each part
     size: np.ndarray
     yaw: float
     is_support: bool
@@ -185,27 +199,63 @@ class _Item:
     dropout_gain: float
 
 
-def _sample_object(category: str, rng: np.random.Generator) -> o3d.geometry.TriangleMesh:
-    """Mesh of one tabletop object of `category` with realistic random dimensions."""
+def _sample_object(category: str, rng: np.random.Generator) -> meshes.Parts:
+    """Parts of one tabletop object of `category` with realistic random dimensions and pose.
+
+    Part 0 is the body; caps, lids, labels and a toy's pieces come after it.
+    """
     u = rng.uniform
     if category == 'box':
-        dims = np.clip(u(0.05, 0.25) * u(0.6, 1.4, 3), 0.03, 0.35)
-        return meshes.box(*dims)
-    if category == 'can':
-        return meshes.can(u(0.025, 0.055), u(0.07, 0.20))
-    if category == 'bottle':
-        return meshes.bottle(u(0.028, 0.045), u(0.15, 0.33))
-    if category == 'bowl':
+        # cereal and cracker boxes are thin, tea boxes cubes, shoe boxes long and flat
+        parts = [meshes.box(*np.exp(u(np.log(0.03), np.log(0.3), 3)))]
+    elif category == 'can':
+        radius = u(0.025, 0.055)
+        height = u(0.04, 0.09) if rng.random() < 0.3 else u(0.08, 0.20)   # tins, cans
+        parts = meshes.tin(radius, height, label=rng.random() < 0.6)
+    elif category == 'bottle':
+        shape = rng.random()
+        if shape < 0.6:
+            parts = meshes.capped_bottle(u(0.025, 0.045), u(0.15, 0.33), rng.random() < 0.5)
+        elif shape < 0.8:
+            parts = meshes.squeeze_bottle(u(0.03, 0.045), u(0.14, 0.24), u(0.45, 0.7))
+        else:
+            parts = meshes.spray_bottle(u(0.035, 0.05), u(0.2, 0.3))
+    elif category == 'bowl':
         radius = u(0.05, 0.13)
-        return meshes.bowl(radius, radius * u(0.4, 0.65))
-    if category == 'mug':
-        return meshes.mug(u(0.035, 0.05), u(0.07, 0.12))
-    if category == 'ball':
-        return meshes.ball(u(0.03, 0.12))
-    if category == 'book':
+        parts = [meshes.bowl(radius, radius * u(0.4, 0.65))]
+    elif category == 'mug':
+        parts = [meshes.mug(u(0.035, 0.05), u(0.07, 0.12))]
+    elif category == 'ball':
+        parts = [meshes.ball(u(0.03, 0.12))]
+    elif category == 'book':
         width = u(0.13, 0.30)
-        return meshes.box(width, width * u(0.65, 0.8), u(0.01, 0.06))
-    raise ValueError(f'unknown object category {category!r}')
+        parts = [meshes.box(width, width * u(0.65, 0.8), u(0.01, 0.06))]
+    elif category == 'cup':
+        parts = meshes.cup(u(0.03, 0.05), u(0.06, 0.13), u(0.65, 0.85))
+    elif category == 'plate':
+        parts = meshes.plate(u(0.08, 0.14), u(0.012, 0.03))
+    elif category == 'carton':
+        width = u(0.06, 0.1)
+        parts = meshes.carton(width, width * u(0.6, 1.0), u(0.12, 0.25), rng.random() < 0.5)
+    elif category == 'jar':
+        parts = meshes.jar(u(0.03, 0.06), u(0.07, 0.16))
+    elif category == 'toy':
+        parts = meshes.toy(int(rng.integers(3)), u(0.06, 0.16), rng)
+    else:
+        raise ValueError(f'unknown object category {category!r}')
+    if rng.random() < LYING.get(category, 0.0):
+        return meshes.lying(parts, rng)
+    if rng.random() < UPSIDE_DOWN.get(category, 0.0):
+        return meshes.upside_down(parts)
+    return parts
+
+
+def _rotation_about(axis: tuple[float, float, float], angle: float) -> np.ndarray:
+    """3 x 3 rotation by `angle` (rad) about the unit `axis` (Rodrigues)."""
+    k = np.asarray(axis, dtype=float)
+    k /= np.linalg.norm(k)
+    cross = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    return np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
 
 
 def _look_at(eye: np.ndarray, target: np.ndarray, roll: float) -> np.ndarray:
@@ -233,30 +283,47 @@ class _Builder:
 
     # -- instances
 
-    def add(self, category: str, mesh: o3d.geometry.TriangleMesh, xyz: np.ndarray, yaw: float,
-            color_name: str | None = None, is_support: bool = False,
-            on_top_of: int | None = None) -> int:
-        """Add `mesh` (local frame) at world position xyz with yaw; returns the instance id."""
+    def _rgb(self, color_name: str) -> tuple[int, int, int]:
+        """One unit's colour of the named colour: paints and prints vary."""
+        return tuple(int(c) for c in np.clip(
+            np.add(PALETTE[color_name], self.rng.integers(-12, 13, 3)), 0, 255))
+
+    def add(self, category: str, parts: o3d.geometry.TriangleMesh | meshes.Parts,
+            xyz: np.ndarray, yaw: float, color_name: str | None = None,
+            is_support: bool = False, on_top_of: int | None = None,
+            rotation: np.ndarray | None = None) -> int:
+        """Add `parts` (local frame) at world position xyz with yaw; returns the instance id.
+
+        The first part has the instance's colour, every other part one of its own. `rotation`
+        (3 x 3), when given, replaces the yaw's: a held or leaning object.
+        """
         rng = self.rng
         if color_name is None:
-            palette = FURNITURE_COLOURS.get(category, OBJECT_COLOURS)
+            palette = (ROBOT_COLOURS if category in BACKGROUND
+                       else FURNITURE_COLOURS.get(category, OBJECT_COLOURS))
             color_name = palette[rng.integers(len(palette))]
-        rgb = tuple(int(c) for c in np.clip(np.add(PALETTE[color_name], rng.integers(-12, 13, 3)),
-                                            0, 255))
+        mesh, owner = meshes.merge_parts(parts if isinstance(parts, list) else [parts])
+        part_rgbs = np.array([self._rgb(color_name)] + [
+            self._rgb(OBJECT_COLOURS[rng.integers(len(OBJECT_COLOURS))])
+            for _ in range(int(owner.max(initial=0)))], dtype=np.float32)
         local = np.asarray(mesh.vertices)
         rot = np.eye(3)
         rot[:2, :2] = _rotation(yaw)
+        if rotation is not None:
+            rot = rotation
         gain = (DARK_DROPOUT_GAIN if color_name == 'black' else 1.0) \
             * GLOSSY_DROPOUT_GAIN.get(category, 1.0)
         self.items.append(_Item(
-            category=category, color_name=color_name, rgb=rgb,
+            category=category, color_name=color_name, rgb=tuple(int(c) for c in part_rgbs[0]),
             vertices=local @ rot.T + xyz, triangles=np.asarray(mesh.triangles),
+            triangle_parts=owner, part_rgbs=part_rgbs,
             size=local.max(0) - local.min(0), yaw=float(yaw), is_support=is_support,
             on_top_of=on_top_of, dropout_gain=gain))
         return len(self.items)
 
     def place(self, surface: _Surface, category: str,
-              mesh: o3d.geometry.TriangleMesh | None = None, touching: bool = False,
+              mesh: o3d.geometry.TriangleMesh | meshes.Parts | None = None,
+              touching: bool = False,
               yaw_step: float | None = None, margin: float = 0.01, tries: int = 30) -> int | None:
         """Stand an object of `category` on `surface` without interpenetration.
 
@@ -265,7 +332,8 @@ class _Builder:
         """
         rng = self.rng
         mesh = mesh if mesh is not None else _sample_object(category, rng)
-        local = np.asarray(mesh.vertices)
+        local = np.concatenate([np.asarray(m.vertices)
+                                for m in (mesh if isinstance(mesh, list) else [mesh])])
         lo, hi = local[:, :2].min(0), local[:, :2].max(0)
         for _ in range(tries):
             if touching and surface.footprints:
@@ -342,27 +410,109 @@ class _Builder:
         """Build a table with objects, maybe floor and a wall behind; returns the camera aim."""
         rng, config = self.rng, self.config
         width, depth, height = rng.uniform(0.8, 1.8), rng.uniform(0.6, 1.0), rng.uniform(0.7, 0.78)
+        table_half = np.array([width, depth]) / 2
         table_id = self.add('table', meshes.table(width, depth, height), np.zeros(3), 0.0,
                             is_support=True)
         wall = rng.random() < config.wall_prob
+        floor_id = None
         if rng.random() < config.floor_prob:
-            self.add('floor', meshes.box(8.0, 8.0, 0.02, z=-0.02), np.zeros(3), 0.0,
-                     is_support=True)
+            floor_id = self.add('floor', meshes.box(8.0, 8.0, 0.02, z=-0.02), np.zeros(3), 0.0,
+                                is_support=True)
+        wall_y = depth / 2 + 0.05 + rng.uniform(0.0, 0.3)
         if wall:
-            self.add('wall', meshes.box(8.0, 0.1, 2.6),
-                     np.array([0, depth / 2 + 0.05 + rng.uniform(0.0, 0.3), 0]), 0.0,
+            self.add('wall', meshes.box(8.0, 0.1, 2.6), np.array([0, wall_y, 0]), 0.0,
                      is_support=True)
+        # furniture around the table stays within a few metres of it, in front of the wall
+        floor = _Surface(floor_id or table_id, np.zeros(2), 0.0,
+                         np.array([2.5, wall_y if wall else 2.5]), 0.0)
+        floor.footprints.append(_corners(-table_half, table_half, np.zeros(2), 0.0))
+        floor.yaws.append(0.0)
+        if rng.random() < config.clutter_prob:
+            self._surroundings(floor, _Surface(table_id, np.zeros(2), 0.0, table_half, height))
+        self.eye_keepout = floor.footprints[1:]
         # objects crowd a workspace the camera is aimed at, as in tabletop datasets; it grows
         # with their number so that most of them still fit
         count = int(rng.integers(config.num_objects[0], config.num_objects[1] + 1))
-        table_half = np.array([width, depth]) / 2
         half = (np.array([rng.uniform(0.25, 0.5), rng.uniform(0.2, 0.35)])
                 * max(1, count / 8) ** 0.5)
         half = np.minimum(half, table_half - 0.02)
         centre = rng.uniform(half - table_half, table_half - half)
         self.objects_on(_Surface(table_id, centre, 0.0, half, height), count)
+        if rng.random() < config.robot_prob:
+            self._robot_arm(np.array([*centre, height]), half)
+        # from nearly top-down to low and oblique, as wrist, head and fixed cameras see tables
         return _Aim(np.array([*centre, height]), (-60.0, 60.0) if wall else (-180.0, 180.0),
-                    (0.6, 1.5), (30.0, 75.0))
+                    (0.4, 1.6), (15.0, 88.0))
+
+    def _surroundings(self, floor: _Surface, table: _Surface) -> None:
+        """Furniture around the table: a second table with objects, a shelf, chairs."""
+        rng = self.rng
+        u = rng.uniform
+        if rng.random() < 0.5:
+            w, d, h = u(0.6, 1.6), u(0.5, 0.9), u(0.45, 0.9)
+            iid = self.place(floor, 'table', meshes.table(w, d, h), yaw_step=np.pi / 2,
+                             margin=0.05)
+            if iid is not None:
+                item = self.items[iid - 1]
+                item.is_support = True
+                centre = (item.vertices.min(0) + item.vertices.max(0))[:2] / 2
+                second = _Surface(iid, centre, item.yaw, np.array([w, d]) / 2 - 0.03, h)
+                self.objects_on(second, int(rng.integers(0, 5)))
+        if rng.random() < 0.4:
+            w, d, h = u(0.5, 1.0), u(0.25, 0.4), u(0.8, 1.9)
+            levels = int(rng.integers(2, 5))
+            iid = self.place(floor, 'shelf', meshes.shelf(w, d, h, levels), yaw_step=np.pi / 2,
+                             margin=0.05)
+            if iid is not None:
+                item = self.items[iid - 1]
+                item.is_support = True
+                centre = (item.vertices.min(0) + item.vertices.max(0))[:2] / 2
+                for board_z in np.linspace(0.0, h - 0.02, levels + 1)[1:-1] + 0.02:
+                    board = _Surface(iid, centre, item.yaw, np.array([w, d]) / 2 - 0.04,
+                                     float(board_z))
+                    self.objects_on(board, int(rng.integers(0, 3)))
+        for _ in range(int(rng.integers(0, 3))):
+            self._chair_at(floor, table)
+
+    def _robot_arm(self, workspace: np.ndarray, half: np.ndarray) -> None:
+        """A robot arm reaching down into the view, its gripper maybe holding an object.
+
+        The arm is background (like a wall); an object in its fingers is an object, which
+        must come out apart from the fingers that touch it.
+        """
+        rng = self.rng
+        u = rng.uniform
+        held: meshes.Parts | None = None
+        category = ''
+        if rng.random() < self.config.hold_prob:
+            category = ('bottle', 'can', 'box', 'cup', 'carton', 'toy')[rng.integers(6)]
+            held = _sample_object(category, rng)
+        held_width = 0.04
+        held_height = 0.0
+        if held is not None:
+            vertices = np.concatenate([np.asarray(p.vertices) for p in held])
+            extent = vertices.max(0) - vertices.min(0)
+            held_width = float(min(extent[0], extent[1]))
+            held_height = float(extent[2])
+        # gripper frame: tool axis -z, fingertips at the origin, fingers along +-x
+        finger = 0.012
+        opening = held_width / 2 + finger / 2
+        parts = [meshes.box(finger, 0.025, 0.07, x=sx * opening, z=0.0) for sx in (-1, 1)]
+        parts.append(meshes.box(2 * opening + 2 * finger, 0.05, 0.04, z=0.07))
+        link_r = u(0.03, 0.05)
+        forearm = u(0.2, 0.45)
+        parts.append(meshes.lathe(np.array([0.0, link_r, link_r, 0.0]),
+                                  np.array([0.11, 0.11, 0.11 + forearm, 0.11 + forearm])))
+        tilt = u(0.0, np.radians(50))
+        heading = u(0, 2 * np.pi)
+        rotation = _rotation_about((np.cos(heading), np.sin(heading), 0.0), tilt)
+        lift = held_height + 0.02 if held is not None else u(0.02, 0.3)
+        tip = workspace + np.array([*(u(-1, 1, 2) * half), lift + u(0.0, 0.15)])
+        self.add('robot', [meshes.merge(parts)], tip, 0.0, is_support=True, rotation=rotation)
+        if held is not None:
+            # upright in the gripper, its top 4 cm between the fingertips
+            offset = rotation @ np.array([0.0, 0.0, -held_height + 0.04])
+            self.add(category, held, tip + offset, 0.0, rotation=rotation)
 
     def room(self) -> _Aim:
         """Build a room with furniture and objects on its tables; returns the camera aim."""
@@ -467,9 +617,8 @@ class _Builder:
 
     def _eye_free(self, eye: np.ndarray) -> bool:
         """Whether the camera is inside the room (if any) and clear of the furniture."""
-        if self.room_half is None:
-            return True
-        if (np.abs(eye[:2]) > self.room_half - 0.3).any() or eye[2] > 1.9:
+        if self.room_half is not None and ((np.abs(eye[:2]) > self.room_half - 0.3).any()
+                                           or eye[2] > 1.9):
             return False
         probe = _corners(np.full(2, -0.2), np.full(2, 0.2), eye[:2], 0.0)
         return not _overlaps(probe, self.eye_keepout)
@@ -483,13 +632,21 @@ class _Builder:
             o3d.core.Tensor(item.triangles.astype(np.uint32))) for item in self.items])
         instance_of = np.zeros(geometry.max() + 1, dtype=np.int64)
         instance_of[geometry] = np.arange(1, len(self.items) + 1)
+        # every triangle's colour, the triangles of geometry g from first_triangle[g] on
+        triangle_rgbs = np.concatenate([item.part_rgbs[item.triangle_parts]
+                                        for item in self.items])
+        first_triangle = np.zeros(geometry.max() + 1, dtype=np.int64)
+        first_triangle[geometry] = np.cumsum([0] + [len(i.triangles) for i in self.items])[:-1]
         gain = np.ones(len(instance_of))
         gain[geometry] = [item.dropout_gain for item in self.items]
         frame = render_depth(raycaster, sensor, pose, noise_rng, noise=self.config.noise,
                              dropout=self.config.dropout, dropout_gain=gain)
         seen = np.where(frame.geometry_ids >= 0, instance_of[frame.geometry_ids], 0)
         instance_ids = np.where(frame.valid, seen, 0)
-        rgb = self._colours(seen, frame, sensor, noise_rng)
+        surface = np.where(frame.geometry_ids >= 0,
+                           first_triangle[np.maximum(frame.geometry_ids, 0)] + frame.primitive_ids,
+                           -1)
+        rgb = self._colours(surface, triangle_rgbs, frame, sensor, noise_rng)
         counts = np.bincount(instance_ids, minlength=len(self.items) + 1)
         objects = [SceneObject(
             instance_id=i, category=item.category, color_name=item.color_name, rgb=item.rgb,
@@ -502,24 +659,30 @@ class _Builder:
                      camera_pose=pose, intrinsics=sensor.intrinsics, kind=kind,
                      sensor=sensor.name)
 
-    def _colours(self, seen: np.ndarray, frame: Frame, sensor: DepthSensor,
-                 noise_rng: np.random.Generator) -> np.ndarray:
-        """Shaded, vignetted, noisy colour of every pixel, also those without a return.
+    def _colours(self, surface: np.ndarray, triangle_rgbs: np.ndarray, frame: Frame,
+                 sensor: DepthSensor, noise_rng: np.random.Generator) -> np.ndarray:
+        """Shaded, vignetted, exposed, noisy colour of every pixel, also those without a return.
 
-        seen (H*W,) is the instance in view per pixel, 0 where the ray hit nothing.
+        surface (H*W,) is the triangle in view per pixel (its colour in triangle_rgbs), -1
+        where the ray hit nothing. Exposure and saturation are drawn from the sensor's ranges.
         """
         rng = self.rng
         light = np.array([*rng.normal(0, 0.5, 2), 1.0])
         light /= np.linalg.norm(light)
         ambient = rng.uniform(0.35, 0.55)
         white_balance = rng.uniform(0.85, 1.15) * rng.uniform(0.93, 1.07, 3)
+        exposure = rng.uniform(*sensor.exposure)
+        saturation = np.float32(rng.uniform(*sensor.saturation))
         background = rng.integers(20, 90, 3)
-        base = np.array([background] + [item.rgb for item in self.items], np.float32)
+        base = np.vstack([triangle_rgbs, background[None]]).astype(np.float32)
         shade = ambient + (1 - ambient) * np.abs(frame.normals @ light.astype(np.float32))
         u = (np.arange(sensor.width, dtype=np.float32) - sensor.cx) / sensor.width
         v = (np.arange(sensor.height, dtype=np.float32) - sensor.cy) / sensor.height
         vignette = 1.0 - 0.6 * (u[None, :] ** 2 + v[:, None] ** 2).ravel()
-        colour = base[seen] * ((shade * vignette)[:, None] * white_balance.astype(np.float32))
+        colour = base[surface] * ((shade * vignette * exposure)[:, None]
+                                  * white_balance.astype(np.float32))
+        grey = colour.mean(axis=1, keepdims=True)
+        colour = grey + saturation * (colour - grey)
         if self.config.noise:
             colour += 3.0 * noise_rng.standard_normal(colour.shape, dtype=np.float32)
         return np.clip(np.round(colour), 0, 255).astype(np.uint8)

@@ -45,6 +45,10 @@ class DepthSensor:
     blob_cell: float                # px, size of those blobs
     border: tuple[int, int, int, int] = (0, 0, 0, 0)  # max invalid band left, right, top, bottom
     corner_cut: float = 0.0         # invalid corners beyond |u| + |v| > 2 - corner_cut (ToF)
+    multipath: float = 0.0          # m, ToF: extra path length at a concave corner
+    multipath_reach: float = 0.03   # m, distance from the corner at which it has fallen to 1/e
+    exposure: tuple[float, float] = (0.8, 1.1)     # colour gain drawn per frame
+    saturation: tuple[float, float] = (0.8, 1.05)  # colour saturation drawn per frame
 
     @property
     def intrinsics(self) -> np.ndarray:
@@ -73,41 +77,68 @@ class DepthSensor:
 # Kinect v1 noise fitted to the mOSD Kinect frames: local plane residual (noise plus 1/8 px
 # disparity and 1 mm quantisation) 1.1-1.4 mm at 0.6 m, 1.5-1.9 mm at 1.0 m, 1.7-2.4 mm at 1.3 m;
 # depth steps there are 1, 2, 3, 4 mm at 0.6, 0.8, 1.0, 1.2 m, i.e. fb = 580 px * 7.5 cm.
+# Colour: the mOSD frames are muted (median HSV saturation 0.06-0.10) and their brightness
+# varies frame to frame (median value 154-226); PCL's Kinect milk-carton scan is dark (81).
 _KINECT = DepthSensor(
     name='kinect_v1', width=640, height=480, fx=525.0, fy=525.0, cx=319.5, cy=239.5,
     min_range=0.45, max_range=4.0, sigma0=0.7e-3, sigma2=0.6e-3, sigma_angle=1e-4,
     disparity_fb=43.5, disparity_step=1 / 8, depth_unit=1e-3, baseline=0.075,
     fade_incidence=70.0, max_incidence=84.0, edge_jump_px=15.0, edge_dropout=0.5,
     flying_pixels=0.0, random_dropout=0.0005, blob_dropout=0.003, blob_cell=24.0,
-    border=(0, 70, 0, 8))    # registered to colour: mOSD frames lose ~65 px on the right
+    border=(0, 70, 0, 8),    # registered to colour: mOSD frames lose ~65 px on the right
+    exposure=(0.5, 1.3), saturation=(0.3, 0.8))
+
+# Active stereo (RealSense D4xx), depth aligned to the colour image. The depth noise is the
+# disparity's subpixel error (~0.08 px RMS, Intel's D400 tuning guide) over focal length times
+# baseline: sigma(z) = 0.08 z^2 / (f b), which sigma2 follows. The left imager is the reference:
+# the right one, `baseline` to +x, cannot see beside the left of near objects (invalid bands),
+# and the left edge of the image has no stereo overlap (`border`). Colour is saturated (the
+# ARC 2017 bin frame: median saturation 0.67).
+_STEREO = dict(min_range=0.2, max_range=6.0, sigma0=0.5e-3, sigma_angle=2e-4,
+               disparity_step=1 / 32, depth_unit=1e-3, fade_incidence=65.0,
+               max_incidence=82.0, edge_jump_px=15.0, edge_dropout=0.3, flying_pixels=0.1,
+               random_dropout=0.004, blob_dropout=0.01, exposure=(0.6, 1.2),
+               saturation=(0.85, 1.3))
+# Time of flight (Azure Kinect, Orbbec Femto, which uses its depth module): no disparity steps
+# nor shadows, mixed pixels on edges, multipath at concave corners (about a centimetre where
+# two surfaces meet, fading within a few centimetres: Microsoft's Azure Kinect depth camera
+# documentation), and an octagonal or circular field of view.
+_TOF = dict(sigma0=1.2e-3, sigma2=0.4e-3, sigma_angle=1e-4, disparity_fb=0.0,
+            disparity_step=0.0, depth_unit=1e-3, baseline=0.0, fade_incidence=75.0,
+            max_incidence=87.0, edge_jump_px=15.0, edge_dropout=0.2, flying_pixels=0.5,
+            random_dropout=0.001, blob_dropout=0.003, multipath=0.01, multipath_reach=0.03,
+            exposure=(0.7, 1.2), saturation=(0.75, 1.15))
 
 SENSORS: dict[str, DepthSensor] = {s.name: s for s in (
     _KINECT,
     replace(_KINECT, name='xtion', fx=570.3, fy=570.3, disparity_fb=42.8, border=(0, 16, 0, 4)),
-    # D435 depth aligned to the colour camera; the right imager 5 cm away casts the shadows
-    DepthSensor(
-        name='realsense_d435', width=640, height=480, fx=615.0, fy=615.0, cx=319.5, cy=239.5,
-        min_range=0.2, max_range=6.0, sigma0=0.5e-3, sigma2=2.5e-3, sigma_angle=2e-4,
-        disparity_fb=21.5, disparity_step=1 / 32, depth_unit=1e-3, baseline=0.05,
-        fade_incidence=65.0, max_incidence=82.0, edge_jump_px=15.0, edge_dropout=0.3,
-        flying_pixels=0.1, random_dropout=0.004, blob_dropout=0.01, blob_cell=16.0,
-        border=(40, 0, 0, 0)),
-    DepthSensor(
-        name='realsense_d435_depth', width=848, height=480, fx=425.0, fy=425.0, cx=423.5,
-        cy=239.5, min_range=0.2, max_range=6.0, sigma0=0.5e-3, sigma2=2.5e-3, sigma_angle=2e-4,
-        disparity_fb=21.5, disparity_step=1 / 32, depth_unit=1e-3, baseline=0.05,
-        fade_incidence=65.0, max_incidence=82.0, edge_jump_px=15.0, edge_dropout=0.3,
-        flying_pixels=0.1, random_dropout=0.004, blob_dropout=0.01, blob_cell=16.0,
-        border=(30, 0, 0, 0)),
-    # Azure Kinect NFOV unbinned: ToF, no disparity steps nor shadows, but mixed pixels on
-    # edges and an octagonal field of view
-    DepthSensor(
-        name='azure_kinect_nfov', width=640, height=576, fx=504.0, fy=504.0, cx=319.5,
-        cy=287.5, min_range=0.5, max_range=3.86, sigma0=1.2e-3, sigma2=0.4e-3, sigma_angle=1e-4,
-        disparity_fb=0.0, disparity_step=0.0, depth_unit=1e-3, baseline=0.0,
-        fade_incidence=75.0, max_incidence=87.0, edge_jump_px=15.0, edge_dropout=0.2,
-        flying_pixels=0.5, random_dropout=0.001, blob_dropout=0.003, blob_cell=24.0,
-        corner_cut=0.55),
+    # D435 at 640 x 480 colour: f b = 430 px (depth imager) * 5 cm
+    DepthSensor(name='realsense_d435', width=640, height=480, fx=615.0, fy=615.0, cx=319.5,
+                cy=239.5, sigma2=2.5e-3, disparity_fb=21.5, baseline=0.05, blob_cell=16.0,
+                border=(40, 0, 0, 0), **_STEREO),
+    DepthSensor(name='realsense_d435_depth', width=848, height=480, fx=425.0, fy=425.0,
+                cx=423.5, cy=239.5, sigma2=2.5e-3, disparity_fb=21.5, baseline=0.05,
+                blob_cell=16.0, border=(30, 0, 0, 0), **_STEREO),
+    # D435 at 1280 x 720: colour HFOV 69 deg (fx 920); depth imager fx 674 at 1280 * 5 cm
+    DepthSensor(name='realsense_d435_hd', width=1280, height=720, fx=920.0, fy=920.0,
+                cx=639.5, cy=359.5, sigma2=2.4e-3, disparity_fb=33.7, baseline=0.05,
+                blob_cell=32.0, border=(60, 0, 0, 0), **_STEREO),
+    # D415: narrower depth FOV (65 deg, fx 1005 at 1280) and 5.5 cm baseline: less noise
+    DepthSensor(name='realsense_d415', width=1280, height=720, fx=920.0, fy=920.0, cx=639.5,
+                cy=359.5, sigma2=1.45e-3, disparity_fb=55.3, baseline=0.055, blob_cell=32.0,
+                border=(40, 0, 0, 0), **_STEREO),
+    # Azure Kinect NFOV unbinned
+    DepthSensor(name='azure_kinect_nfov', width=640, height=576, fx=504.0, fy=504.0,
+                cx=319.5, cy=287.5, min_range=0.5, max_range=3.86, blob_cell=24.0,
+                corner_cut=0.55, **_TOF),
+    # Azure Kinect WFOV 2x2 binned: 120 deg circular field of view
+    DepthSensor(name='azure_kinect_wfov', width=512, height=512, fx=251.0, fy=251.0,
+                cx=255.5, cy=255.5, min_range=0.25, max_range=2.88, blob_cell=20.0,
+                corner_cut=0.6, **_TOF),
+    # Orbbec Femto Bolt NFOV unbinned: the Azure depth module behind another colour camera
+    DepthSensor(name='orbbec_femto', width=640, height=576, fx=504.0, fy=504.0, cx=319.5,
+                cy=287.5, min_range=0.25, max_range=5.46, blob_cell=24.0, corner_cut=0.55,
+                **_TOF),
 )}
 
 
@@ -119,6 +150,7 @@ class Frame:
     valid: np.ndarray           # (H*W,) bool, the pixels with a return
     geometry_ids: np.ndarray    # (H*W,) int64 surface in view, also where its return was lost
     normals: np.ndarray         # (H*W, 3) float32 world-frame normal of that surface
+    primitive_ids: np.ndarray   # (H*W,) int64 triangle of that surface (colours of its parts)
 
 
 def pixel_rays(sensor: DepthSensor) -> np.ndarray:
@@ -215,14 +247,50 @@ def render_depth(scene: o3d.t.geometry.RaycastingScene, sensor: DepthSensor,
         flying &= rng.random((h, w), dtype=np.float32) < sensor.flying_pixels
         measured[flying] += rng.random(int(flying.sum()), dtype=np.float32) \
             * (far - z_hit)[flying]
+        if sensor.multipath > 0:
+            points = origin + rays_world * z_hit[..., None]
+            measured += _multipath(points, normals, seen, sensor)
         if sensor.disparity_fb > 0:
             disparity = sensor.disparity_fb / np.where(valid, measured, 1.0)
             disparity = np.maximum(np.round(disparity / sensor.disparity_step), 1.0)
             measured = sensor.disparity_fb / (disparity * sensor.disparity_step)
         measured = np.round(measured / sensor.depth_unit) * sensor.depth_unit
     xyz = rays_cam * np.where(valid, measured, np.nan)[..., None]
+    primitives = hit['primitive_ids'].numpy().astype(np.int64)
+    primitives[~seen] = 0
     return Frame(xyz=xyz.reshape(-1, 3).astype(np.float32), valid=valid.ravel(),
-                 geometry_ids=gid.ravel(), normals=normals.reshape(-1, 3))
+                 geometry_ids=gid.ravel(), normals=normals.reshape(-1, 3),
+                 primitive_ids=primitives.ravel())
+
+
+# Image offsets (px) at which a concave corner's second surface is looked for.
+_MULTIPATH_STEPS = (2, 4, 8, 16)
+
+
+def _multipath(points: np.ndarray, normals: np.ndarray, seen: np.ndarray,
+               sensor: DepthSensor) -> np.ndarray:
+    """(H, W) extra depth of a ToF return near a concave corner (table meets box, wall meets floor).
+
+    Light bounces off the second surface of the corner onto the first and back, so the phase
+    measures a longer path: the error is largest at the corner and fades with the distance to
+    the other surface. A pixel is near a corner when a surface within a few pixels faces
+    another way and lies in front of its own tangent plane (a convex edge lies behind it).
+    """
+    extra = np.zeros(seen.shape, dtype=np.float32)
+    facing = np.where((normals * points).sum(-1, keepdims=True) > 0, -normals, normals)
+    for step in _MULTIPATH_STEPS:
+        for axis in (0, 1):
+            for shift in (step, -step):
+                other = np.roll(points, shift, axis)
+                other_normal = np.roll(facing, shift, axis)
+                both = seen & np.roll(seen, shift, axis)
+                offset = other - points
+                in_front = (offset * facing).sum(-1) > 1e-3
+                turned = (facing * other_normal).sum(-1) < 0.7
+                gap = np.linalg.norm(offset, axis=-1)
+                bias = sensor.multipath * np.exp(-gap / sensor.multipath_reach)
+                extra = np.where(both & in_front & turned, np.maximum(extra, bias), extra)
+    return extra
 
 
 def _shadowed(scene: o3d.t.geometry.RaycastingScene, sensor: DepthSensor, rot: np.ndarray,

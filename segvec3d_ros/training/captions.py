@@ -17,28 +17,35 @@ from segvec3d_ros.data.scenes import CATEGORIES, OBJECT_COLOURS
 SIZE_WORDS = ('', 'small', 'large')     # index 0: the generator's '' (neither)
 # Nouns and the categories they name: names, synonyms, shapes and generic words.
 NOUNS: dict[str, tuple[str, ...]] = {
-    'box': ('box',), 'carton': ('box',), 'package': ('box',), 'cardboard box': ('box',),
+    'box': ('box',), 'package': ('box',), 'cardboard box': ('box',), 'cereal box': ('box',),
     'can': ('can',), 'tin': ('can',), 'tin can': ('can',), 'soda can': ('can',),
     'bottle': ('bottle',), 'water bottle': ('bottle',), 'flask': ('bottle',),
-    'bowl': ('bowl',), 'salad bowl': ('bowl',), 'dish': ('bowl',),
-    'mug': ('mug',), 'cup': ('mug',), 'coffee mug': ('mug',), 'coffee cup': ('mug',),
+    'spray bottle': ('bottle',), 'squeeze bottle': ('bottle',),
+    'bowl': ('bowl',), 'salad bowl': ('bowl',),
+    'mug': ('mug',), 'coffee mug': ('mug',), 'coffee cup': ('mug', 'cup'),
+    'cup': ('cup', 'mug'), 'paper cup': ('cup',), 'plastic cup': ('cup',),
     'ball': ('ball',), 'sphere': ('ball',), 'toy ball': ('ball',),
     'book': ('book',), 'notebook': ('book',), 'novel': ('book',),
-    'cylinder': ('can', 'bottle'), 'block': ('box', 'book'),
-    'container': ('box', 'can', 'bottle', 'bowl', 'mug'),
+    'plate': ('plate',), 'dish': ('plate', 'bowl'),
+    'carton': ('carton',), 'milk carton': ('carton',), 'juice carton': ('carton',),
+    'jar': ('jar',), 'glass jar': ('jar',), 'jam jar': ('jar',),
+    'toy': ('toy',), 'toy car': ('toy',), 'figure': ('toy',),
+    'cylinder': ('can', 'bottle', 'jar'), 'block': ('box', 'book'),
+    'container': ('box', 'can', 'bottle', 'bowl', 'mug', 'cup', 'carton', 'jar'),
     'object': CATEGORIES, 'thing': CATEGORIES, 'item': CATEGORIES, 'one': CATEGORIES,
 }
 # Material words the categories imply (the generator draws no materials).
 MATERIALS: dict[str, tuple[str, ...]] = {
-    'cardboard': ('box',), 'metal': ('can',), 'aluminium': ('can',), 'plastic': ('bottle',),
-    'glass': ('bottle',), 'ceramic': ('bowl', 'mug'), 'rubber': ('ball',), 'paper': ('book',),
+    'cardboard': ('box', 'carton'), 'metal': ('can',), 'aluminium': ('can',),
+    'plastic': ('bottle', 'cup', 'toy'), 'glass': ('bottle', 'jar'),
+    'ceramic': ('bowl', 'mug', 'plate'), 'rubber': ('ball',), 'paper': ('book', 'cup'),
 }
 # Tabletop things the generator never draws, the label vocabulary's extra words among them:
 # captions true of no instance, so that no generated object ends up nearer one of them than
 # its own name (untrained, 'banana' had lain nearer the bowls than 'bowl' for some).
 DISTRACTORS = (*(w for w in DEFAULT_VOCABULARY if w not in CATEGORIES), 'laptop', 'spoon',
                'fork', 'knife', 'scissors', 'pen', 'remote control', 'sponge', 'towel',
-               'potted plant', 'lamp', 'shoe', 'toy car', 'computer mouse', 'stapler')
+               'potted plant', 'lamp', 'shoe', 'computer mouse', 'stapler')
 TEMPLATES = ('{}', 'a {}', 'the {}', 'this {}', 'pick up the {}', 'the {} on the table')
 
 
