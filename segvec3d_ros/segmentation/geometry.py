@@ -34,6 +34,16 @@ _PARALLEL_COS = float(np.cos(np.deg2rad(15.0)))
 _LAYER_LEVEL = 0.5
 _LAYER_NEIGHBOURS = 16
 _LAYER_MIN_POINTS = 20
+# A surface's noise is estimated from the points within this many inlier distances of it...
+_NOISE_WINDOW = 3.0
+# ... and its band holds this many standard deviations of that noise, where that is wider than
+# the inlier distance: stereo depth noise grows with the square of the range (5 mm at 1.5 m on
+# a RealSense D435), so a fixed 1 cm band leaves the far part of a table in specks.
+_NOISE_SIGMAS = 2.5
+_MAD_TO_SIGMA = 1.4826
+# Planes tried per frame, surfaces and rejected object faces together: the share a surface
+# must hold shrinks with what is left, and the rounds stay bounded on a cloud of many planes.
+_MAX_SURFACE_ROUNDS = 16
 
 
 @dataclass
@@ -215,13 +225,31 @@ def longest_span(xyz: np.ndarray, normal: np.ndarray) -> float:
     return float(np.ptp(flat @ principal))
 
 
+def surface_band(xyz: np.ndarray, plane: np.ndarray, distance: float) -> np.ndarray:
+    """(N,) half-width of `plane`'s inlier band at each point: `distance`, or wider with noise.
+
+    The noise is modelled as sigma = s * range^2 (depth noise of stereo and structured light,
+    the sensor at the origin), s estimated robustly from the residuals within _NOISE_WINDOW
+    inlier distances; a sensor whose noise stays under the inlier distance keeps `distance`.
+    """
+    pts = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
+    residual = np.abs(pts @ plane[:3] + plane[3])
+    squared_range = np.maximum(np.einsum('ij,ij->i', pts, pts), 1e-4)
+    near = residual <= _NOISE_WINDOW * distance
+    if near.sum() < 3:
+        return np.full(len(pts), distance)
+    scale = _MAD_TO_SIGMA * np.median(residual[near] / squared_range[near])
+    return np.maximum(distance, _NOISE_SIGMAS * scale * squared_range)
+
+
 def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_fraction: float,
                      drop_beyond: bool, rng: np.random.Generator, up: np.ndarray | None = None,
                      *, tolerance: float, min_extent: float = 0.0
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Peel off every surface holding >= `min_fraction` of the points (table, floor, walls).
+    """Peel off every surface holding >= `min_fraction` of the points left (table, floor, walls).
 
-    A RANSAC plane is a surface when one connected patch of its inliers (gaps under
+    A RANSAC plane is a surface when one connected patch of its inliers (within `distance`,
+    or within the band its noise needs, `surface_band`; gaps under
     `tolerance`) holds that many points and spans at least `min_extent` m: in a close-up of
     clutter with no table in view, the best plane is the faces of several objects that happen
     to line up, each a small patch; and close to the sensor one object's face (a book's or a
@@ -241,18 +269,25 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
     support = np.zeros(len(pts), dtype=bool)
     rest = np.ones(len(pts), dtype=bool)
     untried = np.ones(len(pts), dtype=bool)
-    surface_points = max(min_fraction * len(pts), 3)
     surfaces: list[np.ndarray] = []
     # Like PCL's cluster extraction; every round takes >= surface_points points from untried.
-    while True:
+    for _ in range(_MAX_SURFACE_ROUNDS):
         candidates = np.flatnonzero(untried)
+        # A level above a surface found before (a table over the floor, a shelf's board) needs
+        # only that share of the points left: beside a floor that fills most of a wide view the
+        # table holds under min_fraction of all the points, yet most of the rest.
+        level_points = max(min_fraction * len(candidates), 3)
         plane, inliers = fit_support_plane(pts[candidates], distance, iterations, rng, up)
-        if plane is None or inliers.sum() < surface_points:
+        if plane is None or inliers.sum() < level_points:
             return support, rest & ~support
+        band = surface_band(pts[candidates], plane, distance)
+        inliers = np.abs(pts[candidates] @ plane[:3] + plane[3]) <= band
         members = candidates[inliers]
         patches = plane_patches(pts[members], plane[:3], tolerance)
         sizes = np.bincount(patches)
         largest = members[patches == sizes.argmax()]
+        surface_points = (level_points if _above_a_surface(pts[largest], plane, surfaces)
+                          else max(min_fraction * len(pts), 3))
         if sizes.max() >= surface_points and (
                 longest_span(pts[largest], plane[:3]) < min_extent
                 or _on_a_surface(pts[largest], plane, surfaces)):
@@ -264,10 +299,18 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
         if sizes.max() < surface_points:
             continue
         support[members] = True
-        support[members[_raised_layer(pts[members], plane, distance, tolerance)]] = False
+        support[members[_raised_layer(pts[members], plane, band[inliers], tolerance)]] = False
         surfaces.append(plane)
         if drop_beyond:
             rest &= (pts @ plane[:3] + plane[3]) * np.sign(plane[3]) >= 0
+    return support, rest & ~support
+
+
+def _above_a_surface(patch: np.ndarray, plane: np.ndarray, surfaces: list[np.ndarray]) -> bool:
+    """Whether `patch` of `plane` is parallel to and beyond OBJECT_HEIGHT of one of `surfaces`."""
+    return any(abs(plane[:3] @ surface[:3]) >= _PARALLEL_COS
+               and abs(np.median(patch @ surface[:3] + surface[3])) > OBJECT_HEIGHT
+               for surface in surfaces)
 
 
 def _on_a_surface(patch: np.ndarray, plane: np.ndarray, surfaces: list[np.ndarray]) -> bool:
@@ -277,9 +320,9 @@ def _on_a_surface(patch: np.ndarray, plane: np.ndarray, surfaces: list[np.ndarra
                for surface in surfaces)
 
 
-def _raised_layer(xyz: np.ndarray, plane: np.ndarray, distance: float,
+def _raised_layer(xyz: np.ndarray, plane: np.ndarray, distance: np.ndarray,
                   tolerance: float) -> np.ndarray:
-    """(N,) mask of the inliers `xyz` of `plane` (within `distance`) that form a raised layer.
+    """(N,) mask of the inliers `xyz` of `plane` (within `distance`, (N,)) in a raised layer.
 
     Those are the inliers whose neighbours lie on average over _LAYER_LEVEL of the band above
     the plane, on the sensor's side, in patches (gaps under `tolerance`) of at least
@@ -293,7 +336,7 @@ def _raised_layer(xyz: np.ndarray, plane: np.ndarray, distance: float,
     if len(candidates) < _LAYER_MIN_POINTS:
         return raised
     _, neighbours = cKDTree(pts).query(pts[candidates], k=min(_LAYER_NEIGHBOURS, len(pts)))
-    layer = candidates[height[neighbours].mean(axis=1) > _LAYER_LEVEL * distance]
+    layer = candidates[height[neighbours].mean(axis=1) > _LAYER_LEVEL * distance[candidates]]
     if len(layer) < _LAYER_MIN_POINTS:
         return raised
     patches = plane_patches(pts[layer], plane[:3], tolerance)
