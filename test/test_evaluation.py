@@ -6,8 +6,10 @@ import pytest
 
 from segvec3d_ros.cli.main import main
 from segvec3d_ros.data.splits import TEST_FIRST_SEED
-from segvec3d_ros.evaluation.datasets import (MIN_GT_POINTS, iter_synthetic, mosd_frames,
-                                              mosd_ground_truth, mosd_scene)
+from segvec3d_ros.data.sensor import SENSORS
+from segvec3d_ros.evaluation.datasets import (MIN_GT_POINTS, iter_labelled, iter_synthetic,
+                                              labelled_scene, mosd_frames, mosd_ground_truth,
+                                              mosd_scene)
 from segvec3d_ros.evaluation.metrics import (AP_THRESHOLDS, FALSE_POSITIVE, IGNORED, TRUE_POSITIVE,
                                              Detections, evaluate_scene, scene_overlaps, summarize)
 
@@ -150,11 +152,29 @@ def test_mosd_label_mapping():
 
 def test_synthetic_split_is_held_out_and_labelled():
     (scene,) = iter_synthetic(1)
-    assert scene.name == f'seed{TEST_FIRST_SEED}' and scene.subset == 'tabletop'
+    assert scene.name == f'seed{TEST_FIRST_SEED}' and scene.subset in SENSORS
     assert scene.support.any() and not (scene.support & (scene.gt > 0)).any()
     assert not ((scene.gt > 0) & ~scene.cloud.valid).any()
     counts = np.bincount(scene.gt)[1:]
     assert (counts[counts > 0] >= MIN_GT_POINTS).all() and (counts > 0).sum() >= 1
+
+
+@pytest.mark.shared
+def test_the_labelled_frame_of_another_camera_numbers_its_objects(shared_dir):
+    (scene,) = iter_labelled(shared_dir / 'data' / 'realsense')
+    assert scene.name == 'arc2017_bin' and scene.subset == 'real'
+    assert len(np.unique(scene.gt[scene.gt > 0])) == 8 and not scene.support.any()
+    assert not ((scene.gt > 0) & ~scene.cloud.valid).any()
+
+
+def test_a_frame_without_labels_is_refused_by_name(tmp_path):
+    path = tmp_path / 'plain.pcd'
+    path.write_text('VERSION 0.7\nFIELDS x y z\nSIZE 4 4 4\nTYPE F F F\nCOUNT 1 1 1\nWIDTH 2\n'
+                    'HEIGHT 1\nVIEWPOINT 0 0 0 1 0 0 0\nPOINTS 2\nDATA ascii\n0 0 1\n0 0 2\n')
+    with pytest.raises(ValueError, match='no label field'):
+        labelled_scene(path)
+    with pytest.raises(FileNotFoundError, match='no labelled'):
+        list(iter_labelled(tmp_path / 'empty'))
 
 
 @pytest.mark.shared
@@ -175,7 +195,8 @@ def test_cli_evaluates_and_reports_an_unbuildable_segmenter(tmp_path, capsys):
                  '--out', str(out), '--plot', str(plot)])
     assert code == 0
     report = out.read_text()
-    assert '| synthetic | tabletop | euclidean | 1 |' in report
+    (scene,) = iter_synthetic(1)
+    assert f'| synthetic | {scene.subset} | euclidean | 1 |' in report
     assert 'Not evaluated: segvec3d' in report and 'Baseline-only run' in report
     assert '--segmenters euclidean,segvec3d' in report and '](plots/eval.png)' in report
     assert plot.read_bytes()[:4] == b'\x89PNG'

@@ -11,8 +11,9 @@ from pathlib import Path
 from segvec3d_ros.cli.common import pipeline_config
 from segvec3d_ros.config import validate_field
 from segvec3d_ros.data.splits import TEST_FIRST_SEED
-from segvec3d_ros.evaluation.datasets import (DATASETS, DEFAULT_MOSD_DIR, MIN_GT_POINTS,
-                                              MOSD_SUBSETS, iter_scenes)
+from segvec3d_ros.evaluation.datasets import (DATASETS, DEFAULT_MOSD_DIR, DEFAULT_REALSENSE_DIR,
+                                              MIN_GT_POINTS, MOSD_SUBSETS, iter_scenes,
+                                              labelled_frames)
 from segvec3d_ros.evaluation.metrics import evaluate_scene, summarize
 from segvec3d_ros.evaluation.report import (LEARNED, SceneRecord, markdown_report, plot_summary,
                                             summary_rows)
@@ -35,11 +36,13 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.Argume
     """Add the `evaluate` subcommand; its `run` default is `run_evaluate`."""
     parser = commands.add_parser(
         'evaluate', help='instance segmentation metrics of the segmenters on labelled scenes',
-        description='Run each segmenter through the same pipeline on the mOSD learn frames '
-                    'and/or held-out synthetic tabletop scenes; write a markdown report of AP25, '
+        description='Run each segmenter through the same pipeline on the mOSD learn frames, '
+                    'held-out synthetic tabletop scenes (a subset per simulated sensor) and/or '
+                    'labelled real frames of other cameras; write a markdown report of AP25, '
                     'AP50, mAP, overlap P/R/F, %F>=0.75 and time per frame, and a bar plot. A '
                     'segmenter that cannot be built (no model) is reported and skipped.')
-    parser.add_argument('--dataset', choices=(*DATASETS, 'both'), default='both')
+    parser.add_argument('--dataset', choices=(*DATASETS, 'both', 'all'), default='both',
+                        help='both: mosd and synthetic; all: every dataset')
     parser.add_argument('--segmenters', type=_segmenter_list, default=['euclidean', LEARNED],
                         metavar='NAMES', help=f'comma-separated (default: euclidean,{LEARNED})')
     parser.add_argument('--params-file', metavar='YAML',
@@ -67,6 +70,9 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.Argume
                         'touching objects (split_touching false)')
     parser.add_argument('--mosd-dir', default=str(DEFAULT_MOSD_DIR), metavar='DIR',
                         help='folder of learn0.pcd ... learn44.pcd (default: %(default)s)')
+    parser.add_argument('--realsense-dir', default=str(DEFAULT_REALSENSE_DIR), metavar='DIR',
+                        help='folder of labelled .pcd frames of other cameras, objects numbered '
+                             'by a label field (default: %(default)s)')
     parser.add_argument('--out', metavar='MD', help='default: docs/EVALUATION.md, with '
                         '--grounding docs/GROUNDING.md (its results block)')
     parser.add_argument('--plot', metavar='PNG', help='default: docs/evaluation.png, with '
@@ -88,9 +94,11 @@ def command_line(args: argparse.Namespace) -> str:
         words += ['--params-file', args.params_file]
     if args.model:
         words += ['--model', args.model]
-    if args.dataset != 'synthetic':
+    if args.dataset in ('mosd', 'both', 'all'):
         words += ['--mosd-dir', args.mosd_dir]
-    if args.dataset != 'mosd':
+    if args.dataset in ('realsense', 'all'):
+        words += ['--realsense-dir', args.realsense_dir]
+    if args.dataset in ('synthetic', 'both', 'all'):
         words += ['--synthetic-scenes', str(args.synthetic_scenes)]
         if args.synthetic_first_seed != TEST_FIRST_SEED:
             words += ['--synthetic-first-seed', str(args.synthetic_first_seed)]
@@ -145,11 +153,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not pipelines:
         return _error('no segmenter could be built')
 
-    datasets = DATASETS if args.dataset == 'both' else (args.dataset,)
+    datasets = {'both': ('mosd', 'synthetic'), 'all': DATASETS}.get(args.dataset,
+                                                                     (args.dataset,))
     counts = {'mosd': sum(map(len, MOSD_SUBSETS.values())), 'synthetic': args.synthetic_scenes}
     try:
+        if 'realsense' in datasets:
+            counts['realsense'] = len(labelled_frames(args.realsense_dir))
         sources = {name: iter_scenes(name, args.mosd_dir, args.synthetic_scenes,
-                                     args.synthetic_first_seed)
+                                     args.synthetic_first_seed, args.realsense_dir)
                    for name in datasets}
     except FileNotFoundError as error:
         return _error(str(error))
@@ -175,7 +186,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         'synthetic': f'{args.synthetic_scenes} held-out generated tabletop scenes, seeds '
                      f'{args.synthetic_first_seed}-'
                      f'{args.synthetic_first_seed + args.synthetic_scenes - 1} (training '
-                     f'uses seeds below {TEST_FIRST_SEED}); table, floor and wall = support'}
+                     f'uses seeds below {TEST_FIRST_SEED}), one subset per simulated sensor; '
+                     'table, floor, wall and robot arm = support',
+        'realsense': f'{counts.get("realsense", 0)} labelled real frames from '
+                     f'{args.realsense_dir} (cameras other than a Kinect v1); objects = the '
+                     'label field > 0, the rest unlabelled'}
     descriptions = {name: f'{descriptions[name]}; objects under {MIN_GT_POINTS} valid points '
                           f'count as unlabelled' for name in datasets}
     out, plot = Path(args.out), Path(args.plot)

@@ -1,4 +1,5 @@
-"""Labelled evaluation scenes: real mOSD frames and a held-out split of synthetic tabletops.
+"""Labelled evaluation scenes: real mOSD frames, real frames of other cameras, and a held-out
+split of synthetic tabletops (one subset per simulated sensor).
 
 Ground truth per scene: object ids > 0, a support mask (table, floor, walls) and 0 elsewhere.
 Objects with fewer than MIN_GT_POINTS valid points become unlabelled (ignored), as ScanNet
@@ -18,12 +19,13 @@ from segvec3d_ros.data.scenes import Scene, generate_scene
 from segvec3d_ros.data.splits import TEST_FIRST_SEED
 from segvec3d_ros.io.files import read_cloud
 
-DATASETS = ('mosd', 'synthetic')
+DATASETS = ('mosd', 'synthetic', 'realsense')
 # mOSD learn frame numbers of each subset, from the dataset's description
 MOSD_SUBSETS: dict[str, range] = {'boxes': range(0, 17), 'stacked': range(17, 25),
                                   'occluded': range(25, 33), 'cylinders': range(33, 45)}
 DEFAULT_MOSD_DIR = Path('../shared/data/mosd/learn')
-SYNTHETIC_SUBSET = 'tabletop'
+# Labelled frames of cameras other than a Kinect v1: a `label` field, 0 = no object.
+DEFAULT_REALSENSE_DIR = Path('../shared/data/realsense')
 MIN_GT_POINTS = 100
 
 
@@ -92,19 +94,51 @@ def synthetic_ground_truth(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
 
 
 def iter_synthetic(count: int, first_seed: int = TEST_FIRST_SEED) -> Iterator[EvalScene]:
-    """`count` held-out tabletop scenes, seeds first_seed, first_seed + 1, ..."""
+    """`count` held-out tabletop scenes, seeds first_seed, first_seed + 1, ...
+
+    Each scene's subset is the sensor model it was rendered with.
+    """
     for seed in range(first_seed, first_seed + count):
         scene = generate_scene(seed, 'tabletop')
-        yield EvalScene(f'seed{seed}', SYNTHETIC_SUBSET, scene.cloud,
-                        *synthetic_ground_truth(scene))
+        yield EvalScene(f'seed{seed}', scene.sensor, scene.cloud, *synthetic_ground_truth(scene))
+
+
+def labelled_frames(directory: str | Path = DEFAULT_REALSENSE_DIR) -> list[Path]:
+    """The .pcd files of `directory`; raises FileNotFoundError when there are none."""
+    frames = sorted(Path(directory).glob('*.pcd'))
+    if not frames:
+        raise FileNotFoundError(f'{directory}: no labelled .pcd frames')
+    return frames
+
+
+def labelled_scene(path: str | Path) -> EvalScene:
+    """A real frame whose `label` field numbers the objects (0: support, clutter, no object).
+
+    Nothing there is labelled support, so a prediction on the bin or table is ignored only
+    when more than half of it lies on unlabelled points.
+    """
+    cloud = read_cloud(path)
+    if 'label' not in cloud.extra:
+        raise ValueError(f'{path}: no label field')
+    label = np.asarray(cloud.extra['label'], dtype=np.int64)
+    gt = np.where(cloud.valid & (label > 0), label, 0)
+    return EvalScene(Path(path).stem, 'real', cloud, ignore_small(gt),
+                     np.zeros(len(gt), dtype=bool))
+
+
+def iter_labelled(directory: str | Path = DEFAULT_REALSENSE_DIR) -> Iterator[EvalScene]:
+    """Read the labelled frames of `directory` one at a time."""
+    return (labelled_scene(path) for path in labelled_frames(directory))
 
 
 def iter_scenes(dataset: str, mosd_dir: str | Path = DEFAULT_MOSD_DIR,
-                synthetic_scenes: int = 30,
-                synthetic_first_seed: int = TEST_FIRST_SEED) -> Iterator[EvalScene]:
+                synthetic_scenes: int = 30, synthetic_first_seed: int = TEST_FIRST_SEED,
+                realsense_dir: str | Path = DEFAULT_REALSENSE_DIR) -> Iterator[EvalScene]:
     """Scenes of `dataset`, one of DATASETS."""
     if dataset == 'mosd':
         return iter_mosd(mosd_dir)
     if dataset == 'synthetic':
         return iter_synthetic(synthetic_scenes, synthetic_first_seed)
+    if dataset == 'realsense':
+        return iter_labelled(realsense_dir)
     raise ValueError(f'unknown dataset {dataset!r}, expected one of {DATASETS}')
