@@ -276,7 +276,7 @@ def lying(parts: Parts, rng: np.random.Generator) -> Parts:
     rotation = turned[0].get_rotation_matrix_from_xyz((np.pi / 2, 0.0, rng.uniform(0, 2 * np.pi)))
     for p in turned:
         p.rotate(rotation, center=(0, 0, 0))
-    return _rest(turned)
+    return on_ground(turned)
 
 
 def upside_down(parts: Parts) -> Parts:
@@ -284,10 +284,10 @@ def upside_down(parts: Parts) -> Parts:
     turned = [Mesh(p) for p in parts]
     for p in turned:
         p.rotate(p.get_rotation_matrix_from_xyz((np.pi, 0.0, 0.0)), center=(0, 0, 0))
-    return _rest(turned)
+    return on_ground(turned)
 
 
-def _rest(parts: Parts) -> Parts:
+def on_ground(parts: Parts) -> Parts:
     """Parts moved to stand on z = 0 with their footprint centred on the origin."""
     vertices = np.concatenate([np.asarray(p.vertices) for p in parts])
     low, high = vertices.min(0), vertices.max(0)

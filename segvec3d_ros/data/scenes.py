@@ -68,6 +68,7 @@ class SceneConfig:
     categories: tuple[str, ...] = CATEGORIES
     stack_prob: float = 0.2                     # a box or book goes on another one
     touch_prob: float = 0.3                     # an object goes right beside another one
+    lean_prob: float = 0.3                      # a book or plate leans against an object
     floor_prob: float = 0.7                     # tabletop: floor under the table
     wall_prob: float = 0.5                      # tabletop: wall behind the table
     clutter_prob: float = 0.5                   # tabletop: a second table, shelf or chairs
@@ -387,6 +388,52 @@ class _Builder:
                 surface = table
             if iid is not None and category in STACKABLE:
                 stacks.append(self._lid(iid, surface))
+        if table.footprints and rng.random() < config.lean_prob:
+            for _ in range(6):      # sides of crowded objects are often taken
+                if self._lean_on(table, int(rng.integers(len(table.footprints)))):
+                    break
+
+    def _lean_on(self, table: _Surface, k: int) -> bool:
+        """Lean a book or plate against one side of the k-th object standing on `table`.
+
+        Its bottom edge stands on the table, its top rests on the object's face, tilted 10-35
+        degrees from upright; nothing is added (False) when its footprint would overlap another's.
+        """
+        rng = self.rng
+        u = rng.uniform
+        frame = table.yaws[k] + np.pi / 2 * rng.integers(4)
+        neighbour = table.footprints[k] @ _rotation(frame)       # its corners in that frame
+        face, centre_y = neighbour[:, 0].max(), neighbour[:, 1].mean()
+        category = 'book' if rng.random() < 0.7 else 'plate'
+        tilt = np.radians(u(10.0, 35.0))
+        if category == 'book':
+            tall, wide, thick = u(0.15, 0.3), u(0.1, 0.22), u(0.01, 0.05)
+            parts = [meshes.box(thick, wide, tall)]
+        else:
+            radius = u(0.08, 0.13)
+            tall, wide, thick = 2 * radius, 2 * radius, u(0.012, 0.025)
+            parts = meshes.plate(radius, thick)
+            parts[0].rotate(parts[0].get_rotation_matrix_from_xyz((0.0, np.pi / 2, 0.0)),
+                            center=(0, 0, 0))
+            parts = meshes.on_ground(parts)   # standing on its rim, facing x
+        # about the face's axis: top towards the object (-x), bottom edge on the table
+        c, s = np.cos(tilt), np.sin(tilt)
+        rotation = np.array([[c, 0.0, -s], [0.0, 1.0, 0.0], [s, 0.0, c]])
+        x = face + 0.002 + tall * s + thick / 2 * c
+        corners = np.array([[x - tall * s - thick / 2 * c, centre_y - wide / 2],
+                            [x + thick / 2 * c, centre_y + wide / 2]])
+        poly = _corners(corners[0], corners[1], np.zeros(2), 0.0) @ _rotation(frame).T
+        others = [f for i, f in enumerate(table.footprints) if i != k]
+        if not table.contains(poly, 0.0) or _overlaps(poly, others):
+            return False
+        world = np.eye(3)
+        world[:2, :2] = _rotation(frame)
+        xy = _rotation(frame) @ np.array([x, centre_y])
+        self.add(category, parts, np.array([*xy, table.z + thick / 2 * s]), frame,
+                 on_top_of=table.instance_id, rotation=world @ rotation)
+        table.footprints.append(poly)
+        table.yaws.append(frame)
+        return True
 
     def _stack_on(self, base: _Surface, category: str) -> int | None:
         """Add a box or book smaller than `base`, resting on it."""
