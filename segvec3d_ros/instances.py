@@ -26,6 +26,8 @@ class InstanceInfo:
     label: str = ''
     label_score: float = 0.0
     embedding: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    first_seen: float = 0.0       # s, stamp of the frame its tracked object was first seen in
+    track_age: float = 0.0        # s since then (0 without tracking)
 
 
 def describe_instances(xyz: np.ndarray, rgb: np.ndarray | None, instance_ids: np.ndarray,

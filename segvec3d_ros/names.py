@@ -21,6 +21,10 @@ MARKERS_TOPIC = 'segvec3d/markers'
 INSTANCE_MASK_TOPIC = 'segvec3d/instance_mask'
 DIAGNOSTICS_TOPIC = '/diagnostics'
 QUERY_SERVICE = 'segvec3d/query'
+CLICKED_POINT_TOPIC = 'clicked_point'          # what RViz's Publish Point tool sends
+SELECTED_POINTS_TOPIC = 'segvec3d/selected_points'
+SELECTED_TOPIC = 'segvec3d/selected'
+SEGMENT_AT_SERVICE = 'segvec3d/segment_at'
 
 
 def bundled_path(name: str) -> Path:

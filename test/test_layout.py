@@ -15,7 +15,7 @@ LAYERS = (
     ('segmentation',),
     ('instances',),
     ('grounding',),
-    ('pipeline', 'render', 'frame_flow'),
+    ('pipeline', 'render', 'frame_flow', 'tracking', 'prompts'),
     ('training', 'evaluation', 'bench'),
     ('cli',),
     ('ros',),

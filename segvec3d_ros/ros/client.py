@@ -3,6 +3,7 @@
     client = Segvec3dClient()
     client.points_pub.publish(cloud)            # or let a camera driver publish
     answer = client.ask('the red mug left of the bowl')
+    part = client.segment_at((0.1, 0.0, 0.8), 'camera_color_optical_frame', scale=0.03)
     client.close()
 
 The client is a node of its own, in a context of its own, spinning in a background thread: a
@@ -17,6 +18,7 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import Point, PointStamped
 from rcl_interfaces.msg import Parameter as ParameterMsg, SetParametersResult
 from rcl_interfaces.srv import GetParameters, SetParameters
 from rclpy.executors import SingleThreadedExecutor
@@ -28,9 +30,10 @@ from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
 from segvec3d_msgs.msg import InstanceArray
-from segvec3d_msgs.srv import QueryInstance
-from segvec3d_ros.names import (DIAGNOSTICS_TOPIC, INSTANCES_TOPIC, LABELED_POINTS_TOPIC,
-                                MARKERS_TOPIC, POINTS_TOPIC, QUERY_SERVICE)
+from segvec3d_msgs.srv import QueryInstance, SegmentAt
+from segvec3d_ros.names import (CLICKED_POINT_TOPIC, DIAGNOSTICS_TOPIC, INSTANCES_TOPIC,
+                                LABELED_POINTS_TOPIC, MARKERS_TOPIC, POINTS_TOPIC, QUERY_SERVICE,
+                                SEGMENT_AT_SERVICE)
 
 # The outputs of one frame, each stamped with the input cloud's header.
 OUTPUT_TOPICS = (LABELED_POINTS_TOPIC, INSTANCES_TOPIC, MARKERS_TOPIC)
@@ -41,6 +44,12 @@ def header_of(msg: Any) -> Header | None:
     if isinstance(msg, MarkerArray):
         return msg.markers[0].header if msg.markers else None
     return msg.header
+
+
+def point_stamped(xyz: tuple[float, float, float], frame_id: str) -> PointStamped:
+    """A PointStamped at `xyz` in `frame_id`."""
+    x, y, z = (float(v) for v in xyz)
+    return PointStamped(header=Header(frame_id=frame_id), point=Point(x=x, y=y, z=z))
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
@@ -76,6 +85,8 @@ class Segvec3dClient:
         self.points_pub = self.node.create_publisher(PointCloud2, POINTS_TOPIC,
                                                      qos_profile_sensor_data)
         self.query_client = self.node.create_client(QueryInstance, QUERY_SERVICE)
+        self.segment_at_client = self.node.create_client(SegmentAt, SEGMENT_AT_SERVICE)
+        self.clicked_point_pub = self.node.create_publisher(PointStamped, CLICKED_POINT_TOPIC, 10)
         if record_outputs:
             self.record(PointCloud2, LABELED_POINTS_TOPIC)
             self.record(InstanceArray, INSTANCES_TOPIC)
@@ -117,6 +128,17 @@ class Segvec3dClient:
         """Query service's answer for `text`."""
         return self.call(self.query_client, QueryInstance.Request(text=text, top_k=top_k),
                          timeout)
+
+    def segment_at(self, xyz: tuple[float, float, float], frame_id: str, scale: float = 0.0,
+                   timeout: float = 30.0) -> SegmentAt.Response:
+        """segment_at's answer for the point `xyz` in `frame_id`: an object, or a part (scale)."""
+        return self.call(self.segment_at_client,
+                         SegmentAt.Request(point=point_stamped(xyz, frame_id), scale=scale),
+                         timeout)
+
+    def click(self, xyz: tuple[float, float, float], frame_id: str) -> None:
+        """Publish a point as RViz's Publish Point tool does."""
+        self.clicked_point_pub.publish(point_stamped(xyz, frame_id))
 
     def outputs_for(self, header: Header, timeout: float = 30.0) -> dict[str, Any] | None:
         """Wait for all three outputs stamped with this header; None at the timeout."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from builtin_interfaces.msg import Duration
+from builtin_interfaces.msg import Duration, Time
 from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
 from sensor_msgs.msg import Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
@@ -69,7 +69,19 @@ def instance_msg(info: InstanceInfo) -> Instance:
         bbox_center=Pose(position=Point(x=bx, y=by, z=bz),
                          orientation=Quaternion(x=qx, y=qy, z=qz, w=qw)),
         bbox_size=Vector3(x=sx, y=sy, z=sz), mean_color=ColorRGBA(r=r, g=g, b=b, a=a),
-        embedding=np.asarray(info.embedding, dtype=np.float32).tolist())
+        embedding=np.asarray(info.embedding, dtype=np.float32).tolist(),
+        first_seen=time_msg(info.first_seen), track_age=float(info.track_age))
+
+
+def time_msg(seconds: float) -> Time:
+    """builtin_interfaces/Time of a stamp in seconds."""
+    whole = int(np.floor(seconds))
+    return Time(sec=whole, nanosec=min(int(round((seconds - whole) * 1e9)), 999_999_999))
+
+
+def stamp_seconds(stamp: Time) -> float:
+    """Seconds of a builtin_interfaces/Time."""
+    return stamp.sec + stamp.nanosec * 1e-9
 
 
 def instance_info(msg: Instance) -> InstanceInfo:
@@ -85,7 +97,8 @@ def instance_info(msg: Instance) -> InstanceInfo:
         mean_color=np.array([msg.mean_color.r, msg.mean_color.g, msg.mean_color.b,
                              msg.mean_color.a]),
         label=msg.label, label_score=float(msg.label_score),
-        embedding=np.asarray(msg.embedding, dtype=np.float32))
+        embedding=np.asarray(msg.embedding, dtype=np.float32),
+        first_seen=stamp_seconds(msg.first_seen), track_age=float(msg.track_age))
 
 
 def instance_array_msg(header: Header, instances: Sequence[InstanceInfo]) -> InstanceArray:

@@ -5,8 +5,10 @@ import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PointStamped
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -15,18 +17,25 @@ from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Header
 from visualization_msgs.msg import MarkerArray
 
-from segvec3d_msgs.msg import InstanceArray
+from segvec3d_msgs.msg import Instance, InstanceArray
+from segvec3d_msgs.srv import SegmentAt
+from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.config import PipelineConfig, setting
 from segvec3d_ros.frame_flow import FrameStats, LatestSlot, SequenceGaps, SilentInput
-from segvec3d_ros.io.pointcloud2 import CloudDecodeError, decode_pointcloud2
-from segvec3d_ros.names import (DIAGNOSTICS_TOPIC, INSTANCE_MASK_TOPIC, INSTANCES_TOPIC,
-                                LABELED_POINTS_TOPIC, MARKERS_TOPIC, POINTS_TOPIC,
-                                SEGMENTATION_NODE)
+from segvec3d_ros.instances import InstanceInfo
+from segvec3d_ros.io.pointcloud2 import CloudDecodeError, decode_pointcloud2, encode_pointcloud2
+from segvec3d_ros.names import (CLICKED_POINT_TOPIC, DIAGNOSTICS_TOPIC, INSTANCE_MASK_TOPIC,
+                                INSTANCES_TOPIC, LABELED_POINTS_TOPIC, MARKERS_TOPIC,
+                                POINTS_TOPIC, SEGMENT_AT_SERVICE, SEGMENTATION_NODE,
+                                SELECTED_POINTS_TOPIC, SELECTED_TOPIC)
 from segvec3d_ros.pipeline import Pipeline, pipeline_or_baseline
-from segvec3d_ros.ros.conversions import (instance_array_msg, instance_mask_msg, labeled_cloud_msg,
-                                          marker_array_msg)
+from segvec3d_ros.prompts import PROMPT_RADIUS, PromptError, Selection, select_at
+from segvec3d_ros.ros.conversions import (instance_array_msg, instance_mask_msg, instance_msg,
+                                          labeled_cloud_msg, marker_array_msg, pointcloud2_msg,
+                                          stamp_seconds)
 from segvec3d_ros.ros.params import check_parameters, declare_settings, read_settings
 from segvec3d_ros.ros.runner import StartupError, run
+from segvec3d_ros.tracking import Tracker
 
 WARN_THROTTLE_S = 2.0
 SILENT_INPUT_THROTTLE_S = 30.0
@@ -56,6 +65,25 @@ class SegmentationNodeSettings:
         5.0, 'seconds a matched publisher may go without a cloud arriving before the node warns '
         'and /diagnostics says WARN (large clouds lost in transport); 0 = never',
         range=(0.0, 3600.0))
+    tracking: bool = setting(
+        True, 'give each object the same instance id in every frame while it is in view (and '
+        'for track_timeout s after); off: ids are ranks by size within each frame')
+    track_timeout: float = setting(
+        2.0, 'seconds (of cloud stamps) a tracked object keeps its id after it was last seen',
+        range=(0.0, 3600.0))
+    prompt_radius: float = setting(
+        PROMPT_RADIUS, 'm; a clicked or requested point must lie this close to a point of the '
+        'latest cloud', range=(0.001, 1.0))
+
+
+@dataclass
+class LatestScene:
+    """What the latest frame produced, kept for point prompts."""
+
+    header: Header
+    cloud: Cloud
+    labels: np.ndarray
+    instances: list[InstanceInfo]
 
 
 class SegmentationNode(Node):
@@ -85,6 +113,17 @@ class SegmentationNode(Node):
         self._markers_pub = self.create_publisher(MarkerArray, MARKERS_TOPIC, output_qos)
         self._mask_pub = self.create_publisher(Image, INSTANCE_MASK_TOPIC, output_qos)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        self._selected_points_pub = self.create_publisher(
+            PointCloud2, SELECTED_POINTS_TOPIC, output_qos)
+        self._selected_pub = self.create_publisher(Instance, SELECTED_TOPIC, output_qos)
+
+        self._tracker = Tracker(self._settings.track_timeout)
+        self._scene_lock = threading.Lock()
+        self._latest: LatestScene | None = None
+        self._clicks = self.create_subscription(
+            PointStamped, CLICKED_POINT_TOPIC, self._on_clicked_point, 10)
+        self._segment_at = self.create_service(SegmentAt, SEGMENT_AT_SERVICE,
+                                               self._on_segment_at)
 
         self._slot: LatestSlot[PointCloud2] = LatestSlot()
         self._stats = FrameStats()
@@ -136,6 +175,10 @@ class SegmentationNode(Node):
             with self._pipeline_lock:
                 self._pipeline = pipeline
         self._settings = read_settings(self, SegmentationNodeSettings)
+        with self._scene_lock:
+            self._tracker.timeout = self._settings.track_timeout
+            if not self._settings.tracking:
+                self._tracker.reset()
 
     def _on_cloud(self, msg: PointCloud2, info: dict) -> None:
         self._stats.on_received()
@@ -164,15 +207,15 @@ class SegmentationNode(Node):
             with self._pipeline_lock:
                 pipeline = self._pipeline
             result = pipeline.process(cloud)
-            labeled = labeled_cloud_msg(msg.header, cloud, result.labels)
-            instances = instance_array_msg(msg.header, result.instances)
-            markers = marker_array_msg(msg.header, result.instances,
-                                       self._settings.marker_lifetime)
+            labels, found = self._track(msg.header, cloud, result.labels, result.instances)
+            labeled = labeled_cloud_msg(msg.header, cloud, labels)
+            instances = instance_array_msg(msg.header, found)
+            markers = marker_array_msg(msg.header, found, self._settings.marker_lifetime)
             self._labeled_pub.publish(labeled)
             self._instances_pub.publish(instances)
             self._markers_pub.publish(markers)
             if cloud.is_organized:
-                self._mask_pub.publish(instance_mask_msg(msg.header, cloud, result.labels))
+                self._mask_pub.publish(instance_mask_msg(msg.header, cloud, labels))
         except Exception as error:  # noqa: BLE001 - a bad frame must never stop the node
             if not rclpy.ok(context=self.context):
                 return  # shutting down: publishers are gone, nothing to report
@@ -183,6 +226,79 @@ class SegmentationNode(Node):
         if result.limits_hit:
             self._stats.on_limited(result.limits_hit)
         self._stats.on_processed(arrived_at)
+
+    def _track(self, header: Header, cloud: Cloud, labels: np.ndarray,
+               instances: list[InstanceInfo]) -> tuple[np.ndarray, list[InstanceInfo]]:
+        """Labels and instances under their tracked ids; keep them for point prompts."""
+        stamp = stamp_seconds(header.stamp)
+        with self._scene_lock:
+            if self._settings.tracking:
+                labels, instances = self._tracker.update(stamp, cloud.xyz, labels, instances)
+            else:
+                for info in instances:
+                    info.first_seen, info.track_age = stamp, 0.0
+            self._latest = LatestScene(header, cloud, labels, instances)
+        return labels, instances
+
+    def _select(self, point: PointStamped, scale: float) -> tuple[LatestScene, Selection]:
+        """The latest scene and what `point` selects in it; PromptError says why not."""
+        with self._scene_lock:
+            scene = self._latest
+        if scene is None:
+            raise PromptError('no cloud has been segmented yet')
+        if point.header.frame_id and point.header.frame_id != scene.header.frame_id:
+            raise PromptError(f'the point is in frame {point.header.frame_id!r}, the clouds in '
+                              f'{scene.header.frame_id!r}; send it in the clouds\' frame')
+        xyz = np.array([point.point.x, point.point.y, point.point.z])
+        return scene, select_at(xyz, scene.cloud.xyz, scene.labels, scene.instances, scale,
+                                scene.cloud.rgb, self._settings.prompt_radius)
+
+    def _selected_points(self, scene: LatestScene, selection: Selection) -> PointCloud2:
+        """The selected points, fields x y z [rgb] label, with the cloud's header."""
+        mask = selection.mask
+        rgb = None if scene.cloud.rgb is None else scene.cloud.rgb[mask]
+        return pointcloud2_msg(scene.header, encode_pointcloud2(
+            scene.cloud.xyz[mask], rgb,
+            np.full(int(mask.sum()), selection.instance.id, np.uint32)))
+
+    def _on_clicked_point(self, msg: PointStamped) -> None:
+        """Publish the object under a point from RViz's Publish Point tool; warn if none."""
+        try:
+            scene, selection = self._select(msg, 0.0)
+        except PromptError as error:
+            self.get_logger().warning(f'clicked point selects nothing: {error}',
+                                      throttle_duration_sec=WARN_THROTTLE_S)
+            return
+        except Exception as error:  # noqa: BLE001 - a bad message must never stop the node
+            self.get_logger().error(f'clicked point failed: {type(error).__name__}: {error}',
+                                    throttle_duration_sec=WARN_THROTTLE_S)
+            return
+        self._selected_points_pub.publish(self._selected_points(scene, selection))
+        self._selected_pub.publish(instance_msg(selection.instance))
+        self.get_logger().info(f'selected instance {selection.instance.id} '
+                               f'({selection.instance.label or "no label"})')
+
+    def _on_segment_at(self, request: SegmentAt.Request,
+                       response: SegmentAt.Response) -> SegmentAt.Response:
+        """Answer with the object or part under the requested point; never raise."""
+        try:
+            scene, selection = self._select(request.point, float(request.scale))
+        except PromptError as error:
+            response.success, response.message = False, str(error)
+            return response
+        except Exception as error:  # noqa: BLE001 - a request must never take the node down
+            self.get_logger().error(f'segment_at failed: {type(error).__name__}: {error}')
+            response.success, response.message = False, f'internal error: {error}'
+            return response
+        response.success = True
+        what = 'object' if request.scale <= 0 else f'part ({request.scale:.3f} m) of object'
+        response.message = (f'{what} {selection.instance.id} '
+                            f'({selection.instance.label or "no label"}), '
+                            f'{int(selection.mask.sum())} points')
+        response.header = scene.header
+        response.instance = instance_msg(selection.instance)
+        response.points = self._selected_points(scene, selection)
+        return response
 
     def _silent_input(self) -> str:
         """Why no cloud arrives from a matched publisher, or '' while clouds arrive."""
