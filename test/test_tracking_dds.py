@@ -1,6 +1,8 @@
 """Stable ids, point prompts and segment_at through segvec3d-up over real DDS."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -16,7 +18,7 @@ from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from segvec3d_ros.io.pointcloud2 import decode_pointcloud2  # noqa: E402
-from segvec3d_ros.names import SELECTED_POINTS_TOPIC, SELECTED_TOPIC  # noqa: E402
+from segvec3d_ros.names import QUERY_NODE, SELECTED_POINTS_TOPIC, SELECTED_TOPIC  # noqa: E402
 
 pytestmark = pytest.mark.ros
 FRAMES = 10
@@ -135,3 +137,25 @@ def test_a_clicked_point_publishes_the_selected_object(tracked, clutter):
     assert selected[-1].width == expected.points.width
     instance = wait_for(lambda: tracked.received[SELECTED_TOPIC], 10.0)
     assert instance and instance[-1].id == expected.instance.id
+
+
+def test_a_query_answers_with_an_object_hidden_in_the_latest_frame(tracked, clutter):
+    scene, truth, objects = clutter
+    assert tracked.set_parameter(QUERY_NODE, 'max_scene_age', 3.0).successful
+    assert tracked.set_parameter(QUERY_NODE, 'min_score', 0.0).successful
+    time.sleep(3.5)     # the objects of the frames before are now too old to answer with
+    left = min(objects, key=lambda k: float(scene.cloud.xyz[truth == k, 0].mean()))
+    found = tracked.publish_until_answered(
+        cloud_msg(_header(20 * FRAMES), scene.cloud.xyz, scene.cloud.rgb,
+                  height=scene.cloud.height))
+    labels = decode_pointcloud2(found['segvec3d/labeled_points']).extra['label']
+    left_id = int(np.bincount(labels[(truth == left) & (labels > 0)]).argmax())
+    hidden = scene.cloud.xyz.copy()
+    hidden[truth == left] = np.nan
+    assert tracked.publish_until_answered(
+        cloud_msg(_header(20 * FRAMES + 1), hidden, scene.cloud.rgb,
+                  height=scene.cloud.height))
+    answer = tracked.ask('the leftmost object')
+    assert answer.success and answer.matches[0].id == left_id, answer.message
+    assert 'not in the latest frame' in answer.message and answer.points.width > 0
+    assert answer.header == found['segvec3d/instances'].header

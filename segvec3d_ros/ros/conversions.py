@@ -101,9 +101,14 @@ def instance_info(msg: Instance) -> InstanceInfo:
         first_seen=stamp_seconds(msg.first_seen), track_age=float(msg.track_age))
 
 
-def instance_array_msg(header: Header, instances: Sequence[InstanceInfo]) -> InstanceArray:
-    """All instances of one frame, stamped with the input cloud's header."""
-    return InstanceArray(header=header, instances=[instance_msg(i) for i in instances])
+def instance_array_msg(header: Header, instances: Sequence[InstanceInfo],
+                       tracked: bool = False) -> InstanceArray:
+    """All instances of one frame, stamped with the input cloud's header.
+
+    `tracked`: their ids are tracked objects' ids.
+    """
+    return InstanceArray(header=header, instances=[instance_msg(i) for i in instances],
+                         tracked=tracked)
 
 
 def marker_array_msg(header: Header, instances: Sequence[InstanceInfo],

@@ -1,4 +1,8 @@
-"""segvec3d_query: answers free-text queries about the most recent segmented scene."""
+"""segvec3d_query: answers free-text queries about the objects segmented recently.
+
+The latest frame's instances and, with tracked ids, the objects seen in earlier frames within
+max_scene_age.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -102,7 +106,8 @@ class QueryNode(Node):
 
     def _on_instances(self, msg: InstanceArray) -> None:
         self._scenes.put_instances(_frame_key(msg.header), msg.header,
-                                   [instance_info(i) for i in msg.instances], msg.instances)
+                                   [instance_info(i) for i in msg.instances], msg.instances,
+                                   msg.tracked)
 
     def _on_points(self, msg: PointCloud2) -> None:
         try:
@@ -119,7 +124,7 @@ class QueryNode(Node):
 
     def _on_query(self, request: QueryInstance.Request,
                   response: QueryInstance.Response) -> QueryInstance.Response:
-        """Answer from one consistent snapshot of the latest scene; never raise."""
+        """Answer from the latest scene and the objects tracked recently; never raise."""
         scene = self._scenes.current()
         max_age = self._settings.max_scene_age
         if scene is None:
@@ -131,26 +136,29 @@ class QueryNode(Node):
             response.message = (f'the latest scene is {scene.age():.1f} s old '
                                 f'(max_scene_age {max_age:.1f} s)')
             return response
+        candidates = self._scenes.candidates(max_age)
         try:
-            result = self._engine.query(request.text, scene.instances, request.top_k,
-                                        scene.header.frame_id, self._settings.min_score)
+            result = self._engine.query(request.text, [c.instance for c in candidates],
+                                        request.top_k, scene.header.frame_id,
+                                        self._settings.min_score)
         except Exception as error:  # noqa: BLE001 - a query must never take the node down
             self.get_logger().error(f'query failed: {type(error).__name__}: {error}')
             response.success, response.message = False, f'internal error: {error}'
             return response
         response.success, response.message = result.success, result.message
         # A "not found" still carries its ranked candidates, for a planner to inspect.
-        response.matches = [scene.instance_msgs[i] for i in result.order]
+        response.matches = [candidates[i].instance_msg for i in result.order]
         response.scores = result.scores.tolist()
         response.fit_scores = result.fit_scores.tolist()
         if not result.success:
             return response
-        if scene.points is not None:
-            best_id = scene.instances[result.order[0]].id
-            mask = scene.points.extra['label'] == best_id
-            rgb = scene.points.rgb[mask] if scene.points.rgb is not None else None
-            response.points = pointcloud2_msg(scene.header, encode_pointcloud2(
-                scene.points.xyz[mask], rgb, np.full(int(mask.sum()), best_id, np.uint32)))
+        best = candidates[result.order[0]]
+        if best.header is not scene.header:
+            response.header = best.header
+            response.message += f'; not in the latest frame, last seen {best.age():.1f} s ago'
+        if best.points is not None:
+            response.points = pointcloud2_msg(best.header, encode_pointcloud2(
+                best.points.xyz, best.points.rgb, best.points.extra['label'].astype(np.uint32)))
         else:
             response.message += '; the labeled points of this scene have not arrived'
         return response

@@ -209,7 +209,7 @@ class SegmentationNode(Node):
             result = pipeline.process(cloud)
             labels, found = self._track(msg.header, cloud, result.labels, result.instances)
             labeled = labeled_cloud_msg(msg.header, cloud, labels)
-            instances = instance_array_msg(msg.header, found)
+            instances = instance_array_msg(msg.header, found, self._settings.tracking)
             markers = marker_array_msg(msg.header, found, self._settings.marker_lifetime)
             self._labeled_pub.publish(labeled)
             self._instances_pub.publish(instances)
