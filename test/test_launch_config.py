@@ -155,13 +155,19 @@ def test_every_file_the_launch_file_names_exists_and_is_installed():
         assert f"glob('{path.parent.name}/*" in setup_text  # installed to share/
 
 
-def test_rviz_config_shows_the_outputs():
+def test_rviz_config_shows_the_outputs_and_highlights_a_clicked_object():
     config = yaml.safe_load(RVIZ_FILE.read_text())
-    displays = {d['Class']: d for d in config['Visualization Manager']['Displays']}
-    cloud = displays['rviz_default_plugins/PointCloud2']
+    displays = {d['Name']: d for d in config['Visualization Manager']['Displays']}
+    cloud = displays['Labeled points']
     assert cloud['Topic']['Value'] == 'segvec3d/labeled_points'
     assert cloud['Channel Name'] == 'label'
-    assert displays['rviz_default_plugins/MarkerArray']['Topic']['Value'] == 'segvec3d/markers'
+    assert displays['Instances']['Topic']['Value'] == 'segvec3d/markers'
+    selected = displays['Selected object']
+    assert selected['Class'] == 'rviz_default_plugins/PointCloud2'
+    assert selected['Topic']['Value'] == names.SELECTED_POINTS_TOPIC
+    assert selected['Size (Pixels)'] > cloud['Size (Pixels)']
+    tools = {t['Class']: t for t in config['Visualization Manager']['Tools']}
+    assert tools['rviz_default_plugins/PublishPoint']['Topic']['Value'] == names.CLICKED_POINT_TOPIC
 
 
 @pytest.fixture(scope='module')
