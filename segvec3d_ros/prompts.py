@@ -51,7 +51,7 @@ class Selection:
 def select_at(point: np.ndarray, xyz: np.ndarray, labels: np.ndarray,
               instances: list[InstanceInfo], scale: float = 0.0,
               rgb: np.ndarray | None = None, radius: float = PROMPT_RADIUS) -> Selection:
-    """The object (scale 0) or the part of it (scale > 0, m) under `point`.
+    """Select the object (scale 0) or the part of it (scale > 0, m) under `point`.
 
     `xyz` (N, 3) are a frame's points (NaN where none), `labels` (N,) their instance ids and
     `instances` those instances. Raises PromptError when no point lies within `radius` of

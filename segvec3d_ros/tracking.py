@@ -138,10 +138,6 @@ class Tracker:
         new_labels = np.where(labels > 0, lookup[np.minimum(labels, len(lookup) - 1)], 0)
         return new_labels.astype(labels.dtype), renamed
 
-    def seen_since(self, stamp: float) -> list[InstanceInfo]:
-        """The latest description of every object seen at or after `stamp`."""
-        return [o.instance for o in self.objects.values() if o.last_seen >= stamp]
-
 
 def _instance_cells(xyz: np.ndarray, labels: np.ndarray, ids: list[int]) -> list[np.ndarray]:
     """Cell keys of the points of each id."""

@@ -167,7 +167,8 @@ def test_rviz_config_shows_the_outputs_and_highlights_a_clicked_object():
     assert selected['Topic']['Value'] == names.SELECTED_POINTS_TOPIC
     assert selected['Size (Pixels)'] > cloud['Size (Pixels)']
     tools = {t['Class']: t for t in config['Visualization Manager']['Tools']}
-    assert tools['rviz_default_plugins/PublishPoint']['Topic']['Value'] == names.CLICKED_POINT_TOPIC
+    publish_point = tools['rviz_default_plugins/PublishPoint']
+    assert publish_point['Topic']['Value'] == names.CLICKED_POINT_TOPIC
 
 
 @pytest.fixture(scope='module')

@@ -8,6 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from segvec3d_ros.cli.common import pipeline_config
 from segvec3d_ros.config import validate_field
 from segvec3d_ros.data.splits import TEST_FIRST_SEED
@@ -15,8 +17,8 @@ from segvec3d_ros.evaluation.datasets import (DATASETS, DEFAULT_MOSD_DIR, DEFAUL
                                               MIN_GT_POINTS, MOSD_SUBSETS, iter_scenes,
                                               labelled_frames)
 from segvec3d_ros.evaluation.metrics import evaluate_scene, summarize
-from segvec3d_ros.evaluation.report import (LEARNED, SceneRecord, markdown_report, plot_summary,
-                                            summary_rows)
+from segvec3d_ros.evaluation.report import (LEARNED, SceneRecord, machine_description,
+                                            markdown_report, plot_summary, summary_rows)
 from segvec3d_ros.pipeline import Pipeline
 
 
@@ -82,6 +84,10 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.Argume
                              'labels on the held-out synthetic scenes (learned segmenter)')
     parser.add_argument('--grounding-model', metavar='PATH',
                         help='with --grounding: the grounding head (default: bundled)')
+    parser.add_argument('--tracking', action='store_true',
+                        help='instead: ids kept across perturbed frames and point prompts '
+                             '(objects; parts on generated scenes) with the first segmenter '
+                             'named; prints the figures and writes them to --out')
     parser.set_defaults(run=run_evaluate)
     return parser
 
@@ -115,6 +121,11 @@ def command_line(args: argparse.Namespace) -> str:
     return shlex.join(words + ['--out', args.out, '--plot', args.plot])
 
 
+def _datasets(choice: str) -> tuple[str, ...]:
+    """Name the datasets of a --dataset choice: both is mosd and synthetic, all every one."""
+    return {'both': ('mosd', 'synthetic'), 'all': DATASETS}.get(choice, (choice,))
+
+
 def _error(message: str) -> int:
     print(f'segvec3d evaluate: error: {message}', file=sys.stderr)
     return 2
@@ -127,6 +138,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.grounding:
         from segvec3d_ros.cli.grounding import run_grounding_evaluation
         return run_grounding_evaluation(args)
+    if args.tracking:
+        return run_tracking_evaluation(args)
     args.out = args.out or 'docs/EVALUATION.md'
     args.plot = args.plot or 'docs/evaluation.png'
     if args.synthetic_first_seed < TEST_FIRST_SEED:
@@ -153,8 +166,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if not pipelines:
         return _error('no segmenter could be built')
 
-    datasets = {'both': ('mosd', 'synthetic'), 'all': DATASETS}.get(args.dataset,
-                                                                     (args.dataset,))
+    datasets = _datasets(args.dataset)
     counts = {'mosd': sum(map(len, MOSD_SUBSETS.values())), 'synthetic': args.synthetic_scenes}
     try:
         if 'realsense' in datasets:
@@ -211,4 +223,53 @@ def run_evaluate(args: argparse.Namespace) -> int:
               f'F {s.f_measure:.3f} F>=0.75 {s.good_fraction:.3f} '
               f'{1000 * row.seconds:.0f} ms/frame')
     print(f'wrote {out} and {plot}')
+    return 0
+
+
+def run_tracking_evaluation(args: argparse.Namespace) -> int:
+    """`segvec3d evaluate --tracking`: id persistence and prompts, per dataset, into --out."""
+    from segvec3d_ros.evaluation.tracking import (DROP, FRAMES, NOISE, STEP,
+                                                  evaluate_interaction)
+    out = Path(args.out or 'docs/TRACKING.md')
+    datasets = _datasets(args.dataset)
+    try:
+        config = pipeline_config(args.params_file, model_path=args.model,
+                                 segmenter=args.segmenters[0])
+        pipeline = Pipeline(config)
+        sources = {name: iter_scenes(name, args.mosd_dir, args.synthetic_scenes,
+                                     args.synthetic_first_seed, args.realsense_dir)
+                   for name in datasets}
+    except (ValueError, OSError) as error:
+        return _error(str(error))
+    words = ['segvec3d', 'evaluate', '--tracking', '--dataset', args.dataset,
+             '--segmenters', args.segmenters[0]]
+    for option, value in (('--params-file', args.params_file), ('--model', args.model)):
+        if value:
+            words += [option, value]
+    if args.dataset in ('synthetic', 'both', 'all'):
+        words += ['--synthetic-scenes', str(args.synthetic_scenes),
+                  '--synthetic-first-seed', str(args.synthetic_first_seed)]
+    rows = ['| dataset | scenes | ids kept | objects selected | parts | part IoU | '
+            'parts IoU >= 0.5 |', '| --- | --- | --- | --- | --- | --- | --- |']
+    for name, scenes in sources.items():
+        listed = list(scenes)
+        f = evaluate_interaction(pipeline, listed, log=lambda line: print(line, flush=True))
+        parts = np.array(f.part_ious)
+        row = (f'| {name} | {len(listed)} | {f.kept}/{f.object_frames} '
+               f'({100 * f.kept / max(f.object_frames, 1):.1f} %) | '
+               f'{f.prompt_hits}/{f.prompts} ({100 * f.prompt_hits / max(f.prompts, 1):.1f} %) | '
+               f'{len(parts)} | {parts.mean() if len(parts) else float("nan"):.2f} | '
+               f'{100 * (parts >= 0.5).mean() if len(parts) else float("nan"):.1f} % |')
+        print(row, flush=True)
+        rows.append(row)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text('\n'.join([
+        '# Stable ids and point prompts', '',
+        f'- Command: `{shlex.join(words + ["--out", str(out)])}`',
+        f'- Machine: {machine_description()}', f'- Segmenter: {config.segmenter}',
+        f'- Perturbation per frame: {FRAMES} frames, {1000 * NOISE:.0f} mm noise, '
+        f'{100 * DROP:.0f} % of the points dropped, one object moved {1000 * STEP:.0f} mm '
+        'further each frame (definitions in `segvec3d_ros/evaluation/tracking.py`)', '',
+        *rows, '']))
+    print(f'wrote {out}')
     return 0

@@ -240,7 +240,7 @@ def tin(radius: float, height: float, label: bool) -> Parts:
 
 
 def toy(kind: int, size: float, rng: np.random.Generator) -> Parts:
-    """A toy of several coloured parts: a car (0), a figure (1) or a brick tower (2)."""
+    """Build a toy of several coloured parts: a car (0), a figure (1) or a brick tower (2)."""
     if kind == 0:
         length, width = size, size * rng.uniform(0.45, 0.6)
         wheel = 0.18 * length

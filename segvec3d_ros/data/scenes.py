@@ -102,6 +102,8 @@ class Scene:
 
     cloud: Cloud                    # organized H x W, xyz float32 with NaN holes, rgb uint8
     instance_ids: np.ndarray        # (H*W,) int64, 0 = no return
+    part_ids: np.ndarray            # (H*W,) int64 part of its instance: 0 the body (and no
+    # return), 1, 2... a cap, a lid, a label band, a toy's pieces
     objects: list[SceneObject]      # includes support surfaces (is_support=True)
     camera_pose: np.ndarray         # (4, 4) camera (optical frame) to world
     intrinsics: np.ndarray          # (3, 3)
@@ -522,7 +524,7 @@ class _Builder:
             self._chair_at(floor, table)
 
     def _robot_arm(self, workspace: np.ndarray, half: np.ndarray) -> None:
-        """A robot arm reaching down into the view, its gripper maybe holding an object.
+        """Add a robot arm reaching down into the view, its gripper maybe holding an object.
 
         The arm is background (like a wall); an object in its fingers is an object, which
         must come out apart from the fingers that touch it.
@@ -682,6 +684,7 @@ class _Builder:
         # every triangle's colour, the triangles of geometry g from first_triangle[g] on
         triangle_rgbs = np.concatenate([item.part_rgbs[item.triangle_parts]
                                         for item in self.items])
+        triangle_parts = np.concatenate([item.triangle_parts for item in self.items])
         first_triangle = np.zeros(geometry.max() + 1, dtype=np.int64)
         first_triangle[geometry] = np.cumsum([0] + [len(i.triangles) for i in self.items])[:-1]
         gain = np.ones(len(instance_of))
@@ -702,7 +705,9 @@ class _Builder:
             center=(item.vertices.min(0) + item.vertices.max(0)) / 2, yaw=item.yaw,
             num_points=int(counts[i])) for i, item in enumerate(self.items, start=1)]
         cloud = Cloud(xyz=frame.xyz, rgb=rgb, height=sensor.height, width=sensor.width)
-        return Scene(cloud=cloud, instance_ids=instance_ids.astype(np.int64), objects=objects,
+        part_ids = np.where(instance_ids > 0, triangle_parts[np.maximum(surface, 0)], 0)
+        return Scene(cloud=cloud, instance_ids=instance_ids.astype(np.int64),
+                     part_ids=part_ids.astype(np.int64), objects=objects,
                      camera_pose=pose, intrinsics=sensor.intrinsics, kind=kind,
                      sensor=sensor.name)
 

@@ -269,7 +269,7 @@ _MULTIPATH_STEPS = (2, 4, 8, 16)
 
 def _multipath(points: np.ndarray, normals: np.ndarray, seen: np.ndarray,
                sensor: DepthSensor) -> np.ndarray:
-    """(H, W) extra depth of a ToF return near a concave corner (table meets box, wall meets floor).
+    """(H, W) extra depth of a ToF return near a concave corner (a box on a table, a wall's foot).
 
     Light bounces off the second surface of the corner onto the first and back, so the phase
     measures a longer path: the error is largest at the corner and fades with the distance to

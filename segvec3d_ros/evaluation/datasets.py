@@ -1,5 +1,7 @@
-"""Labelled evaluation scenes: real mOSD frames, real frames of other cameras, and a held-out
-split of synthetic tabletops (one subset per simulated sensor).
+"""Labelled evaluation scenes: real frames and a held-out split of synthetic tabletops.
+
+The real frames are mOSD's (Kinect) and those of other cameras; the synthetic scenes form one
+subset per simulated sensor.
 
 Ground truth per scene: object ids > 0, a support mask (table, floor, walls) and 0 elsewhere.
 Objects with fewer than MIN_GT_POINTS valid points become unlabelled (ignored), as ScanNet
@@ -37,6 +39,7 @@ class EvalScene(NamedTuple):
     cloud: Cloud
     gt: np.ndarray          # (N,) int64 object id per point, 0 = support, unlabelled, invalid
     support: np.ndarray     # (N,) bool support-surface points
+    parts: np.ndarray | None = None  # (N,) int64 part of its object (0 = body), where known
 
 
 def ignore_small(gt: np.ndarray, min_points: int = MIN_GT_POINTS) -> np.ndarray:
@@ -100,11 +103,12 @@ def iter_synthetic(count: int, first_seed: int = TEST_FIRST_SEED) -> Iterator[Ev
     """
     for seed in range(first_seed, first_seed + count):
         scene = generate_scene(seed, 'tabletop')
-        yield EvalScene(f'seed{seed}', scene.sensor, scene.cloud, *synthetic_ground_truth(scene))
+        yield EvalScene(f'seed{seed}', scene.sensor, scene.cloud, *synthetic_ground_truth(scene),
+                        scene.part_ids)
 
 
 def labelled_frames(directory: str | Path = DEFAULT_REALSENSE_DIR) -> list[Path]:
-    """The .pcd files of `directory`; raises FileNotFoundError when there are none."""
+    """List the .pcd files of `directory`; raise FileNotFoundError when there are none."""
     frames = sorted(Path(directory).glob('*.pcd'))
     if not frames:
         raise FileNotFoundError(f'{directory}: no labelled .pcd frames')
@@ -112,7 +116,7 @@ def labelled_frames(directory: str | Path = DEFAULT_REALSENSE_DIR) -> list[Path]
 
 
 def labelled_scene(path: str | Path) -> EvalScene:
-    """A real frame whose `label` field numbers the objects (0: support, clutter, no object).
+    """Read a real frame whose `label` field numbers the objects (0: support, clutter, none).
 
     Nothing there is labelled support, so a prediction on the bin or table is ignored only
     when more than half of it lies on unlabelled points.

@@ -47,7 +47,7 @@ class Candidate:
 
 
 def _points_of(cloud: Cloud, instance_id: int) -> Cloud:
-    """The points of `cloud` whose label is `instance_id`, labels kept."""
+    """Return the points of `cloud` whose label is `instance_id`, labels kept."""
     mask = cloud.extra['label'] == instance_id
     return Cloud(xyz=cloud.xyz[mask], rgb=None if cloud.rgb is None else cloud.rgb[mask],
                  extra={'label': cloud.extra['label'][mask]})
@@ -107,7 +107,7 @@ class SceneStore:
                 self._early_points = (key, points)
 
     def candidates(self, max_age: float) -> list[Candidate]:
-        """The latest frame's objects, then tracked ones of earlier frames up to `max_age` s old.
+        """List the latest frame's objects, then tracked ones of earlier frames `max_age` s old.
 
         `max_age` 0 keeps every tracked object. Without tracked ids, the latest frame's only.
         """

@@ -47,7 +47,7 @@ def header_of(msg: Any) -> Header | None:
 
 
 def point_stamped(xyz: tuple[float, float, float], frame_id: str) -> PointStamped:
-    """A PointStamped at `xyz` in `frame_id`."""
+    """Make a PointStamped at `xyz` in `frame_id`."""
     x, y, z = (float(v) for v in xyz)
     return PointStamped(header=Header(frame_id=frame_id), point=Point(x=x, y=y, z=z))
 

@@ -241,7 +241,7 @@ class SegmentationNode(Node):
         return labels, instances
 
     def _select(self, point: PointStamped, scale: float) -> tuple[LatestScene, Selection]:
-        """The latest scene and what `point` selects in it; PromptError says why not."""
+        """Return the latest scene and what `point` selects in it; PromptError says why not."""
         with self._scene_lock:
             scene = self._latest
         if scene is None:
@@ -254,7 +254,7 @@ class SegmentationNode(Node):
                                 scene.cloud.rgb, self._settings.prompt_radius)
 
     def _selected_points(self, scene: LatestScene, selection: Selection) -> PointCloud2:
-        """The selected points, fields x y z [rgb] label, with the cloud's header."""
+        """Encode the selected points, fields x y z [rgb] label, with the cloud's header."""
         mask = selection.mask
         rgb = None if scene.cloud.rgb is None else scene.cloud.rgb[mask]
         return pointcloud2_msg(scene.header, encode_pointcloud2(
