@@ -502,12 +502,20 @@ def test_message_states_the_interpretation():
     assert "relation 'left of' anchor 'bowl'" in result.message
 
 
-def test_body_frames_follow_rep_103():
-    # x forward, y left, z up: the instance at larger y is on the left.
-    instances = [box(1, (1.0, 0.3, 0.0), (0.1,) * 3, label='mug', up=(0, 0, 1)),
-                 box(2, (1.0, -0.3, 0.0), (0.1,) * 3, label='mug', up=(0, 0, 1))]
-    result = _learned_engine(instances).query('the leftmost mug', instances, 1, 'base_link')
-    assert instances[result.order[0]].id == 1
+@pytest.mark.parametrize('text, expected', [
+    ('the leftmost mug', 1), ('the rightmost mug', 2), ('the closest object', 2),
+    ('the mug left of the box', 1), ('the mug right of the box', 2),
+    ('the highest object', 4), ('the can on the box', 4), ('the farthest mug', 1),
+])
+def test_body_frames_follow_rep_103(text, expected):
+    # x forward, y left, z up (base_link, a LiDAR's frame): larger y is left, x is depth.
+    up = (0, 0, 1)
+    instances = [box(1, (1.0, 0.3, 0.05), (0.1,) * 3, (0.8, 0.1, 0.1), 'mug', up=up),
+                 box(2, (0.6, -0.3, 0.05), (0.1,) * 3, (0.8, 0.1, 0.1), 'mug', up=up),
+                 box(3, (1.0, 0.0, 0.05), (0.1,) * 3, (0.2, 0.6, 0.2), 'box', up=up),
+                 box(4, (1.0, 0.0, 0.15), (0.1,) * 3, (0.9, 0.8, 0.2), 'can', up=up)]
+    result = _learned_engine(instances).query(text, instances, 1, 'base_link')
+    assert instances[result.order[0]].id == expected, result.message
 
 
 @pytest.mark.parametrize('text', ['', '   ', '\u200b\u200d', 'x' * 5000, None, 42])
