@@ -1,7 +1,7 @@
 """The most recent scene for queries: instances plus their labeled points, swapped atomically.
 
-With tracked ids it also remembers every object of earlier frames, with its own points, so
-that a query can answer with an object hidden in the latest frame.
+With tracked ids it also remembers the objects that left the view or were hidden, with their
+own points, so that a query can answer with an object the latest frame does not show.
 """
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import time
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
+
+import numpy as np
+from scipy.spatial.transform import Rotation
 
 from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.instances import InstanceInfo
@@ -46,11 +49,24 @@ class Candidate:
         return time.monotonic() - self.received_at
 
 
+# At most this many objects of earlier frames are remembered, the most recently seen first, and
+# no more of their points than the last frame's instances hold: the memory of a node fed clouds whose
+# tracks never hold (unrelated scenes, a bag's jumps) stays that of one more frame.
+MAX_REMEMBERED = 32
+
+
 def _points_of(cloud: Cloud, instance_id: int) -> Cloud:
     """Return the points of `cloud` whose label is `instance_id`, labels kept."""
     mask = cloud.extra['label'] == instance_id
     return Cloud(xyz=cloud.xyz[mask], rgb=None if cloud.rgb is None else cloud.rgb[mask],
                  extra={'label': cloud.extra['label'][mask]})
+
+
+def _inside_box(point: np.ndarray, instance: InstanceInfo) -> bool:
+    """Whether `point` lies in the instance's oriented box."""
+    rotation = Rotation.from_quat(instance.bbox_quaternion)
+    local = rotation.inv().apply(np.asarray(point, dtype=np.float64) - instance.bbox_center)
+    return bool(np.all(np.abs(local) <= 0.5 * np.asarray(instance.bbox_size)))
 
 
 class SceneStore:
@@ -63,8 +79,9 @@ class SceneStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._current: SceneSnapshot | None = None
+        self._current_tracked = False
         self._early_points: tuple[Hashable, Cloud] | None = None
-        self._tracked: dict[int, Candidate] = {}    # by id, while the ids are tracked ones
+        self._remembered: dict[int, Candidate] = {}    # by id: objects the latest frame lacks
 
     def current(self) -> SceneSnapshot | None:
         """Newest scene, or None before the first instances arrived."""
@@ -75,44 +92,59 @@ class SceneStore:
         """Start a new scene from a frame's instances; `tracked`: their ids are tracked ones."""
         with self._lock:
             # The same frame segmented again (a re-sent cloud) keeps the points it already has.
-            current = self._current
-            points = current.points if current is not None and current.key == key else None
+            previous = self._current
+            points = previous.points if previous is not None and previous.key == key else None
             if self._early_points is not None and self._early_points[0] == key:
                 points = self._early_points[1]
                 self._early_points = None
             self._current = SceneSnapshot(key, header, tuple(instances), tuple(instance_msgs),
                                           points, time.monotonic())
-            if not tracked:
-                self._tracked.clear()    # ids are ranks of one frame: nothing to remember
-                return
-            for info, msg in zip(instances, instance_msgs):
-                self._tracked[int(info.id)] = Candidate(
-                    info, msg, header, None if points is None else _points_of(points, info.id),
-                    self._current.received_at)
+            if not tracked or not self._current_tracked:
+                self._remembered.clear()    # ids that are ranks of one frame name nothing later
+            if tracked and self._current_tracked and previous is not None:
+                self._remember(previous)
+            self._current_tracked = tracked
+
+    def _remember(self, previous: SceneSnapshot) -> None:
+        """Keep the objects of `previous` that the new current frame lacks; forget the rest.
+
+        A remembered object is forgotten once the new frame shows it, by its id or, under a new
+        id (its track was lost), by an object whose box holds its centroid.
+        """
+        shown = {int(i.id) for i in self._current.instances}
+        for info, msg in zip(previous.instances, previous.instance_msgs):
+            if int(info.id) not in shown:
+                points = None if previous.points is None else _points_of(previous.points, info.id)
+                self._remembered[int(info.id)] = Candidate(info, msg, previous.header, points,
+                                                           previous.received_at)
+        newest_first = sorted((c for k, c in self._remembered.items() if k not in shown
+                               and not any(_inside_box(c.instance.centroid, i)
+                                           for i in self._current.instances)),
+                              key=lambda c: -c.received_at)[:MAX_REMEMBERED]
+        budget = sum(int(i.num_points) for i in previous.instances)
+        self._remembered = {}
+        for candidate in newest_first:
+            budget -= 0 if candidate.points is None else len(candidate.points)
+            if budget < 0:
+                break
+            self._remembered[int(candidate.instance.id)] = candidate
 
     def put_points(self, key: Hashable, points: Cloud) -> None:
         """Attach a frame's labeled cloud to its scene, or keep it until the instances come."""
         with self._lock:
             current = self._current
             if current is not None and current.key == key:
-                self._current = SceneSnapshot(current.key, current.header, current.instances,
-                                              current.instance_msgs, points,
-                                              current.received_at)
-                for info in current.instances:
-                    entry = self._tracked.get(int(info.id))
-                    if entry is not None and entry.received_at == current.received_at:
-                        self._tracked[int(info.id)] = replace(
-                            entry, points=_points_of(points, info.id))
+                self._current = replace(current, points=points)
             else:
                 self._early_points = (key, points)
 
     def candidates(self, max_age: float) -> list[Candidate]:
-        """List the latest frame's objects, then tracked ones of earlier frames `max_age` s old.
+        """List the latest frame's objects, then remembered ones of frames `max_age` s old.
 
-        `max_age` 0 keeps every tracked object. Without tracked ids, the latest frame's only.
+        `max_age` 0 keeps every remembered object. Without tracked ids, the latest frame's only.
         """
         with self._lock:
-            current, tracked = self._current, dict(self._tracked)
+            current, remembered = self._current, list(self._remembered.values())
         if current is None:
             return []
         now = time.monotonic()
@@ -120,8 +152,4 @@ class SceneStore:
                             None if current.points is None else _points_of(current.points, i.id),
                             current.received_at)
                   for i, m in zip(current.instances, current.instance_msgs)]
-        shown = {int(i.id) for i in current.instances}
-        earlier = sorted((c for k, c in tracked.items() if k not in shown
-                          and (max_age <= 0 or now - c.received_at <= max_age)),
-                         key=lambda c: -c.received_at)
-        return latest + earlier
+        return latest + [c for c in remembered if max_age <= 0 or now - c.received_at <= max_age]

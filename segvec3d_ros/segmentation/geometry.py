@@ -34,12 +34,14 @@ _PARALLEL_COS = float(np.cos(np.deg2rad(15.0)))
 _LAYER_LEVEL = 0.5
 _LAYER_NEIGHBOURS = 16
 _LAYER_MIN_POINTS = 20
-# A surface's noise is estimated from the points within this many inlier distances of it...
-_NOISE_WINDOW = 3.0
-# ... and its band holds this many standard deviations of that noise, where that is wider than
+# A surface's band holds this many standard deviations of its noise, where that is wider than
 # the inlier distance: stereo depth noise grows with the square of the range (5 mm at 1.5 m on
-# a RealSense D435), so a fixed 1 cm band leaves the far part of a table in specks.
+# a RealSense D435), so a fixed 1 cm band leaves the far part of a table in specks. The noise
+# is estimated from the fit's inliers only: a wider window takes in the objects lying flat on
+# a floor (a bin's books and boxes), whose heights read as noise and widen the band over them.
 _NOISE_SIGMAS = 2.5
+# ... and the band is at most this many inlier distances: depth noise past it is not a surface.
+_MAX_BAND = 3.0
 _MAD_TO_SIGMA = 1.4826
 # Planes tried per frame, surfaces and rejected object faces together: the share a surface
 # must hold shrinks with what is left, and the rounds stay bounded on a cloud of many planes.
@@ -229,17 +231,18 @@ def surface_band(xyz: np.ndarray, plane: np.ndarray, distance: float) -> np.ndar
     """(N,) half-width of `plane`'s inlier band at each point: `distance`, or wider with noise.
 
     The noise is modelled as sigma = s * range^2 (depth noise of stereo and structured light,
-    the sensor at the origin), s estimated robustly from the residuals within _NOISE_WINDOW
-    inlier distances; a sensor whose noise stays under the inlier distance keeps `distance`.
+    the sensor at the origin), s estimated robustly from the residuals of the inliers; a sensor
+    whose noise stays under the inlier distance keeps `distance`, and no band passes
+    _MAX_BAND inlier distances.
     """
     pts = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
     residual = np.abs(pts @ plane[:3] + plane[3])
     squared_range = np.maximum(np.einsum('ij,ij->i', pts, pts), 1e-4)
-    near = residual <= _NOISE_WINDOW * distance
+    near = residual <= distance
     if near.sum() < 3:
         return np.full(len(pts), distance)
     scale = _MAD_TO_SIGMA * np.median(residual[near] / squared_range[near])
-    return np.maximum(distance, _NOISE_SIGMAS * scale * squared_range)
+    return np.clip(_NOISE_SIGMAS * scale * squared_range, distance, _MAX_BAND * distance)
 
 
 def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_fraction: float,
@@ -280,8 +283,6 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
         plane, inliers = fit_support_plane(pts[candidates], distance, iterations, rng, up)
         if plane is None or inliers.sum() < level_points:
             return support, rest & ~support
-        band = surface_band(pts[candidates], plane, distance)
-        inliers = np.abs(pts[candidates] @ plane[:3] + plane[3]) <= band
         members = candidates[inliers]
         patches = plane_patches(pts[members], plane[:3], tolerance)
         sizes = np.bincount(patches)
@@ -298,6 +299,12 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
         untried[members] = False
         if sizes.max() < surface_points:
             continue
+        # A surface found, its band widens with its noise (a noisy blob never qualifies by it).
+        band = surface_band(pts[candidates], plane, distance)
+        # The fit's own inliers stay: a band of NaN (coordinates near float32's limit) takes none.
+        inliers |= np.abs(pts[candidates] @ plane[:3] + plane[3]) <= band
+        members = candidates[inliers]
+        untried[members] = False
         support[members] = True
         support[members[_raised_layer(pts[members], plane, band[inliers], tolerance)]] = False
         surfaces.append(plane)
