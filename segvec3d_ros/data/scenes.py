@@ -647,7 +647,9 @@ class _Builder:
         if floor.contains(poly, 0.02) and not _overlaps(poly, floor.footprints):
             floor.footprints.append(poly)
             floor.yaws.append(yaw)
-            self.add('chair', mesh, np.array([*xy, 0.0]), yaw, on_top_of=floor.instance_id)
+            # Furniture, like the shelf: no object a tabletop query or grasp is after.
+            self.add('chair', mesh, np.array([*xy, 0.0]), yaw, is_support=True,
+                     on_top_of=floor.instance_id)
 
     # -- camera and rendering
 
