@@ -50,8 +50,8 @@ class Candidate:
 
 
 # At most this many objects of earlier frames are remembered, the most recently seen first, and
-# no more of their points than the last frame's instances hold: the memory of a node fed clouds whose
-# tracks never hold (unrelated scenes, a bag's jumps) stays that of one more frame.
+# no more of their points than the last frame's instances hold: the memory of a node fed clouds
+# whose tracks never hold (unrelated scenes, a bag's jumps) stays that of one more frame.
 MAX_REMEMBERED = 32
 
 
