@@ -19,6 +19,7 @@ from std_msgs.msg import Header  # noqa: E402
 
 from segvec3d_ros.io.pointcloud2 import decode_pointcloud2  # noqa: E402
 from segvec3d_ros.names import QUERY_NODE, SELECTED_POINTS_TOPIC, SELECTED_TOPIC  # noqa: E402
+from segvec3d_ros.ros.conversions import stamp_seconds, time_msg  # noqa: E402
 
 pytestmark = pytest.mark.ros
 FRAMES = 10
@@ -159,3 +160,11 @@ def test_a_query_answers_with_an_object_hidden_in_the_latest_frame(tracked, clut
     assert answer.success and answer.matches[0].id == left_id, answer.message
     assert 'not in the latest frame' in answer.message and answer.points.width > 0
     assert answer.header == found['segvec3d/instances'].header
+
+
+@pytest.mark.parametrize('sec, nanosec', [(0, 0), (1_796_635_929, 932_180_020),
+                                          (2**31 - 1, 999_999_999), (-2**31, 0)])
+def test_first_seen_stamps_survive_the_message_even_at_the_int32_limit(sec, nanosec):
+    stamp = time_msg(sec + nanosec * 1e-9)
+    assert stamp.sec == sec and abs(stamp.nanosec - nanosec) < 1000
+    assert abs(stamp_seconds(stamp) - (sec + nanosec * 1e-9)) < 1e-6

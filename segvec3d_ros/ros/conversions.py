@@ -73,10 +73,17 @@ def instance_msg(info: InstanceInfo) -> Instance:
         first_seen=time_msg(info.first_seen), track_age=float(info.track_age))
 
 
+_INT32_MAX = 2**31 - 1
+
+
 def time_msg(seconds: float) -> Time:
-    """builtin_interfaces/Time of a stamp in seconds."""
+    """builtin_interfaces/Time of a stamp in seconds (sec clamped to int32)."""
     whole = int(np.floor(seconds))
-    return Time(sec=whole, nanosec=min(int(round((seconds - whole) * 1e9)), 999_999_999))
+    nanosec = min(int(round((seconds - whole) * 1e9)), 999_999_999)
+    # A stamp at the int32 limit (2147483647.999999999) rounds past it in float64.
+    if whole > _INT32_MAX:
+        return Time(sec=_INT32_MAX, nanosec=999_999_999)
+    return Time(sec=max(whole, -_INT32_MAX - 1), nanosec=nanosec)
 
 
 def stamp_seconds(stamp: Time) -> float:
