@@ -499,29 +499,30 @@ class _Builder:
         u = rng.uniform
         if rng.random() < 0.5:
             w, d, h = u(0.6, 1.6), u(0.5, 0.9), u(0.45, 0.9)
-            iid = self.place(floor, 'table', meshes.table(w, d, h), yaw_step=np.pi / 2,
-                             margin=0.05)
-            if iid is not None:
-                item = self.items[iid - 1]
-                item.is_support = True
-                centre = (item.vertices.min(0) + item.vertices.max(0))[:2] / 2
-                second = _Surface(iid, centre, item.yaw, np.array([w, d]) / 2 - 0.03, h)
+            placed = self._furniture(floor, 'table', meshes.table(w, d, h))
+            if placed is not None:
+                second = _Surface(*placed, np.array([w, d]) / 2 - 0.03, h)
                 self.objects_on(second, int(rng.integers(0, 5)))
         if rng.random() < 0.4:
             w, d, h = u(0.5, 1.0), u(0.25, 0.4), u(0.8, 1.9)
             levels = int(rng.integers(2, 5))
-            iid = self.place(floor, 'shelf', meshes.shelf(w, d, h, levels), yaw_step=np.pi / 2,
-                             margin=0.05)
-            if iid is not None:
-                item = self.items[iid - 1]
-                item.is_support = True
-                centre = (item.vertices.min(0) + item.vertices.max(0))[:2] / 2
+            placed = self._furniture(floor, 'shelf', meshes.shelf(w, d, h, levels))
+            if placed is not None:
                 for board_z in np.linspace(0.0, h - 0.02, levels + 1)[1:-1] + 0.02:
-                    board = _Surface(iid, centre, item.yaw, np.array([w, d]) / 2 - 0.04,
-                                     float(board_z))
+                    board = _Surface(*placed, np.array([w, d]) / 2 - 0.04, float(board_z))
                     self.objects_on(board, int(rng.integers(0, 3)))
         for _ in range(int(rng.integers(0, 3))):
             self._chair_at(floor, table)
+
+    def _furniture(self, floor: _Surface, category: str, mesh: o3d.geometry.TriangleMesh
+                   ) -> tuple[int, np.ndarray, float] | None:
+        """Place support furniture on `floor`; its instance id, footprint centre and yaw."""
+        iid = self.place(floor, category, mesh, yaw_step=np.pi / 2, margin=0.05)
+        if iid is None:
+            return None
+        item = self.items[iid - 1]
+        item.is_support = True
+        return iid, (item.vertices.min(0) + item.vertices.max(0))[:2] / 2, item.yaw
 
     def _robot_arm(self, workspace: np.ndarray, half: np.ndarray) -> None:
         """Add a robot arm reaching down into the view, its gripper maybe holding an object.
@@ -586,13 +587,9 @@ class _Builder:
         tables: list[_Surface] = []
         for _ in range(rng.integers(1, 4)):
             w, d, h = rng.uniform(1.0, 2.0), rng.uniform(0.6, 1.0), rng.uniform(0.7, 0.78)
-            iid = self.place(floor, 'table', meshes.table(w, d, h), yaw_step=np.pi / 2,
-                             margin=0.05)
-            if iid is not None:
-                item = self.items[iid - 1]
-                item.is_support = True
-                centre = (item.vertices.min(0) + item.vertices.max(0))[:2] / 2
-                tables.append(_Surface(iid, centre, item.yaw, np.array([w, d]) / 2, h))
+            placed = self._furniture(floor, 'table', meshes.table(w, d, h))
+            if placed is not None:
+                tables.append(_Surface(*placed, np.array([w, d]) / 2, h))
         for category in (['cabinet'] * int(rng.integers(1, 4))
                          + ['shelf'] * int(rng.integers(1, 3))):
             self._against_wall(floor, category)
