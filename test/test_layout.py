@@ -4,7 +4,11 @@ a dependency, they do not remove it."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / 'segvec3d_ros'
 # Bottom to top (docs/ARCHITECTURE.md). A module may import its own layer and those below.
@@ -94,3 +98,13 @@ def test_ros_is_imported_in_one_folder_only():
                      if not module.startswith('segvec3d_ros.ros')
                      for name in names if name.split('.')[0] in ROS_IMPORTS)
     assert not outside, outside
+
+
+def test_the_segmentation_node_module_does_not_import_torch():
+    # torch takes seconds to import: a Ctrl-C at start-up then lands inside it (the query node
+    # needs it for the text encoder; the segmentation node only once it loads a grounding head).
+    pytest.importorskip('rclpy')
+    code = 'import sys, segvec3d_ros.ros.segmentation_node; print("torch" in sys.modules)'
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == 'False', out.stderr

@@ -1,9 +1,12 @@
 """The network's input features, built the same way for training, inference and export."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from segvec3d_ros.model.segvec3d import SegVec3DConfig
+if TYPE_CHECKING:   # torch, which that module needs, is seconds of import a node need not pay
+    from segvec3d_ros.model.segvec3d import SegVec3DConfig
 
 
 def input_features(xyz: np.ndarray, rgb: np.ndarray | None, config: SegVec3DConfig) -> np.ndarray:
