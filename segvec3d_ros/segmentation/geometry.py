@@ -287,8 +287,8 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
         patches = plane_patches(pts[members], plane[:3], tolerance)
         sizes = np.bincount(patches)
         largest = members[patches == sizes.argmax()]
-        surface_points = (level_points if _above_a_surface(pts[largest], plane, surfaces)
-                          else max(min_fraction * len(pts), 3))
+        level = _above_a_surface(pts[largest], plane, surfaces)
+        surface_points = level_points if level else max(min_fraction * len(pts), 3)
         if sizes.max() >= surface_points and (
                 longest_span(pts[largest], plane[:3]) < min_extent
                 or _on_a_surface(pts[largest], plane, surfaces)):
@@ -308,7 +308,9 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
         support[members] = True
         support[members[_raised_layer(pts[members], plane, band[inliers], tolerance)]] = False
         surfaces.append(plane)
-        if drop_beyond:
+        # Not beyond a level: the fronts of objects in a row before a wall look like one, and
+        # all behind them would go.
+        if drop_beyond and not level:
             rest &= (pts @ plane[:3] + plane[3]) * np.sign(plane[3]) >= 0
     return support, rest & ~support
 
