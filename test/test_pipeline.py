@@ -378,7 +378,7 @@ def _learned_pipelines():
 def test_touching_objects_of_a_generated_scene_are_split_apart():
     from segvec3d_ros.data.scenes import generate_scene
     from segvec3d_ros.evaluation.datasets import synthetic_ground_truth
-    scene = generate_scene(2_000_002, 'tabletop')   # a validation scene: a ball against a box
+    scene = generate_scene(2_000_002, 'tabletop')   # a validation scene: 14 objects found, 15
     objects = synthetic_ground_truth(scene)[0]
     merged, split = (_objects_found(p.process(scene.cloud), objects) for p in _learned_pipelines())
     assert split > merged
@@ -386,12 +386,13 @@ def test_touching_objects_of_a_generated_scene_are_split_apart():
 
 @pytest.mark.shared
 def test_stacked_mosd_boxes_are_split_apart(shared_dir):
-    # learn20: two boxes of one colour, one on the other; one instance without the split
+    # learn20: two boxes of one colour, one on the other; stage-3 weights gave one instance
+    # without the split, stage 4's embeddings separate them on their own: the split keeps both.
     cloud = read_cloud(shared_dir / 'data/mosd/learn/learn20.pcd')
     label = np.where(cloud.valid, cloud.extra['label'], 0)
     objects = np.where(label >= 20, label // 10 - 1, 0)
     merged, split = (_objects_found(p.process(cloud), objects) for p in _learned_pipelines())
-    assert split == merged + 1
+    assert split == 2 and merged <= split
 
 
 def test_frames_run_with_one_blas_thread_and_the_setting_is_restored():
