@@ -89,9 +89,10 @@ _CAPTION_TEMPERATURE = 0.05
 _COLOUR_PROMPT = '{} object'
 _SYNONYM_COSINE = 0.8   # label words this close to the query's noun in the shared space
 _TEXT_CACHE_SIZE = 4096
-# Fit below which the query node answers "not found": about the 5th percentile of the fits of
-# right answers on the validation split (docs/GROUNDING.md, "Not found").
-DEFAULT_MIN_SCORE = 0.2
+# Fit below which the query node answers "not found", chosen on the validation split for the
+# sensor-mix head: it keeps most right answers and rejects most absent words (docs/GROUNDING.md,
+# "Not found", has the trade-off).
+DEFAULT_MIN_SCORE = 0.05
 
 
 @dataclass
