@@ -97,6 +97,12 @@ def test_soak_frames_at_sensor_rate_with_queries(system, soak_seconds: float | N
             due += 1.0 / QUERY_HZ
             stop.wait(max(0.0, due - time.monotonic()))
 
+    # The node counts the frames lost on the way from the publisher's sequence numbers, which
+    # it can only while one publisher sends; a writer of an earlier test module may still be
+    # known to discovery for a while.
+    topic = system.points_pub.topic_name
+    assert wait_for(lambda: system.node.count_publishers(topic) == 1, timeout=30.0), \
+        system.node.get_publishers_info_by_topic(topic)
     before = wait_for(lambda: system.pipeline_status(), timeout=10.0)
     cpu_before, start = cpu_seconds(system.process.pid), time.monotonic()
     memory: list[tuple[float, int, int]] = []  # (s since start, VmRSS, RssAnon)
