@@ -28,6 +28,7 @@ class SceneSnapshot:
     instance_msgs: Sequence[Any]     # the messages as received, to answer with unchanged
     points: Cloud | None             # labeled cloud, `extra['label']` = instance id per point
     received_at: float               # monotonic seconds
+    tracked: bool = False            # the ids are tracked ones, not ranks within the frame
 
     def age(self) -> float:
         """Seconds since the scene's instances arrived."""
@@ -62,11 +63,17 @@ def _points_of(cloud: Cloud, instance_id: int) -> Cloud:
                  extra={'label': cloud.extra['label'][mask]})
 
 
-def _inside_box(point: np.ndarray, instance: InstanceInfo) -> bool:
-    """Whether `point` lies in the instance's oriented box."""
-    rotation = Rotation.from_quat(instance.bbox_quaternion)
-    local = rotation.inv().apply(np.asarray(point, dtype=np.float64) - instance.bbox_center)
-    return bool(np.all(np.abs(local) <= 0.5 * np.asarray(instance.bbox_size)))
+def _inside_any_box(points: np.ndarray, instances: Sequence[InstanceInfo]) -> np.ndarray:
+    """(P,) whether each of the (P, 3) `points` lies in the oriented box of one of `instances`."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    if len(instances) == 0 or len(points) == 0:
+        return np.zeros(len(points), dtype=bool)
+    axes = Rotation.from_quat(np.array([i.bbox_quaternion for i in instances])).as_matrix()
+    centres = np.array([i.bbox_center for i in instances], dtype=np.float64)
+    half = 0.5 * np.array([i.bbox_size for i in instances], dtype=np.float64)
+    # Box coordinates of every point in every box: (P, K, 3).
+    local = np.einsum('pkj,kjl->pkl', points[:, None, :] - centres[None], axes)
+    return (np.abs(local) <= half[None]).all(axis=2).any(axis=1)
 
 
 class SceneStore:
@@ -79,7 +86,6 @@ class SceneStore:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._current: SceneSnapshot | None = None
-        self._current_tracked = False
         self._early_points: tuple[Hashable, Cloud] | None = None
         self._remembered: dict[int, Candidate] = {}    # by id: objects the latest frame lacks
 
@@ -98,12 +104,11 @@ class SceneStore:
                 points = self._early_points[1]
                 self._early_points = None
             self._current = SceneSnapshot(key, header, tuple(instances), tuple(instance_msgs),
-                                          points, time.monotonic())
-            if not tracked or not self._current_tracked:
-                self._remembered.clear()    # ids that are ranks of one frame name nothing later
-            if tracked and self._current_tracked and previous is not None:
+                                          points, time.monotonic(), tracked)
+            if tracked and previous is not None and previous.tracked:
                 self._remember(previous)
-            self._current_tracked = tracked
+            else:
+                self._remembered.clear()    # ids that are ranks of one frame name nothing later
 
     def _remember(self, previous: SceneSnapshot) -> None:
         """Keep the objects of `previous` that the new current frame lacks; forget the rest.
@@ -117,9 +122,10 @@ class SceneStore:
                 points = None if previous.points is None else _points_of(previous.points, info.id)
                 self._remembered[int(info.id)] = Candidate(info, msg, previous.header, points,
                                                            previous.received_at)
-        newest_first = sorted((c for k, c in self._remembered.items() if k not in shown
-                               and not any(_inside_box(c.instance.centroid, i)
-                                           for i in self._current.instances)),
+        unshown = [c for k, c in self._remembered.items() if k not in shown]
+        seen_again = _inside_any_box([c.instance.centroid for c in unshown],
+                                     self._current.instances)
+        newest_first = sorted((c for c, again in zip(unshown, seen_again) if not again),
                               key=lambda c: -c.received_at)[:MAX_REMEMBERED]
         budget = sum(int(i.num_points) for i in previous.instances)
         self._remembered = {}
