@@ -5,6 +5,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# Return-strength fields of LiDAR drivers, in order of preference: `reflectivity` is
+# calibrated (the same target reads the same at every range), `intensity` is raw signal.
+INTENSITY_FIELDS = ('reflectivity', 'intensity')
+# percentile of a frame's return strengths that is drawn white
+_WHITE_PERCENTILE = 99.0
+
 
 @dataclass
 class Cloud:
@@ -46,6 +52,27 @@ class Cloud:
         if 'range' in self.extra:
             valid &= np.asarray(self.extra['range']).reshape(-1) != 0
         return valid
+
+    def appearance(self) -> np.ndarray | None:
+        """(N, 3) uint8 colour the segmenters see: `rgb`, else a grey of the return strength.
+
+        A colourless LiDAR cloud is shaded by its `reflectivity` or `intensity` field, scaled
+        so that the frame's 99th percentile is white (drivers differ in units and range).
+        None when the cloud has neither colour nor such a field.
+        """
+        if self.rgb is not None:
+            return self.rgb
+        name = next((n for n in INTENSITY_FIELDS
+                     if n in self.extra and np.size(self.extra[n]) == len(self)), None)
+        if name is None:
+            return None
+        strength = np.asarray(self.extra[name], dtype=np.float32).reshape(-1)
+        usable = self.valid & np.isfinite(strength)
+        white = np.percentile(strength[usable], _WHITE_PERCENTILE) if usable.any() else 0.0
+        grey = np.zeros(len(self), dtype=np.uint8)
+        if white > 0:
+            grey[usable] = np.clip(strength[usable] * (255.0 / white), 0.0, 255.0)
+        return np.repeat(grey[:, None], 3, axis=1)
 
     @property
     def is_organized(self) -> bool:

@@ -132,13 +132,16 @@ class Pipeline:
                           & ((distance <= cfg.max_range) | (cfg.max_range == 0))]
         xyz = cloud.xyz[index]
         rgb = None if cloud.rgb is None else cloud.rgb[index]
+        # what the segmenters see: colour, or a LiDAR's return strength as grey
+        appearance = cloud.appearance()
+        shade = None if appearance is None else appearance[index]
         lap('filter')
 
         # The range-image segmenter works on the scan's own grid: every return is a working
         # point and keeps its pixel. Unorganized clouds take the usual voxels.
         scan = isinstance(self.segmenter, RangeImageSegmenter) and cloud.is_organized
-        grid = (voxel_downsample(xyz, cfg.voxel_size, rgb) if cfg.voxel_size > 0 and not scan
-                else VoxelGrid(xyz, rgb, np.arange(len(xyz))))
+        grid = (voxel_downsample(xyz, cfg.voxel_size, shade) if cfg.voxel_size > 0 and not scan
+                else VoxelGrid(xyz, shade, np.arange(len(xyz))))
         working = np.arange(len(grid.xyz))
         if len(working) > cfg.max_points and not scan:
             unit = 'voxels' if cfg.voxel_size > 0 else 'points'

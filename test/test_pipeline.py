@@ -195,6 +195,29 @@ class FeatureSegmenter(EuclideanSegmenter):
         return seg
 
 
+class RecordingSegmenter(EuclideanSegmenter):
+    """Euclidean segments; keeps the colours it was given."""
+
+    def segment(self, xyz, rgb):
+        self.seen_rgb = rgb
+        return super().segment(xyz, rgb)
+
+
+def test_a_colourless_cloud_is_seen_by_its_return_strength_and_described_without_colour(scene):
+    cloud, owner = scene
+    strength = np.where(owner == 1, 900.0, 100.0).astype(np.float32)
+    lidar_like = Cloud(cloud.xyz, None, cloud.height, cloud.width, extra={'intensity': strength})
+    config = PipelineConfig(segmenter='euclidean', voxel_size=0.0, max_points=100000)
+    segmenter = RecordingSegmenter(config.euclidean())
+    result = Pipeline(config, segmenter).process(lidar_like)
+    valid = np.flatnonzero(cloud.valid)
+    grey = segmenter.seen_rgb[:, 0]
+    assert (segmenter.seen_rgb == grey[:, None]).all()
+    assert grey[owner[valid] == 1].min() > 3 * grey[owner[valid] == 2].max()
+    assert len(result.instances) == 3
+    assert all(info.mean_color[3] == 0 for info in result.instances)   # grey is no colour
+
+
 def test_instance_features_are_per_instance_means(scene):
     cloud, _ = scene
     config = PipelineConfig()

@@ -14,6 +14,7 @@ import open3d as o3d
 
 from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.data import meshes
+from segvec3d_ros.data.lidar import LIDARS, LidarSensor, render_lidar
 from segvec3d_ros.data.sensor import SENSORS, DepthSensor, Frame, render_depth
 
 KINDS = ('tabletop', 'room')
@@ -61,8 +62,9 @@ ROBOT_COLOURS = ('gray', 'white', 'black', 'orange', 'blue')
 class SceneConfig:
     """What `generate_scene` draws from; the defaults give varied training scenes."""
 
-    sensors: tuple[str, ...] = tuple(SENSORS)   # one drawn per scene
-    image_scale: float = 1.0                    # 0.25 gives 160 x 120 Kinect frames
+    sensors: tuple[str, ...] = tuple(SENSORS)   # one drawn per scene; LIDARS' names too
+    image_scale: float = 1.0                    # 0.25 gives 160 x 120 Kinect frames; LiDAR:
+    # the firings per beam
     num_objects: tuple[int, int] = (2, 20)      # tabletop objects, inclusive range
     objects_per_table: tuple[int, int] = (1, 5)  # room scenes
     categories: tuple[str, ...] = CATEGORIES
@@ -100,13 +102,14 @@ class SceneObject:
 class Scene:
     """A rendered frame with its per-point labels."""
 
-    cloud: Cloud                    # organized H x W, xyz float32 with NaN holes, rgb uint8
+    cloud: Cloud                    # organized H x W, xyz float32 with NaN holes, rgb uint8;
+    # LiDAR: no rgb, no-echo returns at 0, the driver's fields in `extra`
     instance_ids: np.ndarray        # (H*W,) int64, 0 = no return
     part_ids: np.ndarray            # (H*W,) int64 part of its instance: 0 the body (and no
     # return), 1, 2... a cap, a lid, a label band, a toy's pieces
     objects: list[SceneObject]      # includes support surfaces (is_support=True)
-    camera_pose: np.ndarray         # (4, 4) camera (optical frame) to world
-    intrinsics: np.ndarray          # (3, 3)
+    camera_pose: np.ndarray         # (4, 4) camera (optical frame; LiDAR: REP 103) to world
+    intrinsics: np.ndarray | None   # (3, 3); None for a LiDAR
     kind: str
     sensor: str
 
@@ -121,11 +124,14 @@ def generate_scene(seed: int, kind: str = 'tabletop', config: SceneConfig | None
     rng = np.random.default_rng(layout_seq)
     builder = _Builder(rng, config)
     aim = builder.tabletop() if kind == 'tabletop' else builder.room()
-    sensor = SENSORS[config.sensors[rng.integers(len(config.sensors))]]
-    sensor = sensor.scaled(config.image_scale).jittered(rng)
+    name = config.sensors[rng.integers(len(config.sensors))]
+    if name not in SENSORS and name not in LIDARS:
+        raise ValueError(f'unknown sensor {name!r}, expected one of {(*SENSORS, *LIDARS)}')
+    sensor = (SENSORS.get(name) or LIDARS[name]).scaled(config.image_scale).jittered(rng)
     if config.max_depth is not None:
         sensor = replace(sensor, max_range=min(sensor.max_range, config.max_depth))
-    pose = builder.camera_pose(aim)
+    pose = (builder.lidar_pose(aim, sensor) if isinstance(sensor, LidarSensor)
+            else builder.camera_pose(aim))
     return builder.render(sensor, pose, np.random.default_rng(noise_seq), kind)
 
 
@@ -663,6 +669,35 @@ class _Builder:
                 break
         return _look_at(eye, aim.target + rng.normal(0, 0.03, 3), np.radians(rng.normal(0, 2)))
 
+    def lidar_pose(self, aim: _Aim, sensor: LidarSensor) -> np.ndarray:
+        """Sensor-to-world pose (REP 103) of a LiDAR on a robot beside the aimed-at table.
+
+        A spinning head is mounted level (within a few degrees) at any yaw; a forward-looking
+        rosette sensor faces the target. Heights: just above a tabletop's objects up to a
+        mast's 1.9 m; a few metres from the target, as a mobile manipulator stands.
+        """
+        rng = self.rng
+        room = self.room_half is not None
+        for _ in range(100):
+            az = np.radians(rng.uniform(*aim.azimuth))
+            reach = rng.uniform(1.0, 3.0) if room else rng.uniform(0.8, 2.5)
+            height = rng.uniform(0.4, 1.8) if room else aim.target[2] + rng.uniform(0.1, 0.9)
+            eye = np.array([aim.target[0] + reach * np.sin(az),
+                            aim.target[1] - reach * np.cos(az), height])
+            if self._eye_free(eye):
+                break
+        if sensor.pattern == 'spinning':
+            yaw, pitch = rng.uniform(-np.pi, np.pi), np.radians(rng.normal(0.0, 2.0))
+        else:
+            forward = aim.target - eye
+            yaw = np.arctan2(forward[1], forward[0]) + np.radians(rng.normal(0.0, 5.0))
+            pitch = np.arctan2(-forward[2], np.linalg.norm(forward[:2]))
+        pose = np.eye(4)
+        pose[:3, :3] = (_rotation_about((0, 0, 1), yaw) @ _rotation_about((0, 1, 0), pitch)
+                        @ _rotation_about((1, 0, 0), np.radians(rng.normal(0.0, 2.0))))
+        pose[:3, 3] = eye
+        return pose
+
     def _eye_free(self, eye: np.ndarray) -> bool:
         """Whether the camera is inside the room (if any) and clear of the furniture."""
         if self.room_half is not None and ((np.abs(eye[:2]) > self.room_half - 0.3).any()
@@ -671,8 +706,8 @@ class _Builder:
         probe = _corners(np.full(2, -0.2), np.full(2, 0.2), eye[:2], 0.0)
         return not _overlaps(probe, self.eye_keepout)
 
-    def render(self, sensor: DepthSensor, pose: np.ndarray, noise_rng: np.random.Generator,
-               kind: str) -> Scene:
+    def render(self, sensor: DepthSensor | LidarSensor, pose: np.ndarray,
+               noise_rng: np.random.Generator, kind: str) -> Scene:
         """Ray-cast the scene and attach the labels."""
         raycaster = o3d.t.geometry.RaycastingScene()
         geometry = np.array([raycaster.add_triangles(
@@ -686,16 +721,22 @@ class _Builder:
         triangle_parts = np.concatenate([item.triangle_parts for item in self.items])
         first_triangle = np.zeros(geometry.max() + 1, dtype=np.int64)
         first_triangle[geometry] = np.cumsum([0] + [len(i.triangles) for i in self.items])[:-1]
-        gain = np.ones(len(instance_of))
-        gain[geometry] = [item.dropout_gain for item in self.items]
-        frame = render_depth(raycaster, sensor, pose, noise_rng, noise=self.config.noise,
-                             dropout=self.config.dropout, dropout_gain=gain)
+        if isinstance(sensor, LidarSensor):
+            frame = render_lidar(raycaster, sensor, pose, noise_rng,
+                                 self._reflectivity(triangle_rgbs), first_triangle,
+                                 noise=self.config.noise, dropout=self.config.dropout)
+        else:
+            gain = np.ones(len(instance_of))
+            gain[geometry] = [item.dropout_gain for item in self.items]
+            frame = render_depth(raycaster, sensor, pose, noise_rng, noise=self.config.noise,
+                                 dropout=self.config.dropout, dropout_gain=gain)
         seen = np.where(frame.geometry_ids >= 0, instance_of[frame.geometry_ids], 0)
         instance_ids = np.where(frame.valid, seen, 0)
         surface = np.where(frame.geometry_ids >= 0,
                            first_triangle[np.maximum(frame.geometry_ids, 0)] + frame.primitive_ids,
                            -1)
-        rgb = self._colours(surface, triangle_rgbs, frame, sensor, noise_rng)
+        rgb = (None if isinstance(sensor, LidarSensor)
+               else self._colours(surface, triangle_rgbs, frame, sensor, noise_rng))
         counts = np.bincount(instance_ids, minlength=len(self.items) + 1)
         objects = [SceneObject(
             instance_id=i, category=item.category, color_name=item.color_name, rgb=item.rgb,
@@ -703,12 +744,23 @@ class _Builder:
             size_word=self._size_word(item),
             center=(item.vertices.min(0) + item.vertices.max(0)) / 2, yaw=item.yaw,
             num_points=int(counts[i])) for i, item in enumerate(self.items, start=1)]
-        cloud = Cloud(xyz=frame.xyz, rgb=rgb, height=sensor.height, width=sensor.width)
+        cloud = Cloud(xyz=frame.xyz, rgb=rgb, height=sensor.height, width=sensor.width,
+                      extra=frame.fields)
         part_ids = np.where(instance_ids > 0, triangle_parts[np.maximum(surface, 0)], 0)
         return Scene(cloud=cloud, instance_ids=instance_ids.astype(np.int64),
                      part_ids=part_ids.astype(np.int64), objects=objects,
-                     camera_pose=pose, intrinsics=sensor.intrinsics, kind=kind,
+                     camera_pose=pose, intrinsics=getattr(sensor, 'intrinsics', None), kind=kind,
                      sensor=sensor.name)
+
+    def _reflectivity(self, triangle_rgbs: np.ndarray) -> np.ndarray:
+        """(T,) near-infrared reflectivity (0-1) of every triangle, from its paint.
+
+        Dark paint absorbs the laser too, but pigments differ between visible and infrared
+        light: brightness sets the mean, each triangle's paint batch a spread about it.
+        """
+        brightness = (np.asarray(triangle_rgbs, np.float32) / 255.0).mean(axis=1)
+        spread = self.rng.uniform(0.7, 1.3, len(brightness)).astype(np.float32)
+        return np.clip((0.04 + 0.8 * brightness ** 2.2) * spread, 0.02, 1.0)
 
     def _colours(self, surface: np.ndarray, triangle_rgbs: np.ndarray, frame: Frame,
                  sensor: DepthSensor, noise_rng: np.random.Generator) -> np.ndarray:

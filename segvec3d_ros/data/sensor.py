@@ -5,7 +5,7 @@ NaN where the sensor would give no return.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import open3d as o3d
@@ -144,13 +144,14 @@ SENSORS: dict[str, DepthSensor] = {s.name: s for s in (
 
 @dataclass
 class Frame:
-    """One rendered depth frame, pixels in row-major order."""
+    """One rendered depth frame or LiDAR scan, pixels in row-major order."""
 
-    xyz: np.ndarray             # (H*W, 3) float32 in the optical frame, NaN = no return
+    xyz: np.ndarray             # (H*W, 3) float32 in the sensor frame, NaN or 0 = no return
     valid: np.ndarray           # (H*W,) bool, the pixels with a return
     geometry_ids: np.ndarray    # (H*W,) int64 surface in view, also where its return was lost
     normals: np.ndarray         # (H*W, 3) float32 world-frame normal of that surface
     primitive_ids: np.ndarray   # (H*W,) int64 triangle of that surface (colours of its parts)
+    fields: dict[str, np.ndarray] = field(default_factory=dict)  # LiDAR: the driver's fields
 
 
 def pixel_rays(sensor: DepthSensor) -> np.ndarray:
@@ -174,10 +175,10 @@ def _blobs(sensor: DepthSensor, rng: np.random.Generator, fraction: np.ndarray) 
     cell = max(sensor.blob_cell / 2, 2.0)
     coarse = rng.standard_normal((int(np.ceil(h / cell)) + 1, int(np.ceil(w / cell)) + 1))
     # cubic: the level sets of a bilinear field have straight, man-made looking edges
-    field = zoom(coarse, (h / (coarse.shape[0] - 1), w / (coarse.shape[1] - 1)), order=3)[:h, :w]
-    field = np.repeat(np.repeat(field, 2, 0), 2, 1)[:sensor.height, :sensor.width]
-    field = (field - field.mean()) / max(field.std(), 1e-9)
-    return field > ndtri(1.0 - np.clip(fraction, 1e-9, 0.99))
+    smooth = zoom(coarse, (h / (coarse.shape[0] - 1), w / (coarse.shape[1] - 1)), order=3)[:h, :w]
+    smooth = np.repeat(np.repeat(smooth, 2, 0), 2, 1)[:sensor.height, :sensor.width]
+    smooth = (smooth - smooth.mean()) / max(smooth.std(), 1e-9)
+    return smooth > ndtri(1.0 - np.clip(fraction, 1e-9, 0.99))
 
 
 def _outside_field_of_view(sensor: DepthSensor, rng: np.random.Generator) -> np.ndarray:

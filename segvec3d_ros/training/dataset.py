@@ -43,7 +43,8 @@ def working_sample(cloud: Cloud, instance_ids: np.ndarray, voxel_size: float,
         return Sample(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8),
                       np.zeros(0, np.int64))
     xyz = cloud.xyz[valid]
-    rgb = (cloud.rgb[valid] if cloud.rgb is not None
+    appearance = cloud.appearance()
+    rgb = (appearance[valid] if appearance is not None
            else np.zeros((len(valid), 3), dtype=np.uint8))
     grid = voxel_downsample(xyz, voxel_size, rgb)
     ids = majority_labels(grid.inverse, np.asarray(instance_ids)[valid], len(grid.xyz))
