@@ -185,8 +185,8 @@ class PipelineConfig:
                              choices=('segvec3d', 'euclidean', 'range_image'))
     device: str = setting('auto', 'torch device of the learned segmenter',
                           choices=('auto', 'cpu', 'cuda'))
-    model_path: str = setting('', 'weights of the learned segmenter (.pt or .onnx); '
-                              'empty = the bundled models/segvec3d.onnx')
+    model_path: str = setting('', 'weights of the learned segmenter (.pt or .onnx), a path or '
+                              'package:// URL; empty = the bundled models/segvec3d.onnx')
     voxel_size: float = setting(0.01, 'working resolution in m; 0 = no voxel downsampling',
                                 range=(0.0, 0.5))
     max_points: int = setting(50000, 'cap on working points after voxelisation (seeded random '

@@ -27,16 +27,38 @@ SELECTED_TOPIC = 'segvec3d/selected'
 SEGMENT_AT_SERVICE = 'segvec3d/segment_at'
 
 
-def bundled_path(name: str) -> Path:
-    """models/NAME of the source tree, else of the installed package's share folder."""
-    source_tree = Path(__file__).resolve().parents[1] / 'models' / name
-    if source_tree.is_file():
+def bundled_path(name: str, under: str = 'models') -> Path:
+    """UNDER/NAME of the source tree, else of the installed package's share folder."""
+    source_tree = Path(__file__).resolve().parents[1] / under / name
+    if source_tree.exists():
         return source_tree
     try:
         from ament_index_python.packages import get_package_share_directory
-        return Path(get_package_share_directory(PACKAGE)) / 'models' / name
+        return Path(get_package_share_directory(PACKAGE)) / under / name
     except (ImportError, LookupError):
         return source_tree
+
+
+PACKAGE_URL = 'package://'
+
+
+def resolve_path(path: str | Path) -> Path:
+    """File of `path`, where package://PKG/REL names REL in PKG's share folder (as in ROS).
+
+    This package's own files resolve in the source tree first, like `bundled_path`; a
+    package that cannot be found leaves the path as given, which then names no file.
+    """
+    text = str(path)
+    if not text.startswith(PACKAGE_URL):
+        return Path(path)
+    package, _, relative = text[len(PACKAGE_URL):].partition('/')
+    if package == PACKAGE:
+        return bundled_path(relative, under='')
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        return Path(get_package_share_directory(package)) / relative
+    except (ImportError, LookupError):
+        return Path(path)
 
 
 def bundled_model_path() -> Path:

@@ -1,17 +1,21 @@
 """Evaluation metrics on hand-made scenes with known answers, the datasets and the CLI."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from segvec3d_ros.cli.main import main
 from segvec3d_ros.data.splits import TEST_FIRST_SEED
 from segvec3d_ros.data.sensor import SENSORS
-from segvec3d_ros.evaluation.datasets import (MIN_GT_POINTS, iter_labelled, iter_synthetic,
-                                              labelled_scene, mosd_frames, mosd_ground_truth,
-                                              mosd_scene)
+from segvec3d_ros.evaluation.datasets import (MIN_GT_POINTS, MIN_LIDAR_GT_POINTS, iter_labelled,
+                                              iter_lidar, iter_synthetic, labelled_scene,
+                                              mosd_frames, mosd_ground_truth, mosd_scene)
 from segvec3d_ros.evaluation.metrics import (AP_THRESHOLDS, FALSE_POSITIVE, IGNORED, TRUE_POSITIVE,
                                              Detections, evaluate_scene, scene_overlaps, summarize)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def ids(*runs: tuple[int, int]) -> np.ndarray:
@@ -201,6 +205,20 @@ def test_cli_evaluates_and_reports_an_unbuildable_segmenter(tmp_path, capsys):
     assert '--segmenters euclidean,segvec3d' in report and '](plots/eval.png)' in report
     assert plot.read_bytes()[:4] == b'\x89PNG'
     assert 'segvec3d is NOT evaluated' in capsys.readouterr().err
+
+
+def test_cli_evaluates_simulated_lidar_scans_with_the_lidar_preset(tmp_path):
+    out = tmp_path / 'LIDAR.md'
+    code = main(['evaluate', '--dataset', 'lidar', '--synthetic-scenes', '2',
+                 '--params-file', str(REPO / 'config' / 'lidar.yaml'), '--min-range', '0.3',
+                 '--segmenters', 'range_image', '--out', str(out),
+                 '--plot', str(tmp_path / 'lidar.png')])
+    assert code == 0
+    report = out.read_text()
+    for scene in iter_lidar(2):
+        assert f'| lidar | {scene.subset} | range_image | 1 |' in report
+    assert '--dataset lidar' in report and '--min-range 0.3' in report
+    assert f'objects under {MIN_LIDAR_GT_POINTS} valid points' in report
 
 
 def test_cli_rejects_an_unknown_segmenter():

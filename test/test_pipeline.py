@@ -1,6 +1,7 @@
 """The ROS-free pipeline, its config, and the instance descriptions it returns."""
 import dataclasses
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.config import PipelineConfig, validate_field
 from segvec3d_ros.instances import describe_instances
 from segvec3d_ros.io.files import read_cloud
+from segvec3d_ros.names import bundled_model_path, resolve_path
 from segvec3d_ros.pipeline import Pipeline
 from segvec3d_ros.segmentation.euclidean import EuclideanSegmenter
 
@@ -346,6 +348,17 @@ def test_learned_segmenter_with_a_missing_model_names_the_path(tmp_path):
     missing = tmp_path / 'nowhere.onnx'
     with pytest.raises(FileNotFoundError, match='nowhere.onnx'):
         Pipeline(PipelineConfig(segmenter='segvec3d', model_path=str(missing)))
+
+
+def test_model_path_may_be_a_package_url():
+    assert resolve_path('package://segvec3d_ros/models/segvec3d.onnx') == bundled_model_path()
+    assert resolve_path('/tmp/a.onnx') == Path('/tmp/a.onnx')
+    pipeline = Pipeline(PipelineConfig(segmenter='segvec3d', split_touching=False,
+                                       model_path='package://segvec3d_ros/models/segvec3d.onnx'))
+    assert pipeline.segmenter.name == 'segvec3d'
+    for url in ('package://segvec3d_ros/models/nowhere.onnx', 'package://no_such_pkg/a.onnx'):
+        with pytest.raises(FileNotFoundError, match=re.escape(url)):
+            Pipeline(PipelineConfig(segmenter='segvec3d', model_path=url))
 
 
 @pytest.mark.shared

@@ -13,8 +13,9 @@ import numpy as np
 from segvec3d_ros.cli.common import pipeline_config
 from segvec3d_ros.config import validate_field
 from segvec3d_ros.data.splits import TEST_FIRST_SEED
-from segvec3d_ros.evaluation.datasets import (DATASETS, DEFAULT_MOSD_DIR, DEFAULT_REALSENSE_DIR,
-                                              MIN_GT_POINTS, MOSD_SUBSETS, iter_scenes,
+from segvec3d_ros.evaluation.datasets import (CAMERA_DATASETS, DATASETS, DEFAULT_MOSD_DIR,
+                                              DEFAULT_REALSENSE_DIR, MIN_GT_POINTS,
+                                              MIN_LIDAR_GT_POINTS, MOSD_SUBSETS, iter_scenes,
                                               labelled_frames)
 from segvec3d_ros.evaluation.metrics import evaluate_scene, summarize
 from segvec3d_ros.evaluation.report import (LEARNED, SceneRecord, machine_description,
@@ -39,12 +40,14 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.Argume
     parser = commands.add_parser(
         'evaluate', help='instance segmentation metrics of the segmenters on labelled scenes',
         description='Run each segmenter through the same pipeline on the mOSD learn frames, '
-                    'held-out synthetic tabletop scenes (a subset per simulated sensor) and/or '
-                    'labelled real frames of other cameras; write a markdown report of AP25, '
+                    'held-out synthetic tabletop scenes (a subset per simulated sensor), '
+                    'labelled real frames of other cameras and/or held-out simulated LiDAR '
+                    'scans (a subset per LiDAR model); write a markdown report of AP25, '
                     'AP50, mAP, overlap P/R/F, %F>=0.75 and time per frame, and a bar plot. A '
                     'segmenter that cannot be built (no model) is reported and skipped.')
     parser.add_argument('--dataset', choices=(*DATASETS, 'both', 'all'), default='both',
-                        help='both: mosd and synthetic; all: every dataset')
+                        help='both: mosd and synthetic; all: every camera dataset (lidar: '
+                             'simulated LiDAR scans, --synthetic-scenes of them)')
     parser.add_argument('--segmenters', type=_segmenter_list, default=['euclidean', LEARNED],
                         metavar='NAMES', help=f'comma-separated (default: euclidean,{LEARNED})')
     parser.add_argument('--params-file', metavar='YAML',
@@ -56,6 +59,10 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument('--synthetic-first-seed', type=int, default=TEST_FIRST_SEED, metavar='S',
                         help='first synthetic seed (default %(default)s; a different range, '
                              'e.g. 2000000, is a validation split for tuning)')
+    parser.add_argument('--voxel-size', type=float, metavar='M',
+                        help='override voxel_size (the learned segmenter needs its model\'s)')
+    parser.add_argument('--min-range', type=float, metavar='M',
+                        help='override min_range (config/lidar.yaml drops returns within 1 m)')
     parser.add_argument('--embedding-radius', type=float, metavar='R',
                         help='override the learned segmenter\'s embedding_radius')
     parser.add_argument('--occlusion-gap', type=float, metavar='M',
@@ -104,10 +111,14 @@ def command_line(args: argparse.Namespace) -> str:
         words += ['--mosd-dir', args.mosd_dir]
     if args.dataset in ('realsense', 'all'):
         words += ['--realsense-dir', args.realsense_dir]
-    if args.dataset in ('synthetic', 'both', 'all'):
+    if args.dataset in ('synthetic', 'both', 'all', 'lidar'):
         words += ['--synthetic-scenes', str(args.synthetic_scenes)]
         if args.synthetic_first_seed != TEST_FIRST_SEED:
             words += ['--synthetic-first-seed', str(args.synthetic_first_seed)]
+    if args.voxel_size is not None:
+        words += ['--voxel-size', str(args.voxel_size)]
+    if args.min_range is not None:
+        words += ['--min-range', str(args.min_range)]
     if args.embedding_radius is not None:
         words += ['--embedding-radius', str(args.embedding_radius)]
     if args.occlusion_gap is not None:
@@ -122,8 +133,8 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def _datasets(choice: str) -> tuple[str, ...]:
-    """Name the datasets of a --dataset choice: both is mosd and synthetic, all every one."""
-    return {'both': ('mosd', 'synthetic'), 'all': DATASETS}.get(choice, (choice,))
+    """Name the datasets of a --dataset choice: both is mosd and synthetic, all every camera's."""
+    return {'both': ('mosd', 'synthetic'), 'all': CAMERA_DATASETS}.get(choice, (choice,))
 
 
 def _error(message: str) -> int:
@@ -147,6 +158,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                       'training scenes')
     try:
         config = pipeline_config(args.params_file, model_path=args.model,
+                                 voxel_size=args.voxel_size, min_range=args.min_range,
                                  embedding_radius=args.embedding_radius,
                                  occlusion_gap=args.occlusion_gap,
                                  min_support_extent=args.min_support_extent,
@@ -167,7 +179,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return _error('no segmenter could be built')
 
     datasets = _datasets(args.dataset)
-    counts = {'mosd': sum(map(len, MOSD_SUBSETS.values())), 'synthetic': args.synthetic_scenes}
+    counts = {'mosd': sum(map(len, MOSD_SUBSETS.values())), 'synthetic': args.synthetic_scenes,
+              'lidar': args.synthetic_scenes}
     try:
         if 'realsense' in datasets:
             counts['realsense'] = len(labelled_frames(args.realsense_dir))
@@ -202,9 +215,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
                      'table, floor, wall and robot arm = support',
         'realsense': f'{counts.get("realsense", 0)} labelled real frames from '
                      f'{args.realsense_dir} (cameras other than a Kinect v1); objects = the '
-                     'label field > 0, the rest unlabelled'}
-    descriptions = {name: f'{descriptions[name]}; objects under {MIN_GT_POINTS} valid points '
-                          f'count as unlabelled' for name in datasets}
+                     'label field > 0, the rest unlabelled',
+        'lidar': f'{args.synthetic_scenes} held-out simulated LiDAR scans, seeds '
+                 f'{args.synthetic_first_seed}-'
+                 f'{args.synthetic_first_seed + args.synthetic_scenes - 1}, tabletop and room '
+                 'scenes in turn, one subset per LiDAR model; table, floor, walls, chairs and '
+                 'robot arm = support'}
+    descriptions = {name: f'{descriptions[name]}; objects under '
+                          f'{MIN_LIDAR_GT_POINTS if name == "lidar" else MIN_GT_POINTS} valid '
+                          f'points count as unlabelled' for name in datasets}
     out, plot = Path(args.out), Path(args.plot)
     for path in (out, plot):
         path.parent.mkdir(parents=True, exist_ok=True)

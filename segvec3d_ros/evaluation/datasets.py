@@ -1,7 +1,7 @@
-"""Labelled evaluation scenes: real frames and a held-out split of synthetic tabletops.
+"""Labelled evaluation scenes: real frames and held-out splits of synthetic scenes.
 
-The real frames are mOSD's (Kinect) and those of other cameras; the synthetic scenes form one
-subset per simulated sensor.
+The real frames are mOSD's (Kinect) and those of other cameras; the synthetic tabletops form
+one subset per simulated camera, the simulated LiDAR scans one per LiDAR model.
 
 Ground truth per scene: object ids > 0, a support mask (table, floor, walls) and 0 elsewhere.
 Objects with fewer than MIN_GT_POINTS valid points become unlabelled (ignored), as ScanNet
@@ -17,11 +17,13 @@ from typing import NamedTuple
 import numpy as np
 
 from segvec3d_ros.cloud import Cloud
-from segvec3d_ros.data.scenes import Scene, generate_scene
+from segvec3d_ros.data.lidar import LIDARS
+from segvec3d_ros.data.scenes import KINDS, Scene, SceneConfig, generate_scene
 from segvec3d_ros.data.splits import TEST_FIRST_SEED
 from segvec3d_ros.io.files import read_cloud
 
-DATASETS = ('mosd', 'synthetic', 'realsense')
+CAMERA_DATASETS = ('mosd', 'synthetic', 'realsense')
+DATASETS = (*CAMERA_DATASETS, 'lidar')
 # mOSD learn frame numbers of each subset, from the dataset's description
 MOSD_SUBSETS: dict[str, range] = {'boxes': range(0, 17), 'stacked': range(17, 25),
                                   'occluded': range(25, 33), 'cylinders': range(33, 45)}
@@ -29,6 +31,12 @@ DEFAULT_MOSD_DIR = Path('../shared/data/mosd/learn')
 # Labelled frames of cameras other than a Kinect v1: a `label` field, 0 = no object.
 DEFAULT_REALSENSE_DIR = Path('../shared/data/realsense')
 MIN_GT_POINTS = 100
+# A LiDAR sees a tabletop object with a few dozen returns: the LiDAR preset keeps instances of
+# 20 returns (min_instance_points), and so many make an object of the ground truth.
+MIN_LIDAR_GT_POINTS = 20
+# Held-out LiDAR scans: every simulated LiDAR, tabletops and rooms in turn, always a floor
+# (a spinning sensor sees all around the table).
+LIDAR_SCENES = SceneConfig(sensors=tuple(LIDARS), floor_prob=1.0)
 
 
 class EvalScene(NamedTuple):
@@ -87,13 +95,14 @@ def iter_mosd(directory: str | Path = DEFAULT_MOSD_DIR) -> Iterator[EvalScene]:
     return (mosd_scene(subset, path) for subset, path in mosd_frames(directory))
 
 
-def synthetic_ground_truth(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_ground_truth(scene: Scene, min_points: int = MIN_GT_POINTS
+                           ) -> tuple[np.ndarray, np.ndarray]:
     """Object ids and support mask of a generated scene: its support instances are support."""
     is_support = np.array([False] + [o.is_support for o in scene.objects])
     valid = scene.cloud.valid
     support = valid & is_support[scene.instance_ids]
     gt = np.where(valid & ~support, scene.instance_ids, 0)
-    return ignore_small(gt), support
+    return ignore_small(gt, min_points), support
 
 
 def iter_synthetic(count: int, first_seed: int = TEST_FIRST_SEED) -> Iterator[EvalScene]:
@@ -105,6 +114,18 @@ def iter_synthetic(count: int, first_seed: int = TEST_FIRST_SEED) -> Iterator[Ev
         scene = generate_scene(seed, 'tabletop')
         yield EvalScene(f'seed{seed}', scene.sensor, scene.cloud, *synthetic_ground_truth(scene),
                         scene.part_ids)
+
+
+def iter_lidar(count: int, first_seed: int = TEST_FIRST_SEED) -> Iterator[EvalScene]:
+    """`count` held-out simulated LiDAR scans, seeds first_seed on, tabletop and room in turn.
+
+    Each scene's subset is the LiDAR model it was scanned with.
+    """
+    for seed in range(first_seed, first_seed + count):
+        kind = KINDS[seed % len(KINDS)]
+        scene = generate_scene(seed, kind, LIDAR_SCENES)
+        yield EvalScene(f'seed{seed}-{kind}', scene.sensor, scene.cloud,
+                        *synthetic_ground_truth(scene, MIN_LIDAR_GT_POINTS), scene.part_ids)
 
 
 def labelled_frames(directory: str | Path = DEFAULT_REALSENSE_DIR) -> list[Path]:
@@ -145,4 +166,6 @@ def iter_scenes(dataset: str, mosd_dir: str | Path = DEFAULT_MOSD_DIR,
         return iter_synthetic(synthetic_scenes, synthetic_first_seed)
     if dataset == 'realsense':
         return iter_labelled(realsense_dir)
+    if dataset == 'lidar':
+        return iter_lidar(synthetic_scenes, synthetic_first_seed)
     raise ValueError(f'unknown dataset {dataset!r}, expected one of {DATASETS}')

@@ -12,7 +12,7 @@ from segvec3d_ros.config import OTHER
 from segvec3d_ros.grounding.model import GroundingHead, load_grounding, point_geometry
 from segvec3d_ros.instances import InstanceInfo, describe_instances
 from segvec3d_ros.model.features import estimate_normals
-from segvec3d_ros.names import bundled_grounding_path
+from segvec3d_ros.names import bundled_grounding_path, resolve_path
 from segvec3d_ros.segmentation.base import Segmenter
 from segvec3d_ros.segmentation.split import split_parts, take_splits
 
@@ -195,7 +195,7 @@ def load_grounder(config: PipelineConfig, segmenter: Segmenter
     An explicit `grounding_model_path` that is missing or was trained on another backbone is
     a ValueError; the bundled head is skipped (with the reason) when either is the case.
     """
-    path = Path(config.grounding_model_path or bundled_grounding_path())
+    path = resolve_path(config.grounding_model_path or bundled_grounding_path())
     explicit = bool(config.grounding_model_path)
     try:
         head, metadata = load_grounding(path)

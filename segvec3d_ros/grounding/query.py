@@ -21,7 +21,6 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from scipy.spatial.transform import Rotation
@@ -31,7 +30,7 @@ from segvec3d_ros.config import DEFAULT_VOCABULARY
 from segvec3d_ros.grounding.grounder import Encoder, shared_text_encoder, text_vectors
 from segvec3d_ros.grounding.model import GroundingHead, load_grounding
 from segvec3d_ros.instances import InstanceInfo
-from segvec3d_ros.names import bundled_grounding_path
+from segvec3d_ros.names import bundled_grounding_path, resolve_path
 
 MAX_TEXT_CHARS = 1000
 COLOUR_WORDS = {**{name: name for name in NAMED_COLORS}, 'grey': 'gray', 'violet': 'purple',
@@ -447,7 +446,7 @@ def make_query_engine(grounding_model_path: str = '', text_device: str = 'cpu'
     caption similarity: a named path is then a ValueError, the bundled one only a reason in the
     line.
     """
-    path = Path(grounding_model_path or bundled_grounding_path())
+    path = resolve_path(grounding_model_path or bundled_grounding_path())
     head = None
     try:
         head, _ = load_grounding(path)

@@ -21,7 +21,7 @@ from segvec3d_ros.model.export import CONFIG_KEY, INPUTS, OUTPUTS
 from segvec3d_ros.model.features import estimate_normals, input_features
 from segvec3d_ros.model.knn import knn_graph
 from segvec3d_ros.model.segvec3d import SegVec3DConfig, load_checkpoint
-from segvec3d_ros.names import bundled_model_path
+from segvec3d_ros.names import bundled_model_path, resolve_path
 from segvec3d_ros.segmentation.base import Segmentation, peel_support
 from segvec3d_ros.segmentation.clustering import Array, absorb_fragments, graph_clusters
 from segvec3d_ros.segmentation.occlusion import join_occluded
@@ -155,10 +155,13 @@ def cluster_edges(xyz: Array, knn_index: Array, tolerance: float) -> Array:
 
 
 def load_network(path: str | Path, device: str = 'auto') -> _TorchNetwork | _OnnxNetwork:
-    """Network in a .pt/.pth checkpoint or .onnx export; raises naming `path` if unusable."""
+    """Network in a .pt/.pth checkpoint or .onnx export; raises naming `path` if unusable.
+
+    `path` may be a package:// URL (package://segvec3d_ros/models/segvec3d_lidar.onnx).
+    """
     if device not in ('auto', 'cpu', 'cuda'):
         raise ValueError(f'device must be auto, cpu or cuda; got {device!r}')
-    file = Path(path)
+    file = resolve_path(path)
     if str(path) and file.is_dir():   # Path('') is '.', yet names no file at all
         raise IsADirectoryError(f'SegVec3D model path {str(path)!r} is a directory; model_path '
                                 f'must name a {_KINDS} file')
