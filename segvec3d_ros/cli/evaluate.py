@@ -265,7 +265,7 @@ def run_tracking_evaluation(args: argparse.Namespace) -> int:
     for option, value in (('--params-file', args.params_file), ('--model', args.model)):
         if value:
             words += [option, value]
-    if args.dataset in ('synthetic', 'both', 'all'):
+    if args.dataset in ('synthetic', 'both', 'all', 'lidar'):
         words += ['--synthetic-scenes', str(args.synthetic_scenes),
                   '--synthetic-first-seed', str(args.synthetic_first_seed)]
     rows = ['| dataset | scenes | ids kept | objects selected | parts | part IoU | '

@@ -630,7 +630,10 @@ class _Builder:
             if not _overlaps(poly, floor.footprints):
                 floor.footprints.append(poly)
                 floor.yaws.append(yaw)
-                self.add(category, mesh, np.array([*xy, 0.0]), yaw, on_top_of=floor.instance_id)
+                # Furniture, like the tabletop scenes' shelf and chairs: no object a query or
+                # a grasp is after.
+                self.add(category, mesh, np.array([*xy, 0.0]), yaw, is_support=True,
+                         on_top_of=floor.instance_id)
                 return
 
     def _chair_at(self, floor: _Surface, table: _Surface) -> None:
