@@ -50,9 +50,11 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('device', default_value='',
                               description='auto | cpu | cuda; empty = the params file\'s'),
         DeclareLaunchArgument('sensor', default_value='camera',
-                              description='camera | lidar: the shipped params file, '
-                                          'config/segvec3d.yaml or config/lidar.yaml, used '
-                                          'when params_file is not given'),
+                              description='camera | lidar | lidar_indoor: the shipped '
+                                          'params file, config/segvec3d.yaml, config/lidar.yaml '
+                                          '(streets, yards) or config/lidar_indoor.yaml (rooms '
+                                          'and tables, learned), used when params_file is not '
+                                          'given'),
         DeclareLaunchArgument('params_file', default_value='',
                               description='parameters of both nodes; empty = the sensor '
                                           'argument\'s shipped file'),

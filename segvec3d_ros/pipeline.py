@@ -104,6 +104,12 @@ class Pipeline:
             from segvec3d_ros.grounding.grounder import load_grounder
             self.grounder, self.grounding_status = load_grounder(config, self.segmenter)
 
+    @property
+    def segmenter_status(self) -> str:
+        """Name the segmenter that runs and, for the learned one, its model file."""
+        model = getattr(self.segmenter, 'model_file', None)
+        return f'{self.config.segmenter} segmenter' + (f' ({model})' if model else '')
+
     def process(self, cloud: Cloud) -> SceneResult:
         """Segment `cloud`; never raises on NaN, empty or degenerate content."""
         # A frame's many small matrix problems (plane fits, box axes, split eigenvectors) gain

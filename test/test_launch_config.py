@@ -15,12 +15,15 @@ from segvec3d_ros.cli.common import pipeline_config
 from segvec3d_ros.ros.launch_arguments import (CYCLONE_DDS_PROFILE, FAST_DDS_PROFILE,
                                                SENSOR_PARAMS, parameter_overrides,
                                                params_file_for, profile_environment)
+from segvec3d_ros.segmentation.learned import load_network
 
 REPO = Path(__file__).resolve().parents[1]
 RCLPY_OWN_PARAMETERS = {'use_sim_time', 'start_type_description_service'}
 LAUNCH_FILE = REPO / 'launch' / 'segvec3d.launch.py'
 PARAMS_FILE = REPO / 'config' / 'segvec3d.yaml'
 LIDAR_PARAMS_FILE = REPO / 'config' / 'lidar.yaml'
+LIDAR_INDOOR_PARAMS_FILE = REPO / 'config' / 'lidar_indoor.yaml'
+SHIPPED_PARAMS_FILES = [PARAMS_FILE, LIDAR_PARAMS_FILE, LIDAR_INDOOR_PARAMS_FILE]
 RVIZ_FILE = REPO / 'config' / 'segvec3d.rviz'
 
 
@@ -84,6 +87,8 @@ def test_a_launch_argument_overrides_only_when_given():
 def test_the_sensor_chooses_the_shipped_params_file_unless_one_is_given():
     assert params_file_for('camera', '', '/share/config') == '/share/config/segvec3d.yaml'
     assert params_file_for('lidar', '', '/share/config') == '/share/config/lidar.yaml'
+    assert (params_file_for('lidar_indoor', '', '/share/config')
+            == '/share/config/lidar_indoor.yaml')
     assert params_file_for('lidar', '/mine.yaml', '/share/config') == '/mine.yaml'
     with pytest.raises(ValueError, match='sensor'):
         params_file_for('radar', '', '/share/config')
@@ -98,6 +103,14 @@ def test_the_lidar_preset_runs_the_range_image_segmenter():
     config = pipeline_config(LIDAR_PARAMS_FILE)
     assert config.segmenter == 'range_image' and config.up_axis == 'z'
     assert config.min_range > 0 and config.max_instances < 1000
+
+
+def test_the_indoor_lidar_preset_runs_the_bundled_lidar_network():
+    config = pipeline_config(LIDAR_INDOOR_PARAMS_FILE)
+    assert config.segmenter == 'segvec3d' and config.model_path.startswith('package://')
+    network = load_network(config.model_path, 'cpu')
+    assert network.config.voxel_size == config.voxel_size
+    assert network.config.use_rgb     # the return strength stands in for colour
 
 
 @pytest.mark.parametrize('environ, expected', [
@@ -190,7 +203,7 @@ def declared_parameters() -> dict[str, set[str]]:
         rclpy.try_shutdown()
 
 
-@pytest.mark.parametrize('params_file', [PARAMS_FILE, LIDAR_PARAMS_FILE])
+@pytest.mark.parametrize('params_file', SHIPPED_PARAMS_FILES)
 def test_params_file_sets_exactly_the_declared_parameters(declared_parameters, params_file):
     sections = yaml.safe_load(params_file.read_text())
     assert set(sections) == {f'/**/{name}' for name in declared_parameters}
@@ -200,7 +213,7 @@ def test_params_file_sets_exactly_the_declared_parameters(declared_parameters, p
         assert declared - keys == set(), f'{name}: parameters missing from the params file'
 
 
-@pytest.mark.parametrize('params_file', [PARAMS_FILE, LIDAR_PARAMS_FILE])
+@pytest.mark.parametrize('params_file', SHIPPED_PARAMS_FILES)
 def test_every_parameter_in_the_params_file_has_a_comment(params_file):
     for line in params_file.read_text().splitlines():
         if re.match(r'^\s{4}\w+:', line):

@@ -1,14 +1,19 @@
 """The simulated LiDARs of the scene generator: scan patterns, no-echo returns, fields."""
-from dataclasses import replace
+import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from segvec3d_ros.cli.common import pipeline_config
 from segvec3d_ros.cloud import Cloud
 from segvec3d_ros.data.lidar import LIDARS, OUSTER_STAGGER
 from segvec3d_ros.data.scenes import SceneConfig, generate_scene
 from segvec3d_ros.evaluation.datasets import MIN_LIDAR_GT_POINTS, iter_lidar
+from segvec3d_ros.evaluation.metrics import evaluate_scene, summarize
+from segvec3d_ros.pipeline import Pipeline
 
+REPO = Path(__file__).resolve().parents[1]
 SPINNING = [name for name, s in LIDARS.items() if s.pattern == 'spinning']
 
 
@@ -111,7 +116,7 @@ def test_appearance_is_the_return_strength_as_grey(name):
     assert (grey[:, 0] == grey[:, 1]).all() and (grey[~cloud.valid] == 0).all()
     strength = cloud.extra['reflectivity' if 'reflectivity' in cloud.extra else 'intensity']
     assert np.corrcoef(strength[cloud.valid].astype(float), grey[cloud.valid, 0])[0, 1] > 0.9
-    without = replace(cloud, extra={'ring': cloud.extra['ring']})
+    without = dataclasses.replace(cloud, extra={'ring': cloud.extra['ring']})
     assert without.appearance() is None
     coloured = Cloud(cloud.xyz, np.full((len(cloud), 3), 7, np.uint8), cloud.height,
                      cloud.width, extra=cloud.extra)
@@ -124,5 +129,18 @@ def test_held_out_lidar_scans_alternate_kinds_and_label_small_objects():
     for scene in scenes:
         assert scene.subset in LIDARS
         counts = np.bincount(scene.gt)[1:]
-        assert counts.any() and (counts[counts > 0] >= MIN_LIDAR_GT_POINTS).all()
+        assert (counts[counts > 0] >= MIN_LIDAR_GT_POINTS).all()
         assert not (scene.support & (scene.gt > 0)).any()
+    assert scenes[0].gt.any()
+
+
+def test_the_lidar_network_parts_the_objects_euclidean_joins_on_a_held_out_scan():
+    config = pipeline_config(REPO / 'config' / 'lidar_indoor.yaml')
+    (scene,) = iter_lidar(1)        # an OS1-64 over a table of 15 objects
+    f = {}
+    for segmenter in ('segvec3d', 'euclidean'):
+        result = Pipeline(dataclasses.replace(config, segmenter=segmenter)).process(scene.cloud)
+        assert not result.labels[~scene.cloud.valid].any()
+        metrics = evaluate_scene(result.labels, scene.gt, scene.cloud.valid, scene.support)
+        f[segmenter] = summarize([metrics]).f_measure
+    assert f['segvec3d'] >= 0.8 and f['segvec3d'] > f['euclidean'] + 0.2

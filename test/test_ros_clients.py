@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,6 +135,43 @@ def test_a_real_ouster_scan_through_the_node_with_the_lidar_preset(shared_dir):
         assert len(found['segvec3d/instances'].instances) == instances
         status = wait_for(lambda: pipeline_status(up), 10.0)
         assert status and values_of(status)['segmenter'] == 'range_image'
+
+
+def lidar_scan_msg(header, cloud):
+    """PointCloud2 of a simulated scan with its driver's fields, laid out as ouster-ros does."""
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    types = {np.dtype('float32'): PointField.FLOAT32, np.dtype('uint16'): PointField.UINT16,
+             np.dtype('uint32'): PointField.UINT32}
+    columns = {'x': cloud.xyz[:, 0], 'y': cloud.xyz[:, 1], 'z': cloud.xyz[:, 2], **cloud.extra}
+    packed = np.zeros(len(cloud), [(name, values.dtype) for name, values in columns.items()])
+    for name, values in columns.items():
+        packed[name] = values
+    fields = [PointField(name=name, offset=packed.dtype.fields[name][1],
+                         datatype=types[values.dtype], count=1)
+              for name, values in columns.items()]
+    return PointCloud2(header=header, height=cloud.height, width=cloud.width, fields=fields,
+                       is_bigendian=False, point_step=packed.dtype.itemsize,
+                       row_step=packed.dtype.itemsize * cloud.width, data=packed.tobytes(),
+                       is_dense=False)
+
+
+def test_a_simulated_indoor_lidar_scan_through_the_node_with_the_indoor_preset():
+    from segvec3d_ros.evaluation.datasets import iter_lidar
+
+    (scene,) = iter_lidar(1)        # an OS1-64 over a table of 15 objects
+    params = Path(__file__).resolve().parents[1] / 'config' / 'lidar_indoor.yaml'
+    with separate_system(params_file=params) as up:
+        found = up.publish_until_answered(lidar_scan_msg(make_header('os_lidar'), scene.cloud),
+                                          timeout=90.0)
+        assert found, up.output_text[-3000:]
+        labels = decode_pointcloud2(found['segvec3d/labeled_points']).extra['label']
+        assert len(labels) == len(scene.cloud) and not labels[~scene.cloud.valid].any()
+        objects = np.unique(scene.gt[scene.gt > 0])
+        assert len(found['segvec3d/instances'].instances) >= len(objects)
+        status = wait_for(lambda: pipeline_status(up), 10.0)
+        assert status and values_of(status)['segmenter'] == 'segvec3d'
+        assert 'segvec3d_lidar' in up.output_text and 'no grounding' in up.output_text
 
 
 def test_marker_text_grows_with_distance_beyond_a_camera_s_range():

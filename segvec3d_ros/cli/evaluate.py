@@ -63,6 +63,8 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.Argume
                         help='override voxel_size (the learned segmenter needs its model\'s)')
     parser.add_argument('--min-range', type=float, metavar='M',
                         help='override min_range (config/lidar.yaml drops returns within 1 m)')
+    parser.add_argument('--plane-distance', type=float, metavar='M',
+                        help='override plane_distance, the support band\'s least half width')
     parser.add_argument('--embedding-radius', type=float, metavar='R',
                         help='override the learned segmenter\'s embedding_radius')
     parser.add_argument('--occlusion-gap', type=float, metavar='M',
@@ -119,6 +121,8 @@ def command_line(args: argparse.Namespace) -> str:
         words += ['--voxel-size', str(args.voxel_size)]
     if args.min_range is not None:
         words += ['--min-range', str(args.min_range)]
+    if args.plane_distance is not None:
+        words += ['--plane-distance', str(args.plane_distance)]
     if args.embedding_radius is not None:
         words += ['--embedding-radius', str(args.embedding_radius)]
     if args.occlusion_gap is not None:
@@ -159,6 +163,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         config = pipeline_config(args.params_file, model_path=args.model,
                                  voxel_size=args.voxel_size, min_range=args.min_range,
+                                 plane_distance=args.plane_distance,
                                  embedding_radius=args.embedding_radius,
                                  occlusion_gap=args.occlusion_gap,
                                  min_support_extent=args.min_support_extent,

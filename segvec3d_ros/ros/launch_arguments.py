@@ -14,7 +14,8 @@ FAST_DDS_PROFILE = 'fastdds_large_clouds.xml'
 CYCLONE_DDS_RMW = 'rmw_cyclonedds_cpp'
 CYCLONE_DDS_PROFILE = 'cyclonedds_large_clouds.xml'
 # The shipped params file of each `sensor` launch argument, in the package's config folder.
-SENSOR_PARAMS = {'camera': 'segvec3d.yaml', 'lidar': 'lidar.yaml'}
+SENSOR_PARAMS = {'camera': 'segvec3d.yaml', 'lidar': 'lidar.yaml',
+                 'lidar_indoor': 'lidar_indoor.yaml'}
 
 
 def params_file_for(sensor: str, params_file: str, config_dir: str) -> str:

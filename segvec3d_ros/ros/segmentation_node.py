@@ -137,7 +137,7 @@ class SegmentationNode(Node):
         self._worker.start()
         self.get_logger().info(
             f'segmenting {self._subscription.topic_name} with '
-            f'{self._pipeline.config.segmenter} segmenter; {self._pipeline.grounding_status}')
+            f'{self._pipeline.segmenter_status}; {self._pipeline.grounding_status}')
 
     def _initial_pipeline(self, config: PipelineConfig) -> Pipeline:
         """Build the configured pipeline, or fall back to the euclidean one if allowed."""

@@ -199,6 +199,7 @@ class LearnedSegmenter:
         """Load `config.model_path` (empty: the bundled model) on `config.device`."""
         self.config = config
         path = config.model_path or bundled_model_path()
+        self.model_file = resolve_path(path)
         self.network = load_network(path, config.device)
         trained_at = self.network.config.voxel_size
         if trained_at is not None and abs(trained_at - config.voxel_size) > 1e-9:
