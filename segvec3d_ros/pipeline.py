@@ -138,8 +138,8 @@ class Pipeline:
                           & ((distance <= cfg.max_range) | (cfg.max_range == 0))]
         xyz = cloud.xyz[index]
         rgb = None if cloud.rgb is None else cloud.rgb[index]
-        # what the segmenters see: colour, or a LiDAR's return strength as grey
-        appearance = cloud.appearance()
+        # what the segmenter sees: colour, or a LiDAR's return strength as grey
+        appearance = cloud.appearance() if self.segmenter.sees_colour else cloud.rgb
         shade = None if appearance is None else appearance[index]
         lap('filter')
 

@@ -200,6 +200,8 @@ class FeatureSegmenter(EuclideanSegmenter):
 class RecordingSegmenter(EuclideanSegmenter):
     """Euclidean segments; keeps the colours it was given."""
 
+    sees_colour = True
+
     def segment(self, xyz, rgb):
         self.seen_rgb = rgb
         return super().segment(xyz, rgb)

@@ -36,6 +36,7 @@ class Segmenter(Protocol):
     """
 
     name: str
+    sees_colour: bool       # uses `rgb`: the pipeline shades a colourless cloud for it
 
     def segment(self, xyz: np.ndarray, rgb: np.ndarray | None) -> Segmentation:
         """Segment (M, 3) float32 finite points with optional (M, 3) uint8 colours."""

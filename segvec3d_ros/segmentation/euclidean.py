@@ -14,6 +14,7 @@ class EuclideanSegmenter:
     """RANSAC support planes + Euclidean clustering of the points in front of them."""
 
     name = 'euclidean'
+    sees_colour = False
 
     def __init__(self, config: EuclideanConfig) -> None:
         """Use `config`'s plane and cluster settings."""

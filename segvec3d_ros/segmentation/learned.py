@@ -194,6 +194,7 @@ class LearnedSegmenter:
     """
 
     name = 'segvec3d'
+    sees_colour = True
 
     def __init__(self, config: LearnedConfig) -> None:
         """Load `config.model_path` (empty: the bundled model) on `config.device`."""

@@ -49,6 +49,7 @@ class RangeImageSegmenter:
     """Ground plane and grid, then range-image regions (organized) or range-adaptive clusters."""
 
     name = 'range_image'
+    sees_colour = False
 
     def __init__(self, config: RangeImageConfig) -> None:
         """Use `config`'s ground, angle and wall settings."""
