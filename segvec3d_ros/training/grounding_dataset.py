@@ -28,9 +28,10 @@ class RecordingSegmenter:
     """Passes frames to a segmenter and keeps the last one's working points and result."""
 
     def __init__(self, inner: Segmenter) -> None:
-        """Wrap `inner`, whose `name` it takes."""
+        """Wrap `inner`, whose `name` and `sees_colour` it takes."""
         self.inner = inner
         self.name = inner.name
+        self.sees_colour = inner.sees_colour
         self.last: tuple[np.ndarray, Segmentation] | None = None
 
     def segment(self, xyz: np.ndarray, rgb: np.ndarray | None) -> Segmentation:
