@@ -10,7 +10,8 @@ import torch
 
 from segvec3d_ros.config import PipelineConfig
 from segvec3d_ros.model.export import export_onnx
-from segvec3d_ros.model.features import input_features
+from segvec3d_ros.model import features
+from segvec3d_ros.model.features import estimate_normals, input_features
 from segvec3d_ros.model.knn import knn_graph
 from segvec3d_ros.model.layers import GraphAttentionLayer, relative_geometry
 from segvec3d_ros.model.loss import PullPushLoss, sparse_labels
@@ -428,3 +429,20 @@ def test_a_model_refuses_a_pipeline_at_another_resolution() -> None:
 def test_a_training_run_records_its_resolution() -> None:
     from segvec3d_ros.training.train import TrainConfig
     assert TrainConfig(voxel_size=0.02).network_config().voxel_size == 0.02
+
+
+def test_normals_without_open3d_are_open3d_s(monkeypatch):
+    rng = np.random.default_rng(0)
+    plane = np.column_stack([rng.uniform(-0.5, 0.5, (4000, 2)), rng.normal(1.0, 0.002, 4000)])
+    sphere = rng.normal(size=(3000, 3))
+    sphere = 0.1 * sphere / np.linalg.norm(sphere, axis=1, keepdims=True) + [0.2, 0.0, 0.8]
+    lone = np.array([[3.0, 3.0, 3.0], [3.0, 3.0, 3.01]])     # under 3 neighbours
+    xyz = np.vstack([plane, sphere, lone])
+    with_open3d = estimate_normals(xyz, 0.05, 30)
+    monkeypatch.setattr(features, '_open3d', lambda: None)
+    without = estimate_normals(xyz, 0.05, 30)
+    angle = np.degrees(np.arccos(np.clip((with_open3d * without).sum(axis=1), -1.0, 1.0)))
+    assert np.percentile(angle, 99.9) < 0.01 and angle.max() < 1.0
+    np.testing.assert_allclose(np.linalg.norm(without, axis=1), 1.0, atol=1e-9)
+    assert (np.einsum('mk,mk->m', without, -xyz) >= 0).all()    # facing the sensor
+    assert len(estimate_normals(np.zeros((0, 3)), 0.05, 30)) == 0
