@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from scenes import tabletop_points
 from segvec3d_ros.bench.measure import measure_query, query_texts
 from segvec3d_ros.bench.report import DDS_COLUMNS, Measurement, Setup, baseline_ratio, stage_order
 from segvec3d_ros.cli.main import main
@@ -58,18 +60,44 @@ def test_a_tiny_bench_writes_a_report_with_every_setup_and_stage(tmp_path, model
     assert '--sizes 1500 --setups euclidean,torch,onnxruntime --devices cpu' in report
     assert '- GPU: ' in report and '- Machine: ' in report
     assert '(perf.png)' in report
-    rows = [line.split(' | ') for line in report.splitlines() if line.startswith('| 1,')]
+    rows = [line.split(' | ') for line in report.splitlines()
+            if line.startswith('| generated | 1,')]
     end_to_end, stages = rows[:3], rows[3:]
-    assert [row[3] for row in end_to_end] == ['euclidean', 'segvec3d torch cpu',
+    assert [row[4] for row in end_to_end] == ['euclidean', 'segvec3d torch cpu',
                                               'segvec3d onnxruntime cpu']
-    assert [row[1] for row in stages] == [row[3] for row in end_to_end]
-    ratios = [row[7] for row in end_to_end]
+    assert [row[2] for row in stages] == [row[4] for row in end_to_end]
+    ratios = [row[8] for row in end_to_end]
     assert ratios[0] == '1.00' and all(float(r) > 0 for r in ratios[1:])
     # The learned setups time every stage, the baseline has no features, k-NN or network.
-    assert stages[0][6:9] == ['–', '–', '–'] and '–' not in ' '.join(stages[1][2:])
+    assert stages[0][7:10] == ['–', '–', '–'] and '–' not in ' '.join(stages[1][3:])
     assert '## Through the real node over DDS' in report
     assert 'python test/test_throughput.py --frames 9' in report
     assert '## Text queries' not in report
+
+
+def test_real_frames_are_measured_as_they_are_without_open3d(tmp_path, models, monkeypatch):
+    # A GPU machine may have only CUDA torch: no generated frame, and nothing imports Open3D.
+    blocked = tmp_path / 'blocked' / 'open3d'
+    blocked.mkdir(parents=True)
+    (blocked / '__init__.py').write_text('raise ImportError("open3d is not installed here")\n')
+    monkeypatch.setenv('PYTHONPATH', os.pathsep.join(
+        [str(blocked.parent), *filter(None, [os.environ.get('PYTHONPATH')])]))
+    xyz, rgb, _ = tabletop_points()
+    frame = tmp_path / 'table.npy'
+    np.save(frame, np.hstack([xyz, rgb]).astype(np.float32))
+    out = tmp_path / 'PERF.md'
+    code = main(['bench', '--sizes', 'none', '--frames', str(frame), '--repeats', '1',
+                 '--warmup', '0', '--setups', 'euclidean,onnxruntime', '--devices', 'cpu',
+                 '--model-onnx', str(models[1]), '--query-repeats', '0', '--out', str(out),
+                 '--plot', str(tmp_path / 'perf.png')])
+    assert code == 0
+    report = out.read_text()
+    rows = [line.split(' | ') for line in report.splitlines() if line.startswith('| table.npy |')]
+    assert [row[4] for row in rows[:2]] == ['euclidean', 'segvec3d onnxruntime cpu']
+    assert rows[0][1] == f'{len(xyz):,} (1 × {len(xyz)})' and len(rows) == 4
+    assert '--sizes none' in report and f'--frames {frame}' in report
+    assert '![' not in report and not (tmp_path / 'perf.png').exists()   # no plot
+    assert main(['bench', '--sizes', 'none', '--out', str(out)]) == 2
 
 
 def test_a_missing_model_is_reported_not_measured(tmp_path, models):

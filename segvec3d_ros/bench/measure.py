@@ -53,15 +53,17 @@ def bench_frame(num_points: int, seed: int = 0, num_objects: int | None = None) 
 
 
 def save_frame(cloud: Cloud, path: Path) -> None:
-    """Write an organized cloud for `load_frame`."""
-    np.savez(path, xyz=cloud.xyz, rgb=cloud.rgb, shape=np.array([cloud.height, cloud.width]))
+    """Write a cloud, organized or not, with or without colour, for `load_frame`."""
+    colour = {} if cloud.rgb is None else {'rgb': cloud.rgb}
+    np.savez(path, xyz=cloud.xyz, shape=np.array([cloud.height, cloud.width]), **colour)
 
 
 def load_frame(path: Path) -> Cloud:
     """Load the cloud `save_frame` wrote."""
     with np.load(path) as data:
         height, width = data['shape']
-        return Cloud(data['xyz'], data['rgb'], height=int(height), width=int(width))
+        return Cloud(data['xyz'], data['rgb'] if 'rgb' in data else None, height=int(height),
+                     width=int(width))
 
 
 def measure_pipeline(cloud: Cloud, config: dict[str, Any], warmup: int,

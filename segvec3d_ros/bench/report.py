@@ -48,6 +48,7 @@ class Measurement:
     setup: Setup
     size: int                   # points asked for; the frame has result['num_points']
     result: dict[str, Any]
+    frame: str = ''             # a real frame's file name; '' for a generated frame
 
     def median_ms(self, stage: str) -> float:
         """Median milliseconds of a stage, NaN where the setup has no such stage."""
@@ -69,7 +70,8 @@ def stage_order(measurements: Sequence[Measurement]) -> list[str]:
 
 def baseline_ratio(measurement: Measurement, measurements: Sequence[Measurement]) -> float:
     """End-to-end median over the Euclidean baseline's on the same frame, NaN without one."""
-    base = [m for m in measurements if m.size == measurement.size and m.setup.name == BASELINE]
+    base = [m for m in measurements if (m.size, m.frame) == (measurement.size, measurement.frame)
+            and m.setup.name == BASELINE]
     return measurement.median_ms(TOTAL) / base[0].median_ms(TOTAL) if base else math.nan
 
 
@@ -112,24 +114,26 @@ def markdown_report(measurements: Sequence[Measurement], *, command: str, softwa
               'frame.']
     lines += [f'- Not measured: {name}: {reason}' for name, reason in skipped.items()]
     lines += ['', '## End to end', '',
-              '| points (H × W) | valid | working | setup | median ms | p95 ms | frames/s | '
-              '× euclidean | peak RSS MiB | frame Δ MiB |', '|' + ' --- |' * 10]
+              '| frame | points (H × W) | valid | working | setup | median ms | p95 ms | '
+              'frames/s | × euclidean | peak RSS MiB | frame Δ MiB |', '|' + ' --- |' * 11]
     for m in measurements:
         r, total = m.result, m.median_ms(TOTAL)
         ratio = baseline_ratio(m, measurements)
         lines.append(
-            f'| {r["num_points"]:,} ({r["height"]} × {r["width"]}) | {r["num_valid"]:,} | '
+            f'| {m.frame or "generated"} | {r["num_points"]:,} ({r["height"]} × {r["width"]}) | '
+            f'{r["num_valid"]:,} | '
             f'{r["num_working"]:,} | {m.setup.name} | {_ms(total)} | {_ms(m.p95_ms(TOTAL))} | '
             f'{1e3 / total:.1f} | {"–" if math.isnan(ratio) else f"{ratio:.2f}"} | '
             f'{_mib(r["peak_rss"])} | {_mib(r["peak_rss"] - r["rss_before"])} |')
     stages = stage_order(measurements)
     lines += ['', '## Per stage: median / p95 ms', '',
-              '| points | setup | ' + ' | '.join(stages) + ' |',
-              '|' + ' --- |' * (2 + len(stages))]
+              '| frame | points | setup | ' + ' | '.join(stages) + ' |',
+              '|' + ' --- |' * (3 + len(stages))]
     for m in measurements:
         cells = [f'{_ms(m.median_ms(s))} / {_ms(m.p95_ms(s))}' if s in m.result['seconds']
                  else '–' for s in stages]
-        lines.append(f'| {m.result["num_points"]:,} | {m.setup.name} | {" | ".join(cells)} |')
+        lines.append(f'| {m.frame or "generated"} | {m.result["num_points"]:,} | {m.setup.name} | '
+                     f'{" | ".join(cells)} |')
     if plot:
         lines += ['', f'![Median time per stage against frame size, per setup]({plot})']
     if query:
@@ -162,11 +166,15 @@ def markdown_report(measurements: Sequence[Measurement], *, command: str, softwa
 
 
 def plot_stages(path: str | Path, measurements: Sequence[Measurement], title: str) -> None:
-    """Stacked median time per stage against frame size, one panel per setup."""
+    """Stacked median time per stage against frame size, one panel per setup.
+
+    Only the generated frames: one scene at several sizes, so that the curve is the size's.
+    """
     import matplotlib  # a heavy import, needed only here
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
+    measurements = [m for m in measurements if not m.frame]
     setups = list(dict.fromkeys(m.setup.name for m in measurements))
     stages = stage_order(measurements)
     colours = dict(zip(stages, plt.get_cmap('tab20').colors))

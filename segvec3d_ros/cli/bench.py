@@ -15,6 +15,7 @@ from segvec3d_ros.bench.measure import (VGA_PIXELS, BenchError, bench_frame, run
                                         save_frame)
 from segvec3d_ros.bench.report import Measurement, Setup, markdown_report, plot_stages
 from segvec3d_ros.cli.common import pipeline_config
+from segvec3d_ros.io.files import read_cloud
 
 DEFAULT_SIZES = (20_000, 50_000, 200_000, 307_200)
 SETUPS = ('euclidean', 'torch', 'onnxruntime')
@@ -23,7 +24,9 @@ QUERY_OBJECTS = 20
 
 
 def _sizes(text: str) -> list[int]:
-    """Comma-separated frame sizes in points, each at least 1000."""
+    """Comma-separated frame sizes in points, each at least 1000; 'none' for no such frame."""
+    if text.strip() == 'none':
+        return []
     try:
         sizes = [int(word) for word in text.split(',') if word.strip()]
     except ValueError as error:
@@ -63,7 +66,11 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
                     'setup and size for its peak memory), time text queries, and write a '
                     'markdown report and a plot of time per stage against frame size.')
     parser.add_argument('--sizes', type=_sizes, default=list(DEFAULT_SIZES), metavar='N,...',
-                        help='points per frame (default: 20000,50000,200000,307200)')
+                        help='points per generated frame (default: 20000,50000,200000,307200; '
+                             'none: no generated frame, which needs no Open3D)')
+    parser.add_argument('--frames', nargs='+', default=[], metavar='FILE',
+                        help='real frames (.pcd, .ply, .npy) measured too, each as it is, '
+                             'e.g. ../shared/data/mosd/learn/learn30.pcd')
     parser.add_argument('--setups', type=_names(SETUPS), default=list(SETUPS), metavar='NAMES',
                         help='comma-separated: euclidean, torch, onnxruntime (default: all)')
     parser.add_argument('--devices', type=_names(('auto',) + DEVICES), default=['auto'],
@@ -97,12 +104,14 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentP
 
 def command_line(args: argparse.Namespace) -> str:
     """`segvec3d bench` command that repeats this run, every option spelled out."""
-    words = ['segvec3d', 'bench', '--sizes', ','.join(map(str, args.sizes)),
+    words = ['segvec3d', 'bench', '--sizes', ','.join(map(str, args.sizes)) or 'none',
              '--setups', ','.join(args.setups), '--devices', ','.join(args.devices),
              '--repeats', str(args.repeats), '--warmup', str(args.warmup),
              '--model-pt', args.model_pt, '--model-onnx', args.model_onnx]
     if args.params_file:
         words += ['--params-file', args.params_file]
+    if args.frames:
+        words += ['--frames', *args.frames]
     words += ['--seed', str(args.seed), '--query-repeats', str(args.query_repeats)]
     for path in args.dds:
         words += ['--dds', path]
@@ -168,35 +177,46 @@ def run_bench(args: argparse.Namespace) -> int:
         print(f'segvec3d bench: {name} is NOT measured: {reason}', file=sys.stderr, flush=True)
     if not setups:
         return _error('no setup can be measured')
+    if not args.sizes and not args.frames:
+        return _error('nothing to measure: --sizes none and no --frames')
+    try:
+        real = [(Path(path).name, read_cloud(path)) for path in args.frames]
+    except (OSError, ValueError) as error:
+        return _error(f'cannot read a frame: {error}')
     measurements: list[Measurement] = []
     query = None
     with tempfile.TemporaryDirectory(prefix='segvec3d-bench-') as scratch:
         folder = Path(scratch)
-        for size in args.sizes:
-            frame = folder / f'frame{size}.npz'
-            save_frame(bench_frame(size, args.seed), frame)
-            # Every setup on this frame before the next size: the ratios compare runs made
+        frames = [(size, '', lambda size=size: bench_frame(size, args.seed))
+                  for size in args.sizes]
+        frames += [(len(cloud), name, lambda cloud=cloud: cloud) for name, cloud in real]
+        for size, name, make in frames:
+            frame = folder / f'frame{size}{name}.npz'
+            save_frame(make(), frame)
+            # Every setup on this frame before the next one: the ratios compare runs made
             # minutes apart at most, under the same machine load.
             for setup in setups:
                 task = {'kind': 'pipeline', 'frame': str(frame), 'warmup': args.warmup,
                         'repeats': args.repeats,
                         'config': dict(dataclasses.asdict(config), segmenter=setup.segmenter,
                                        model_path=setup.model_path, device=setup.device)}
+                label = f'{setup.name} on {name or f"{size} points"}'
                 try:
                     result = run_isolated(task, folder, args.timeout)
                 except BenchError as error:
-                    skipped[f'{setup.name} at {size} points'] = str(error)
-                    print(f'segvec3d bench: {setup.name} at {size} points failed: {error}',
-                          file=sys.stderr, flush=True)
+                    skipped[label] = str(error)
+                    print(f'segvec3d bench: {label} failed: {error}', file=sys.stderr,
+                          flush=True)
                     continue
-                measurement = Measurement(setup, size, result)
+                measurement = Measurement(setup, size, result, name)
                 measurements.append(measurement)
-                print(f'{result["num_points"]:>8,} points  {setup.name:28} median '
-                      f'{measurement.median_ms("total"):7.1f} ms  p95 '
+                print(f'{name or "generated":>28} {result["num_points"]:>8,} points  '
+                      f'{setup.name:28} median {measurement.median_ms("total"):7.1f} ms  p95 '
                       f'{measurement.p95_ms("total"):7.1f} ms', flush=True)
         if args.query_repeats > 0:
             frame = folder / 'query_frame.npz'
-            save_frame(bench_frame(VGA_PIXELS, args.seed, QUERY_OBJECTS), frame)
+            save_frame(bench_frame(VGA_PIXELS, args.seed, QUERY_OBJECTS) if args.sizes
+                       else real[0][1], frame)
             # The scene's instances come from the learned segmenter where it can run, as
             # in the product; its grounding head then gives them their embeddings.
             learned = next((s for s in setups if s.backend == 'onnxruntime'), None)
@@ -215,15 +235,23 @@ def run_bench(args: argparse.Namespace) -> int:
     out, plot = Path(args.out), Path(args.plot)
     for path in (out, plot):
         path.parent.mkdir(parents=True, exist_ok=True)
-    plot_stages(plot, measurements, f'segvec3d bench: median ms per stage '
-                                    f'({"CPU only, no GPU" if gpu is None else gpu})')
-    frames = (f'organized tabletop frames of `generate_scene` (seed {args.seed}): the same scene '
-              f'through a Kinect v1 (640 × 480) scaled to the resolution with about N pixels, '
-              f'NaN holes included in N; pipeline settings '
-              f'{args.params_file or "PipelineConfig defaults"} (voxel_size {config.voxel_size} '
-              f'm, max_points {config.max_points})')
-    # The plot is referenced relative to the report, wherever the two are written.
-    plot_ref = Path(os.path.relpath(plot.resolve(), out.resolve().parent)).as_posix()
+    plot_ref = None
+    if args.sizes:
+        plot_stages(plot, measurements, f'segvec3d bench: median ms per stage '
+                                        f'({"CPU only, no GPU" if gpu is None else gpu})')
+        # The plot is referenced relative to the report, wherever the two are written.
+        plot_ref = Path(os.path.relpath(plot.resolve(), out.resolve().parent)).as_posix()
+    frames = []
+    if args.sizes:
+        frames.append(f'generated: organized tabletop frames of `generate_scene` (seed '
+                      f'{args.seed}), the same scene through a Kinect v1 (640 × 480) scaled to '
+                      'the resolution with about N pixels, NaN holes included in N')
+    if real:
+        frames.append('real: ' + ', '.join(f'`{path}`' for path in args.frames)
+                      + ', each as read (organized where the file is)')
+    frames = '; '.join(frames) + (f'; pipeline settings '
+                                  f'{args.params_file or "PipelineConfig defaults"} (voxel_size '
+                                  f'{config.voxel_size} m, max_points {config.max_points})')
     out.write_text(markdown_report(measurements, command=command_line(args),
                                    software=software_line(), gpu=gpu, frames=frames,
                                    skipped=skipped, query=query, dds=dds, plot=plot_ref))

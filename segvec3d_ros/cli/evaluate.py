@@ -23,6 +23,11 @@ from segvec3d_ros.evaluation.report import (LEARNED, SceneRecord, machine_descri
 from segvec3d_ros.pipeline import Pipeline
 
 
+# Pipeline settings the command line may override, as PipelineConfig names them.
+OVERRIDES = ('voxel_size', 'min_range', 'plane_distance', 'embedding_radius', 'occlusion_gap',
+             'min_support_extent')
+
+
 def _segmenter_list(text: str) -> list[str]:
     """Comma-separated segmenter names, each one the pipeline knows."""
     names = list(dict.fromkeys(name.strip() for name in text.split(',') if name.strip()))
@@ -117,18 +122,9 @@ def command_line(args: argparse.Namespace) -> str:
         words += ['--synthetic-scenes', str(args.synthetic_scenes)]
         if args.synthetic_first_seed != TEST_FIRST_SEED:
             words += ['--synthetic-first-seed', str(args.synthetic_first_seed)]
-    if args.voxel_size is not None:
-        words += ['--voxel-size', str(args.voxel_size)]
-    if args.min_range is not None:
-        words += ['--min-range', str(args.min_range)]
-    if args.plane_distance is not None:
-        words += ['--plane-distance', str(args.plane_distance)]
-    if args.embedding_radius is not None:
-        words += ['--embedding-radius', str(args.embedding_radius)]
-    if args.occlusion_gap is not None:
-        words += ['--occlusion-gap', str(args.occlusion_gap)]
-    if args.min_support_extent is not None:
-        words += ['--min-support-extent', str(args.min_support_extent)]
+    for name in OVERRIDES:
+        if getattr(args, name) is not None:
+            words += ['--' + name.replace('_', '-'), str(getattr(args, name))]
     if args.claim_openings is False:
         words += ['--no-claim-openings']
     if args.split_touching is False:
@@ -162,11 +158,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                       'training scenes')
     try:
         config = pipeline_config(args.params_file, model_path=args.model,
-                                 voxel_size=args.voxel_size, min_range=args.min_range,
-                                 plane_distance=args.plane_distance,
-                                 embedding_radius=args.embedding_radius,
-                                 occlusion_gap=args.occlusion_gap,
-                                 min_support_extent=args.min_support_extent,
+                                 **{name: getattr(args, name) for name in OVERRIDES},
                                  claim_openings=args.claim_openings,
                                  split_touching=args.split_touching)
     except ValueError as error:
