@@ -20,8 +20,9 @@ from segvec3d_ros.config import PipelineConfig
 from segvec3d_ros.instances import InstanceInfo, describe_instances, describe_upright
 from segvec3d_ros.segmentation.base import Segmenter
 from segvec3d_ros.segmentation.euclidean import EuclideanSegmenter
-from segvec3d_ros.segmentation.geometry import (VoxelGrid, fit_support_plane, group_means,
-                                                nearest_labels, rank_labels, voxel_downsample)
+from segvec3d_ros.segmentation.geometry import (VoxelGrid, column_max, column_min,
+                                                fit_support_plane, group_means, nearest_labels,
+                                                rank_labels, voxel_downsample)
 from segvec3d_ros.segmentation.range_image import RangeImageSegmenter
 
 if TYPE_CHECKING:
@@ -139,8 +140,10 @@ class Pipeline:
         xyz = cloud.xyz[index]
         rgb = None if cloud.rgb is None else cloud.rgb[index]
         # what the segmenter sees: colour, or a LiDAR's return strength as grey
-        appearance = cloud.appearance() if self.segmenter.sees_colour else cloud.rgb
-        shade = None if appearance is None else appearance[index]
+        shade = rgb
+        if rgb is None and self.segmenter.sees_colour:
+            appearance = cloud.appearance()
+            shade = None if appearance is None else appearance[index]
         lap('filter')
 
         # The range-image segmenter works on the scan's own grid: every return is a working
@@ -243,8 +246,8 @@ class Pipeline:
         objects, candidates = xyz[on_instance], xyz[support]
         # Only support points in the instances' box grown by the radius can be that close; the
         # box test is far cheaper than the search it spares (floor and walls, mostly).
-        in_box = ((candidates >= objects.min(axis=0) - _BASE_RADIUS)
-                  & (candidates <= objects.max(axis=0) + _BASE_RADIUS)).all(axis=1)
+        in_box = ((candidates >= column_min(objects) - _BASE_RADIUS)
+                  & (candidates <= column_max(objects) + _BASE_RADIUS)).all(axis=1)
         candidates = candidates[in_box]
         gap, _ = cKDTree(objects).query(candidates, distance_upper_bound=_BASE_RADIUS)
         plane, _ = fit_support_plane(candidates[np.isfinite(gap)], self.config.plane_distance,

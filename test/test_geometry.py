@@ -4,9 +4,10 @@ import pytest
 
 from segvec3d_ros.config import PipelineConfig
 from segvec3d_ros.segmentation.base import peel_support
-from segvec3d_ros.segmentation.geometry import (euclidean_clusters, fit_support_plane,
-                                                longest_span, nearest_labels, plane_patches,
-                                                rank_labels, support_surfaces, voxel_downsample)
+from segvec3d_ros.segmentation.geometry import (column_max, column_min, euclidean_clusters,
+                                                fit_support_plane, longest_span, nearest_labels,
+                                                plane_patches, rank_labels, support_surfaces,
+                                                voxel_downsample)
 
 
 def box_surface(size, center, spacing=0.005):
@@ -289,3 +290,17 @@ def test_a_thin_object_lying_on_the_table_is_no_support():
                                      tolerance=0.03, min_extent=0.5)
     assert rest[is_book].mean() > 0.9
     assert support[~is_book].mean() > 0.99
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64, np.int64])
+def test_column_bounds_are_numpy_s_axis_0_reductions(dtype):
+    values = (np.random.default_rng(0).normal(size=(1000, 3)) * 100).astype(dtype)
+    for mine, numpys in ((column_min, np.min), (column_max, np.max)):
+        np.testing.assert_array_equal(mine(values), numpys(values, axis=0))
+        assert mine(values).dtype == values.dtype
+    empty = np.zeros((0, 2), dtype)
+    np.testing.assert_array_equal(column_min(empty, initial=7), [7, 7])
+    np.testing.assert_array_equal(column_max(empty, initial=0), [0, 0])
+    if dtype != np.int64:
+        values[5, 1] = np.nan     # NaN propagates, as in numpy's reductions
+        assert np.isnan(column_min(values)[1]) and not np.isnan(column_min(values)[0])

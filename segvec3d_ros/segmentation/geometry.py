@@ -66,6 +66,25 @@ def edge_components(rows: np.ndarray, cols: np.ndarray, num: int) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
+def column_min(values: np.ndarray, initial: float | None = None) -> np.ndarray:
+    """Minimum of each column of (N, C) values (`initial` where N is 0, else N must be > 0).
+
+    One column at a time: numpy reduces an (N, 3) array along axis 0 about 25 times slower.
+    """
+    return _per_column(np.minimum, values, initial)
+
+
+def column_max(values: np.ndarray, initial: float | None = None) -> np.ndarray:
+    """Maximum of each column of (N, C) values; see `column_min`."""
+    return _per_column(np.maximum, values, initial)
+
+
+def _per_column(ufunc: np.ufunc, values: np.ndarray, initial: float | None) -> np.ndarray:
+    values = np.asarray(values)
+    kwargs = {} if initial is None else {'initial': initial}
+    return np.array([ufunc.reduce(values[:, c], **kwargs) for c in range(values.shape[1])])
+
+
 def group_means(groups: np.ndarray, values: np.ndarray, num_groups: int) -> np.ndarray:
     """Mean of the (N, C) values per group id in [0, num_groups); empty groups get zeros."""
     counts = np.maximum(np.bincount(groups, minlength=num_groups), 1)
@@ -81,9 +100,9 @@ def voxel_downsample(xyz: np.ndarray, voxel_size: float,
         raise ValueError(f'voxel_size must be > 0, got {voxel_size}')
     pts = np.asarray(xyz).reshape(-1, 3)
     # Cells counted from the cloud's minimum are non-negative whole numbers, exact in float64.
-    low = pts.min(axis=0, initial=np.inf).astype(np.float64)
+    low = column_min(pts, initial=np.inf).astype(np.float64)
     # The extreme points' cells bound every other's: each step to a cell is monotonic.
-    span = np.floor((pts.max(axis=0, initial=-np.inf) - low) / voxel_size) + 1.0
+    span = np.floor((column_max(pts, initial=-np.inf) - low) / voxel_size) + 1.0
     if len(pts) and np.prod(span) < _MAX_PACKED_KEY:
         keys = np.concatenate([
             _packed_keys(np.floor((pts[start:start + _KEY_BLOCK_POINTS] - low) / voxel_size), span)
@@ -103,7 +122,7 @@ def cell_index(cells: np.ndarray) -> np.ndarray:
 
     The rows are (N, 3) non-negative whole-number cell coordinates (float or int).
     """
-    span = np.asarray(cells.max(axis=0, initial=0), dtype=np.float64) + 1.0
+    span = np.asarray(column_max(cells, initial=0), dtype=np.float64) + 1.0
     if np.prod(span) < _MAX_PACKED_KEY:
         _, inverse = np.unique(_packed_keys(cells, span), return_inverse=True)
     else:
@@ -200,7 +219,7 @@ def plane_patches(xyz: np.ndarray, normal: np.ndarray, tolerance: float) -> np.n
     if len(pts) == 0:
         return np.zeros(0, dtype=np.int64)
     plane_xy = pts @ plane_basis(np.asarray(normal, dtype=np.float64))
-    cells = np.floor((plane_xy - plane_xy.min(axis=0)) / tolerance).astype(np.int64)
+    cells = np.floor((plane_xy - column_min(plane_xy)) / tolerance).astype(np.int64)
     # One spare column keeps a cell's right neighbour from wrapping onto the next row.
     width = int(cells[:, 1].max()) + 2
     keys, inverse = np.unique(cells[:, 0] * width + cells[:, 1], return_inverse=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from segvec3d_ros.segmentation.geometry import plane_basis
+from segvec3d_ros.segmentation.geometry import column_max, column_min, plane_basis
 
 # Only directions within this angle of the cloud's mean view direction are imaged: the image
 # is a tangent-plane projection, whose pixels stretch without bound towards 90 degrees.
@@ -47,14 +47,15 @@ def claim_seen_through(xyz: np.ndarray, ids: np.ndarray, support: np.ndarray,
     if len(imaged) == 0:
         return ids, support
     plane = directions[imaged] @ plane_basis(forward) / ahead[imaged, None]
-    extent = plane.max(axis=0) - plane.min(axis=0)
+    low = column_min(plane)
+    extent = column_max(plane) - low
     # Far or degenerate clouds would ask for huge images; a coarser one still shows openings.
     with np.errstate(divide='ignore', invalid='ignore'):
         pixel = float(np.max([voxel_size / np.median(ranges[on_instance]),
                               extent.max() / _MAX_IMAGE_SIDE]))
     if not (np.isfinite(pixel) and pixel > 0):
         return ids, support
-    cells = np.floor((plane - plane.min(axis=0)) / pixel).astype(np.int64)
+    cells = np.floor((plane - low) / pixel).astype(np.int64)
     rows, cols = cells[:, 1], cells[:, 0]
     image = np.zeros((rows.max() + 1, cols.max() + 1), dtype=np.int64)
     # A pixel with any instance point shows that instance (the largest id where several do).

@@ -18,8 +18,8 @@ from scipy.spatial import cKDTree
 
 from segvec3d_ros.config import RangeImageConfig
 from segvec3d_ros.segmentation.base import Segmentation
-from segvec3d_ros.segmentation.geometry import (edge_components, fit_support_plane, plane_basis,
-                                                rank_labels)
+from segvec3d_ros.segmentation.geometry import (column_max, column_min, edge_components,
+                                                fit_support_plane, plane_basis, rank_labels)
 
 # Degrees: the ground may tilt this far from level, and a wall's normal this far from it.
 MAX_TILT_DEG = 15.0
@@ -122,8 +122,8 @@ def ground_mask(xyz: np.ndarray, up: np.ndarray, distance: float, iterations: in
     # Square cells across `up` (for z-up: x-y cells); the plane is near level, so they tile it.
     axes = plane_basis(up).astype(np.float32)
     cells = np.floor(pts @ axes * np.float32(1.0 / cell)).astype(np.int64)
-    cells -= cells.min(axis=0)
-    span = cells.max(axis=0) + 1
+    cells -= column_min(cells)
+    span = column_max(cells) + 1
     if int(span[0]) * int(span[1]) <= 1 << 24:
         key = cells[:, 0] * int(span[1]) + cells[:, 1]
         num_cells = int(span[0]) * int(span[1])

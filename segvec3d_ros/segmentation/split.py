@@ -18,7 +18,7 @@ from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh
 from scipy.spatial import cKDTree
 
 from segvec3d_ros.config import OTHER
-from segvec3d_ros.segmentation.geometry import cell_index
+from segvec3d_ros.segmentation.geometry import cell_index, column_min
 
 # A split is proposed where the normalised cut of an instance's k-NN graph, its edges weighted
 # by embedding similarity, is this weak: a chain of boundary points between two touching
@@ -97,7 +97,7 @@ def normalized_cut(rows: np.ndarray, edges: np.ndarray, edge_weights: np.ndarray
     degree = (np.bincount(sources, weights, len(rows))
               + np.bincount(targets, weights, len(rows)))
     corner = np.floor(xyz[rows] / _CUT_CELL).astype(np.int64)
-    cell = cell_index(corner - corner.min(axis=0))
+    cell = cell_index(corner - column_min(corner))
     cells = int(cell.max(initial=-1)) + 1
     if cells < 2 or not (degree > 0).all():
         return None, float('inf')
