@@ -165,14 +165,20 @@ class Pipeline:
         timings.update(seg.timings or {})
         limits_hit += seg.limits_hit
         tick = perf_counter()
-        if (self.grounder is not None and seg.features is not None
-                and seg.split_proposals is not None and seg.split_proposals.any()):
+        if self.grounder is not None and seg.features is not None:
+            working_rgb = None if grid.rgb is None else grid.rgb[working]
             up = self._support_normal(grid.xyz[working], seg.support_mask,
                                       seg.instance_ids > 0)
-            seg.instance_ids = self.grounder.resolve_splits(
-                grid.xyz[working], None if grid.rgb is None else grid.rgb[working],
-                seg.features, seg.instance_ids, seg.split_proposals, up)
-            lap('resolve splits')
+            if seg.split_proposals is not None and seg.split_proposals.any():
+                seg.instance_ids = self.grounder.resolve_splits(
+                    grid.xyz[working], working_rgb, seg.features, seg.instance_ids,
+                    seg.split_proposals, up)
+                lap('resolve splits')
+            if cfg.join_parts:
+                seg.instance_ids = self.grounder.join_parts(
+                    grid.xyz[working], working_rgb, seg.features, seg.instance_ids, up,
+                    cfg.cluster_tolerance, MIN_INSTANCE_VOXELS)
+                lap('join parts')
 
         # Voxels outside the working subset take the labels of their nearest working voxel.
         voxel_labels = np.column_stack([seg.instance_ids, seg.support_mask]).astype(np.int64)

@@ -27,6 +27,7 @@ from segvec3d_ros.instances import InstanceInfo
 from segvec3d_ros.model.segvec3d import SegVec3D, SegVec3DConfig, save_checkpoint
 from segvec3d_ros.pipeline import Pipeline
 from segvec3d_ros.segmentation.learned import LearnedSegmenter
+from segvec3d_ros.segmentation.split import JOIN_MARGIN, part_candidates
 from segvec3d_ros.training.captions import caption_bank
 from segvec3d_ros.training.grounding import (GroundingTrainConfig, InstanceCache, InstanceTable,
                                              train_head)
@@ -240,8 +241,9 @@ def test_training_config_keeps_evaluation_seeds_out(tmp_path):
 
 def test_training_instances_do_not_depend_on_the_installed_head():
     # split_touching takes splits on a head's labels: the cache is segmented without it
-    for pipeline in ({}, {'split_touching': True}):
-        assert not GroundingTrainConfig(pipeline=pipeline).pipeline_config().split_touching
+    for pipeline in ({}, {'split_touching': True, 'join_parts': True}):
+        config = GroundingTrainConfig(pipeline=pipeline).pipeline_config()
+        assert not (config.split_touching or config.join_parts)
 
 
 # --------------------------------------------------------------------------- labels
@@ -355,6 +357,47 @@ def test_a_proposed_split_is_taken_when_its_parts_are_likelier_whole_objects(par
     grounder.label = lambda vectors: (next(names), np.ones(len(vectors), np.float32))
     resolved = grounder.resolve_splits(xyz, None, features, ids, proposals, None)
     np.testing.assert_array_equal(resolved, np.repeat([1, 3 if taken else 1, 2, 0], 300))
+
+
+def _bottle_with_cap_and_a_box():
+    """Instance 1 a bottle's body, 2 its cap on top (touching), 3 a box 30 cm away."""
+    rng = np.random.default_rng(0)
+    body = np.array([0.0, 0.0, 1.0]) + rng.uniform(-0.04, 0.04, (800, 3)) * [1, 2.5, 1]
+    cap = np.array([0.0, -0.12, 1.0]) + rng.uniform(-0.015, 0.015, (60, 3))
+    box = np.array([0.3, 0.0, 1.0]) + rng.uniform(-0.04, 0.04, (400, 3))
+    xyz = np.concatenate([body, cap, box]).astype(np.float32)
+    return xyz, np.repeat([1, 2, 3], [800, 60, 400])
+
+
+def test_part_candidates_are_small_instances_touching_a_larger_one():
+    xyz, ids = _bottle_with_cap_and_a_box()
+    assert part_candidates(xyz, ids, reach=0.02, min_points=10) == [(2, 1)]
+    assert part_candidates(xyz, ids, reach=0.001, min_points=10) == []   # out of reach
+    assert part_candidates(xyz, ids, reach=0.02, min_points=100) == []   # a speck
+    # the box (400 points) is half the body: an object, not a part, even when it touches
+    touching = xyz.copy()
+    touching[ids == 3] -= [0.22, 0.0, 0.0]
+    assert (3, 1) not in part_candidates(touching, ids, reach=0.02, min_points=10)
+
+
+@pytest.mark.parametrize('singles, union, joined', [
+    ((-2.0, -0.1), -0.3, True),       # the union is likelier one object than the two apart
+    ((-2.0, -0.1), -1.8, False),      # within the margin: kept apart
+    ((-0.1, -0.1), -1.0, False)])     # two whole objects
+def test_a_part_joins_the_instance_the_head_finds_it_part_of(singles, union, joined):
+    xyz, ids = _bottle_with_cap_and_a_box()
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(len(xyz), FEATURES)).astype(np.float32)
+    grounder = Grounder(make_head(), ['bottle'], 0.0, BagOfWords())
+    assert (grounder.join_parts(xyz, None, features, ids, None, 0.02, 10) == ids).all(), \
+        'a head without an Objectness layer joins nothing'
+    grounder = Grounder(make_head(objectness=True), ['bottle'], 0.0, BagOfWords())
+    # The pair's instances are scored first (body, cap), then their union.
+    scores = iter([np.array(singles), np.array([union])])
+    grounder.head.log_objectness = lambda vectors: next(scores)
+    resolved = grounder.join_parts(xyz, None, features, ids, None, 0.02, 10)
+    np.testing.assert_array_equal(resolved, np.repeat([1, 1 if joined else 2, 3], [800, 60, 400]))
+    assert singles[0] + singles[1] + JOIN_MARGIN > -1.8     # the second case is a near miss
 
 
 # --------------------------------------------------------------------------- parsing

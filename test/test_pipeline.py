@@ -423,6 +423,23 @@ def test_touching_objects_of_a_generated_scene_are_split_apart():
 
 
 @pytest.mark.shared
+def test_a_bottle_s_cap_joins_its_body_on_a_real_kinect_frame(shared_dir):
+    # PCL's milk-carton scene: the Clorox bottle's cap came out as an instance of its own
+    _, learned = _learned_pipelines()
+    cloud = read_cloud(shared_dir / 'data/real_scans/milk_cartoon_all_small_clorox.pcd')
+    apart = Pipeline(dataclasses.replace(learned.config, join_parts=False)).process(cloud)
+    joined = learned.process(cloud)
+    assert 'join parts' in joined.timings
+    assert len(joined.instances) == len(apart.instances) - 1
+    # two instances of 300+ points (body and cap) are now, nearly all of each, one
+    pairs, counts = np.unique(np.column_stack([apart.labels, joined.labels])[apart.labels > 0],
+                              axis=0, return_counts=True)
+    sizes = np.bincount(apart.labels.astype(np.int64))
+    whole = pairs[(counts >= 0.9 * sizes[pairs[:, 0]]) & (sizes[pairs[:, 0]] >= 300), 1]
+    assert (np.bincount(whole[whole > 0]) >= 2).any()
+
+
+@pytest.mark.shared
 def test_stacked_mosd_boxes_are_split_apart(shared_dir):
     # learn20: two boxes of one colour, one on the other; stage-3 weights gave one instance
     # without the split, stage 4's embeddings separate them on their own: the split keeps both.

@@ -84,6 +84,9 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument('--no-split-touching', dest='split_touching', action='store_false',
                         default=None, help='learned segmenter: take no proposed split of '
                         'touching objects (split_touching false)')
+    parser.add_argument('--no-join-parts', dest='join_parts', action='store_false',
+                        default=None, help='learned segmenter: join no part (a cap, a handle) '
+                        'to the instance it touches (join_parts false)')
     parser.add_argument('--mosd-dir', default=str(DEFAULT_MOSD_DIR), metavar='DIR',
                         help='folder of learn0.pcd ... learn44.pcd (default: %(default)s)')
     parser.add_argument('--realsense-dir', default=str(DEFAULT_REALSENSE_DIR), metavar='DIR',
@@ -129,6 +132,8 @@ def command_line(args: argparse.Namespace) -> str:
         words += ['--no-claim-openings']
     if args.split_touching is False:
         words += ['--no-split-touching']
+    if args.join_parts is False:
+        words += ['--no-join-parts']
     return shlex.join(words + ['--out', args.out, '--plot', args.plot])
 
 
@@ -160,7 +165,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         config = pipeline_config(args.params_file, model_path=args.model,
                                  **{name: getattr(args, name) for name in OVERRIDES},
                                  claim_openings=args.claim_openings,
-                                 split_touching=args.split_touching)
+                                 split_touching=args.split_touching,
+                                 join_parts=args.join_parts)
     except ValueError as error:
         return _error(str(error))
     pipelines: dict[str, Pipeline] = {}

@@ -14,7 +14,8 @@ from segvec3d_ros.instances import InstanceInfo, describe_instances
 from segvec3d_ros.model.features import estimate_normals
 from segvec3d_ros.names import bundled_grounding_path, resolve_path
 from segvec3d_ros.segmentation.base import Segmenter
-from segvec3d_ros.segmentation.split import split_parts, take_splits
+from segvec3d_ros.segmentation.split import (part_candidates, split_parts, take_joins,
+                                             take_splits)
 
 if TYPE_CHECKING:
     from segvec3d_ros.config import PipelineConfig
@@ -173,6 +174,47 @@ class Grounder:
         return take_splits(ids, taken,
                            self._whole_and_label(xyz, rgb, features, parts, normals, up),
                            self._whole_and_label(xyz, rgb, features, parents, normals, up))
+
+    def join_parts(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,
+                   ids: np.ndarray, up: np.ndarray | None, reach: float,
+                   min_points: int) -> np.ndarray:
+        """`ids` of the working points with each part joined to the instance it belongs to.
+
+        A part is an instance of `min_points` or more under `split.PART_SHARE` of a larger
+        one within `reach` of it (a cap, a handle the embeddings cut off); it joins that one
+        where the head's Objectness layer finds the union likelier one whole object than the
+        two apart (`split.take_joins`). A head without that layer joins nothing.
+        """
+        ids = np.asarray(ids, dtype=np.int64)
+        pairs = (part_candidates(xyz, ids, reach, min_points)
+                 if self.head.objectness is not None else [])
+        if not pairs:
+            return ids
+        xyz = np.asarray(xyz)
+        # Only the instances of a pair are scored: a noisy frame has hundreds of specks.
+        members = np.isin(ids, np.unique(np.array(pairs)))
+        normals = np.zeros((len(ids), 3))
+        normals[members] = instance_normals(xyz[members])
+        singles = {i: score for i, (score, _) in self._whole_and_label(
+            xyz, rgb, features, np.where(members, ids, 0), normals[members], up).items()}
+        unions: dict[tuple[int, int], float] = {}
+        pending = pairs
+        while pending:
+            # One scoring per round of pairs that share no instance: each point, one union.
+            round_ids, used, later = np.zeros_like(ids), set(), []
+            for number, (part, whole) in enumerate(pending, start=1):
+                if used & {part, whole}:
+                    later.append((part, whole))
+                    continue
+                used |= {part, whole}
+                round_ids[(ids == part) | (ids == whole)] = number
+            scored = self._whole_and_label(xyz, rgb, features, round_ids,
+                                           normals[round_ids > 0], up)
+            for number, pair in enumerate(pending, start=1):
+                if number in scored and pair not in later:
+                    unions[pair] = scored[number][0]
+            pending = later
+        return take_joins(ids, pairs, singles, unions)
 
     def _whole_and_label(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,
                          ids: np.ndarray, normals: np.ndarray, up: np.ndarray | None

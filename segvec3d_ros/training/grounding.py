@@ -83,12 +83,13 @@ class GroundingTrainConfig:
     def pipeline_config(self) -> PipelineConfig:
         """Learned-segmenter pipeline whose features are grounded.
 
-        Without `split_touching`: a split is taken on a grounding head's labels, and the
-        training data must not depend on the head that happens to be installed.
+        Without `split_touching` and `join_parts`: a split or join is taken on a grounding
+        head's scores, and the training data must not depend on the head that happens to be
+        installed.
         """
         return replace(PipelineConfig(), **{**self.pipeline, 'segmenter': 'segvec3d',
                                             'model_path': self.backbone, 'device': 'cpu',
-                                            'split_touching': False})
+                                            'split_touching': False, 'join_parts': False})
 
     def head_config(self, feature_dim: int) -> GroundingConfig:
         """Head this run trains, for backbone features of `feature_dim` channels."""
