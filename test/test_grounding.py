@@ -374,6 +374,8 @@ def test_part_candidates_are_small_instances_touching_a_larger_one():
     assert part_candidates(xyz, ids, reach=0.02, min_points=10) == [(2, 1)]
     assert part_candidates(xyz, ids, reach=0.001, min_points=10) == []   # out of reach
     assert part_candidates(xyz, ids, reach=0.02, min_points=100) == []   # a speck
+    assert part_candidates(np.zeros((0, 3)), np.zeros(0, np.int64), 0.02, 10) == []
+    assert part_candidates(xyz, np.zeros(len(ids), np.int64), 0.02, 10) == []
     # the box (400 points) is half the body: an object, not a part, even when it touches
     touching = xyz.copy()
     touching[ids == 3] -= [0.22, 0.0, 0.0]

@@ -237,7 +237,7 @@ def part_candidates(xyz: np.ndarray, ids: np.ndarray, reach: float,
     frame has hundreds) comes once, with the larger instance it touches at the most points.
     """
     ids = np.asarray(ids, dtype=np.int64)
-    sizes = np.bincount(ids)
+    sizes = np.bincount(ids, minlength=1)
     sizes[0] = 0
     members = np.flatnonzero(ids > 0)
     count = sizes[ids[members]]
