@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import open3d as o3d
 
-from segvec3d_ros.data.sensor import INVALID, Frame
+from segvec3d_ros.data.sensor import INVALID, Frame, cast_rays
 
 PATTERNS = ('spinning', 'rosette')
 # Ouster beams fire from four columns of the detector, each at its own azimuth (deg): the
@@ -152,10 +152,7 @@ def render_lidar(scene: o3d.t.geometry.RaycastingScene, sensor: LidarSensor,
     rot = pose[:3, :3].astype(np.float32)
     origin = pose[:3, 3].astype(np.float32)
     rays_world = rays_sensor @ rot.T
-    rays = np.concatenate([np.broadcast_to(origin, (h, w, 3)), rays_world], -1)
-    hit = scene.cast_rays(o3d.core.Tensor(np.ascontiguousarray(rays)))
-    gid = hit['geometry_ids'].numpy().astype(np.int64)
-    gid[gid == o3d.t.geometry.RaycastingScene.INVALID_ID] = INVALID
+    hit, gid = cast_rays(scene, origin, rays_world)
     seen = gid != INVALID
     true_range = np.where(seen, hit['t_hit'].numpy(), 0.0).astype(np.float32)
     normals = hit['primitive_normals'].numpy()

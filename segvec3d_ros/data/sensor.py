@@ -194,6 +194,20 @@ def _outside_field_of_view(sensor: DepthSensor, rng: np.random.Generator) -> np.
     return mask
 
 
+def cast_rays(scene: o3d.t.geometry.RaycastingScene, origin: np.ndarray,
+              directions: np.ndarray) -> tuple[dict[str, o3d.core.Tensor], np.ndarray]:
+    """Cast (H, W, 3) world-frame `directions` from `origin` into `scene`.
+
+    Returns Open3D's hit tensors and the (H, W) int64 geometry ids, INVALID where a ray hit
+    nothing.
+    """
+    rays = np.concatenate([np.broadcast_to(origin, directions.shape), directions], -1)
+    hit = scene.cast_rays(o3d.core.Tensor(np.ascontiguousarray(rays, dtype=np.float32)))
+    gid = hit['geometry_ids'].numpy().astype(np.int64)
+    gid[gid == o3d.t.geometry.RaycastingScene.INVALID_ID] = INVALID
+    return hit, gid
+
+
 def render_depth(scene: o3d.t.geometry.RaycastingScene, sensor: DepthSensor,
                  camera_pose: np.ndarray, rng: np.random.Generator, noise: bool = True,
                  dropout: bool = True, dropout_gain: np.ndarray | None = None) -> Frame:
@@ -207,11 +221,8 @@ def render_depth(scene: o3d.t.geometry.RaycastingScene, sensor: DepthSensor,
     rot = camera_pose[:3, :3].astype(np.float32)
     origin = camera_pose[:3, 3].astype(np.float32)
     rays_world = rays_cam @ rot.T
-    rays = np.concatenate([np.broadcast_to(origin, (h, w, 3)), rays_world], -1)
-    hit = scene.cast_rays(o3d.core.Tensor(np.ascontiguousarray(rays)))
+    hit, gid = cast_rays(scene, origin, rays_world)
     z = hit['t_hit'].numpy()
-    gid = hit['geometry_ids'].numpy().astype(np.int64)
-    gid[gid == o3d.t.geometry.RaycastingScene.INVALID_ID] = INVALID
     normals = hit['primitive_normals'].numpy()
     seen = gid != INVALID
     z = np.where(seen, z, np.inf).astype(np.float32)
