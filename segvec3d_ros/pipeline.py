@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import cache
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from segvec3d_ros.segmentation.geometry import (VoxelGrid, column_max, column_mi
                                                 fit_support_plane, group_means, nearest_labels,
                                                 rank_labels, voxel_downsample)
 from segvec3d_ros.segmentation.range_image import RangeImageSegmenter
+from segvec3d_ros.segmentation.split import part_candidates
 
 if TYPE_CHECKING:
     from segvec3d_ros.grounding.grounder import Grounder
@@ -166,18 +168,22 @@ class Pipeline:
         limits_hit += seg.limits_hit
         tick = perf_counter()
         if self.grounder is not None and seg.features is not None:
+            working_xyz = grid.xyz[working]
             working_rgb = None if grid.rgb is None else grid.rgb[working]
-            up = self._support_normal(grid.xyz[working], seg.support_mask,
-                                      seg.instance_ids > 0)
+            # Splits and joins leave the same points on instances; most frames need neither.
+            up = cache(lambda: self._support_normal(working_xyz, seg.support_mask,
+                                                    seg.instance_ids > 0))
             if seg.split_proposals is not None and seg.split_proposals.any():
                 seg.instance_ids = self.grounder.resolve_splits(
-                    grid.xyz[working], working_rgb, seg.features, seg.instance_ids,
-                    seg.split_proposals, up)
+                    working_xyz, working_rgb, seg.features, seg.instance_ids,
+                    seg.split_proposals, up())
                 lap('resolve splits')
             if cfg.join_parts:
-                seg.instance_ids = self.grounder.join_parts(
-                    grid.xyz[working], working_rgb, seg.features, seg.instance_ids, up,
-                    cfg.cluster_tolerance, MIN_INSTANCE_VOXELS)
+                pairs = part_candidates(working_xyz, seg.instance_ids, cfg.cluster_tolerance,
+                                        MIN_INSTANCE_VOXELS)
+                if pairs:
+                    seg.instance_ids = self.grounder.join_parts(
+                        working_xyz, working_rgb, seg.features, seg.instance_ids, pairs, up())
                 lap('join parts')
 
         # Voxels outside the working subset take the labels of their nearest working voxel.

@@ -390,14 +390,15 @@ def test_a_part_joins_the_instance_the_head_finds_it_part_of(singles, union, joi
     xyz, ids = _bottle_with_cap_and_a_box()
     rng = np.random.default_rng(1)
     features = rng.normal(size=(len(xyz), FEATURES)).astype(np.float32)
+    pairs = part_candidates(xyz, ids, 0.02, 10)
     grounder = Grounder(make_head(), ['bottle'], 0.0, BagOfWords())
-    assert (grounder.join_parts(xyz, None, features, ids, None, 0.02, 10) == ids).all(), \
+    assert (grounder.join_parts(xyz, None, features, ids, pairs, None) == ids).all(), \
         'a head without an Objectness layer joins nothing'
     grounder = Grounder(make_head(objectness=True), ['bottle'], 0.0, BagOfWords())
     # The pair's instances are scored first (body, cap), then their union.
     scores = iter([np.array(singles), np.array([union])])
     grounder.head.log_objectness = lambda vectors: next(scores)
-    resolved = grounder.join_parts(xyz, None, features, ids, None, 0.02, 10)
+    resolved = grounder.join_parts(xyz, None, features, ids, pairs, None)
     np.testing.assert_array_equal(resolved, np.repeat([1, 1 if joined else 2, 3], [800, 60, 400]))
     assert singles[0] + singles[1] + JOIN_MARGIN > -1.8     # the second case is a near miss
 

@@ -14,8 +14,7 @@ from segvec3d_ros.instances import InstanceInfo, describe_instances
 from segvec3d_ros.model.features import estimate_normals
 from segvec3d_ros.names import bundled_grounding_path, resolve_path
 from segvec3d_ros.segmentation.base import Segmenter
-from segvec3d_ros.segmentation.split import (part_candidates, split_parts, take_joins,
-                                             take_splits)
+from segvec3d_ros.segmentation.split import split_parts, take_joins, take_splits
 
 if TYPE_CHECKING:
     from segvec3d_ros.config import PipelineConfig
@@ -176,19 +175,17 @@ class Grounder:
                            self._whole_and_label(xyz, rgb, features, parents, normals, up))
 
     def join_parts(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,
-                   ids: np.ndarray, up: np.ndarray | None, reach: float,
-                   min_points: int) -> np.ndarray:
+                   ids: np.ndarray, pairs: list[tuple[int, int]], up: np.ndarray | None
+                   ) -> np.ndarray:
         """`ids` of the working points with each part joined to the instance it belongs to.
 
-        A part is an instance of `min_points` or more under `split.PART_SHARE` of a larger
-        one within `reach` of it (a cap, a handle the embeddings cut off); it joins that one
-        where the head's Objectness layer finds the union likelier one whole object than the
-        two apart (`split.take_joins`). A head without that layer joins nothing.
+        `pairs` are (part, whole) ids (`split.part_candidates`: a cap, a handle the embeddings
+        cut off); a part joins its whole where the head's Objectness layer finds the union
+        likelier one whole object than the two apart (`split.take_joins`). A head without
+        that layer joins nothing.
         """
         ids = np.asarray(ids, dtype=np.int64)
-        pairs = (part_candidates(xyz, ids, reach, min_points)
-                 if self.head.objectness is not None else [])
-        if not pairs:
+        if self.head.objectness is None or not pairs:
             return ids
         xyz = np.asarray(xyz)
         # Only the instances of a pair are scored: a noisy frame has hundreds of specks.
@@ -201,19 +198,19 @@ class Grounder:
         pending = pairs
         while pending:
             # One scoring per round of pairs that share no instance: each point, one union.
-            round_ids, used, later = np.zeros_like(ids), set(), []
-            for number, (part, whole) in enumerate(pending, start=1):
-                if used & {part, whole}:
-                    later.append((part, whole))
-                    continue
-                used |= {part, whole}
+            batch: list[tuple[int, int]] = []
+            used: set[int] = set()
+            for pair in pending:
+                if used.isdisjoint(pair):
+                    batch.append(pair)
+                    used.update(pair)
+            round_ids = np.zeros_like(ids)
+            for number, (part, whole) in enumerate(batch, start=1):
                 round_ids[(ids == part) | (ids == whole)] = number
             scored = self._whole_and_label(xyz, rgb, features, round_ids,
                                            normals[round_ids > 0], up)
-            for number, pair in enumerate(pending, start=1):
-                if number in scored and pair not in later:
-                    unions[pair] = scored[number][0]
-            pending = later
+            unions.update((pair, scored[number][0]) for number, pair in enumerate(batch, 1))
+            pending = [pair for pair in pending if pair not in batch]
         return take_joins(ids, pairs, singles, unions)
 
     def _whole_and_label(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,
