@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from sensor_msgs.msg import PointCloud2
+from sensor_msgs.msg import PointCloud2, PointField
 from std_msgs.msg import Header
 
 from scenes import PARAMS_FILE, REPO
-from segvec3d_ros.io.pointcloud2 import encode_pointcloud2
+from segvec3d_ros.io.pointcloud2 import POINT_FIELD_TYPES, encode_pointcloud2
 from segvec3d_ros.ros.client import Segvec3dClient, wait_for
 from segvec3d_ros.ros.conversions import pointcloud2_msg
 from segvec3d_ros.ros.dds import isolate_dds
@@ -180,6 +180,29 @@ def cloud_msg(header: Header, xyz: np.ndarray, rgb: np.ndarray | None = None,
               height: int = 1) -> PointCloud2:
     """PointCloud2 the codec writes for these points."""
     return pointcloud2_msg(header, encode_pointcloud2(xyz, rgb, height=height))
+
+
+def columns_msg(header: Header, columns: dict[str, tuple[int, np.ndarray]],
+                big_endian: bool = False, height: int = 1) -> PointCloud2:
+    """A cloud of name -> (PointField datatype, values) columns packed back to back.
+
+    `height` > 1 makes it organized, height rows of n / height points.
+    """
+    order = '>' if big_endian else '<'
+    # An unknown datatype still needs bytes in the record: one, as a driver might send.
+    formats = [POINT_FIELD_TYPES.get(datatype, np.dtype('u1')).newbyteorder(order)
+               for datatype, _ in columns.values()]
+    dtype = np.dtype({'names': list(columns), 'formats': formats})
+    n = len(next(iter(columns.values()))[1])
+    records = np.zeros(n, dtype)
+    for name, (_, values) in columns.items():
+        records[name] = values
+    width = n // height
+    return PointCloud2(
+        header=header, height=height, width=width, is_bigendian=big_endian, is_dense=False,
+        point_step=dtype.itemsize, row_step=width * dtype.itemsize, data=records.tobytes(),
+        fields=[PointField(name=name, offset=dtype.fields[name][1], datatype=datatype, count=1)
+                for name, (datatype, _) in columns.items()])
 
 
 def publish_until_answered(client: UpClient, xyz: np.ndarray, rgb: np.ndarray | None,

@@ -18,7 +18,7 @@ import pytest
 
 rclpy = pytest.importorskip('rclpy')
 
-from ros_harness import (UpClient, cloud_msg, diagnostics_count, make_header,
+from ros_harness import (UpClient, cloud_msg, columns_msg, diagnostics_count, make_header,
                          publish_until_answered, read_until, separate_domain_env, separate_system,
                          start_executable, stop_process, wait_and_read, wait_for)
 from scenes import tabletop_points
@@ -27,35 +27,16 @@ from segvec3d_ros.ros.dds import isolate_dds
 
 isolate_dds()
 
-from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
+from sensor_msgs.msg import PointCloud2  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 from visualization_msgs.msg import Marker  # noqa: E402
 
-from segvec3d_ros.io.pointcloud2 import (FLOAT32, FLOAT64, POINT_FIELD_TYPES, UINT16,  # noqa: E402
-                                         UINT32, decode_pointcloud2, pack_rgb)
+from segvec3d_ros.io.pointcloud2 import (FLOAT32, FLOAT64, UINT16, UINT32,  # noqa: E402
+                                         decode_pointcloud2, pack_rgb)
 
 pytestmark = pytest.mark.ros
 UNKNOWN_DATATYPE = 42
 MiB = 2**20
-
-
-def columns_msg(header: Header, columns: dict[str, tuple[int, np.ndarray]],
-                big_endian: bool = False) -> PointCloud2:
-    """A cloud of name -> (PointField datatype, values) columns packed back to back."""
-    order = '>' if big_endian else '<'
-    # An unknown datatype still needs bytes in the record: one, as a driver might send.
-    formats = [POINT_FIELD_TYPES.get(datatype, np.dtype('u1')).newbyteorder(order)
-               for datatype, _ in columns.values()]
-    dtype = np.dtype({'names': list(columns), 'formats': formats})
-    n = len(next(iter(columns.values()))[1])
-    records = np.zeros(n, dtype)
-    for name, (_, values) in columns.items():
-        records[name] = values
-    return PointCloud2(
-        header=header, height=1, width=n, is_bigendian=big_endian, is_dense=False,
-        point_step=dtype.itemsize, row_step=n * dtype.itemsize, data=records.tobytes(),
-        fields=[PointField(name=name, offset=dtype.fields[name][1], datatype=datatype, count=1)
-                for name, (datatype, _) in columns.items()])
 
 
 def small_tabletop(seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -14,11 +14,11 @@ rclpy = pytest.importorskip('rclpy')
 from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from ros_harness import (cloud_msg, make_header, read_until, separate_domain_env, separate_system,
-                         start_executable, stop_process, wait_and_read)
+from ros_harness import (cloud_msg, columns_msg, make_header, read_until, separate_domain_env,
+                         separate_system, start_executable, stop_process, wait_and_read)
 from scenes import tabletop_points
 from segvec3d_msgs.srv import QueryInstance
-from segvec3d_ros.io.pointcloud2 import decode_pointcloud2
+from segvec3d_ros.io.pointcloud2 import FLOAT32, POINT_FIELD_TYPES, decode_pointcloud2
 from segvec3d_ros.ros.client import wait_for
 from segvec3d_ros.ros.dds import isolate_dds
 
@@ -137,33 +137,19 @@ def test_a_real_ouster_scan_through_the_node_with_the_lidar_preset(shared_dir):
         assert status and values_of(status)['segmenter'] == 'range_image'
 
 
-def lidar_scan_msg(header, cloud):
-    """PointCloud2 of a simulated scan with its driver's fields, laid out as ouster-ros does."""
-    from sensor_msgs.msg import PointCloud2, PointField
-
-    types = {np.dtype('float32'): PointField.FLOAT32, np.dtype('uint16'): PointField.UINT16,
-             np.dtype('uint32'): PointField.UINT32}
-    columns = {'x': cloud.xyz[:, 0], 'y': cloud.xyz[:, 1], 'z': cloud.xyz[:, 2], **cloud.extra}
-    packed = np.zeros(len(cloud), [(name, values.dtype) for name, values in columns.items()])
-    for name, values in columns.items():
-        packed[name] = values
-    fields = [PointField(name=name, offset=packed.dtype.fields[name][1],
-                         datatype=types[values.dtype], count=1)
-              for name, values in columns.items()]
-    return PointCloud2(header=header, height=cloud.height, width=cloud.width, fields=fields,
-                       is_bigendian=False, point_step=packed.dtype.itemsize,
-                       row_step=packed.dtype.itemsize * cloud.width, data=packed.tobytes(),
-                       is_dense=False)
-
-
 def test_a_simulated_indoor_lidar_scan_through_the_node_with_the_indoor_preset():
     from segvec3d_ros.evaluation.datasets import iter_lidar
 
     (scene,) = iter_lidar(1)        # an OS1-64 over a table of 15 objects
     params = Path(__file__).resolve().parents[1] / 'config' / 'lidar_indoor.yaml'
     with separate_system(params_file=params) as up:
-        found = up.publish_until_answered(lidar_scan_msg(make_header('os_lidar'), scene.cloud),
-                                          timeout=90.0)
+        # the driver's fields as ouster-ros lays them out, after x y z
+        datatype = {dtype: code for code, dtype in POINT_FIELD_TYPES.items()}
+        columns = {axis: (FLOAT32, scene.cloud.xyz[:, i]) for i, axis in enumerate('xyz')}
+        columns.update((name, (datatype[values.dtype], values))
+                       for name, values in scene.cloud.extra.items())
+        msg = columns_msg(make_header('os_lidar'), columns, height=scene.cloud.height)
+        found = up.publish_until_answered(msg, timeout=90.0)
         assert found, up.output_text[-3000:]
         labels = decode_pointcloud2(found['segvec3d/labeled_points']).extra['label']
         assert len(labels) == len(scene.cloud) and not labels[~scene.cloud.valid].any()
