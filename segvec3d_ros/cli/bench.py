@@ -187,10 +187,10 @@ def run_bench(args: argparse.Namespace) -> int:
     query = None
     with tempfile.TemporaryDirectory(prefix='segvec3d-bench-') as scratch:
         folder = Path(scratch)
-        frames = [(size, '', lambda size=size: bench_frame(size, args.seed))
-                  for size in args.sizes]
-        frames += [(len(cloud), name, lambda cloud=cloud: cloud) for name, cloud in real]
-        for size, name, make in frames:
+        to_measure = [(size, '', lambda size=size: bench_frame(size, args.seed))
+                      for size in args.sizes]
+        to_measure += [(len(cloud), name, lambda cloud=cloud: cloud) for name, cloud in real]
+        for size, name, make in to_measure:
             frame = folder / f'frame{size}{name}.npz'
             save_frame(make(), frame)
             # Every setup on this frame before the next one: the ratios compare runs made
@@ -236,22 +236,22 @@ def run_bench(args: argparse.Namespace) -> int:
     for path in (out, plot):
         path.parent.mkdir(parents=True, exist_ok=True)
     plot_ref = None
+    described = []
     if args.sizes:
         plot_stages(plot, measurements, f'segvec3d bench: median ms per stage '
                                         f'({"CPU only, no GPU" if gpu is None else gpu})')
         # The plot is referenced relative to the report, wherever the two are written.
         plot_ref = Path(os.path.relpath(plot.resolve(), out.resolve().parent)).as_posix()
-    frames = []
-    if args.sizes:
-        frames.append(f'generated: organized tabletop frames of `generate_scene` (seed '
-                      f'{args.seed}), the same scene through a Kinect v1 (640 × 480) scaled to '
-                      'the resolution with about N pixels, NaN holes included in N')
+        described.append(f'generated: organized tabletop frames of `generate_scene` (seed '
+                         f'{args.seed}), the same scene through a Kinect v1 (640 × 480) scaled '
+                         'to the resolution with about N pixels, NaN holes included in N')
     if real:
-        frames.append('real: ' + ', '.join(f'`{path}`' for path in args.frames)
-                      + ', each as read (organized where the file is)')
-    frames = '; '.join(frames) + (f'; pipeline settings '
-                                  f'{args.params_file or "PipelineConfig defaults"} (voxel_size '
-                                  f'{config.voxel_size} m, max_points {config.max_points})')
+        described.append('real: ' + ', '.join(f'`{path}`' for path in args.frames)
+                         + ', each as read (organized where the file is)')
+    frames = '; '.join(described) + (f'; pipeline settings '
+                                     f'{args.params_file or "PipelineConfig defaults"} '
+                                     f'(voxel_size {config.voxel_size} m, max_points '
+                                     f'{config.max_points})')
     out.write_text(markdown_report(measurements, command=command_line(args),
                                    software=software_line(), gpu=gpu, frames=frames,
                                    skipped=skipped, query=query, dds=dds, plot=plot_ref))
