@@ -184,7 +184,7 @@ def cloud_msg(header: Header, xyz: np.ndarray, rgb: np.ndarray | None = None,
 
 def columns_msg(header: Header, columns: dict[str, tuple[int, np.ndarray]],
                 big_endian: bool = False, height: int = 1) -> PointCloud2:
-    """A cloud of name -> (PointField datatype, values) columns packed back to back.
+    """Pack name -> (PointField datatype, values) columns back to back into a cloud.
 
     `height` > 1 makes it organized, height rows of n / height points.
     """
