@@ -7,7 +7,7 @@ import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 from scipy.spatial.transform import Rotation
 
-from segvec3d_ros.segmentation.geometry import group_means, plane_basis
+from segvec3d_ros.segmentation.geometry import column_max, column_min, group_means, plane_basis
 
 _YAW_STEP = np.deg2rad(1.0)    # resolution at which box yaw candidates count as distinct
 
@@ -131,7 +131,7 @@ def _oriented_box(centered: np.ndarray,
         second = np.cross(plane_axes[:, 2], first)
     axes = np.column_stack([first, second, np.cross(first, second)])
     local = centered @ axes
-    low, high = local.min(axis=0), local.max(axis=0)
+    low, high = column_min(local), column_max(local)
     return axes, (low + high) / 2, high - low
 
 

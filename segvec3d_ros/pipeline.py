@@ -22,8 +22,8 @@ from segvec3d_ros.instances import InstanceInfo, describe_instances, describe_up
 from segvec3d_ros.segmentation.base import Segmenter
 from segvec3d_ros.segmentation.euclidean import EuclideanSegmenter
 from segvec3d_ros.segmentation.geometry import (VoxelGrid, column_max, column_min,
-                                                fit_support_plane, group_means, nearest_labels,
-                                                rank_labels, voxel_downsample)
+                                                fit_support_plane, group_means, inside_box,
+                                                nearest_labels, rank_labels, voxel_downsample)
 from segvec3d_ros.segmentation.range_image import RangeImageSegmenter
 from segvec3d_ros.segmentation.split import part_candidates
 
@@ -258,8 +258,8 @@ class Pipeline:
         objects, candidates = xyz[on_instance], xyz[support]
         # Only support points in the instances' box grown by the radius can be that close; the
         # box test is far cheaper than the search it spares (floor and walls, mostly).
-        in_box = ((candidates >= column_min(objects) - _BASE_RADIUS)
-                  & (candidates <= column_max(objects) + _BASE_RADIUS)).all(axis=1)
+        in_box = inside_box(candidates, column_min(objects) - _BASE_RADIUS,
+                            column_max(objects) + _BASE_RADIUS)
         candidates = candidates[in_box]
         gap, _ = cKDTree(objects).query(candidates, distance_upper_bound=_BASE_RADIUS)
         plane, _ = fit_support_plane(candidates[np.isfinite(gap)], self.config.plane_distance,

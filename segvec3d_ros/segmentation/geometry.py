@@ -79,6 +79,24 @@ def column_max(values: np.ndarray, initial: float | None = None) -> np.ndarray:
     return _per_column(np.maximum, values, initial)
 
 
+def column_mean(values: np.ndarray) -> np.ndarray:
+    """Mean of each column of (N, C) values, N > 0; see `column_min`."""
+    values = np.asarray(values)
+    return np.array([values[:, c].mean() for c in range(values.shape[1])])
+
+
+def inside_box(points: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """(N,) whether each of the (N, C) points lies within [low, high] in every column.
+
+    One column at a time, as `column_min`: `.all(axis=1)` of an (N, 3) mask is as slow.
+    """
+    points = np.asarray(points)
+    inside = np.ones(len(points), dtype=bool)
+    for c in range(points.shape[1]):
+        inside &= (points[:, c] >= low[c]) & (points[:, c] <= high[c])
+    return inside
+
+
 def _per_column(ufunc: np.ufunc, values: np.ndarray, initial: float | None) -> np.ndarray:
     values = np.asarray(values)
     kwargs = {} if initial is None else {'initial': initial}
@@ -156,7 +174,7 @@ def fit_support_plane(xyz: np.ndarray, distance: float, iterations: int,
     if len(pts) < 3 or iterations < 1:
         return no_plane
     # Centred coordinates keep cross products precise far from the origin.
-    center = pts.mean(axis=0)
+    center = column_mean(pts)
     centered = pts - center
     samples = centered[rng.integers(0, len(pts), size=(iterations, 3))]
     normals = np.cross(samples[:, 1] - samples[:, 0], samples[:, 2] - samples[:, 0])
@@ -186,8 +204,9 @@ def fit_support_plane(xyz: np.ndarray, distance: float, iterations: int,
     inliers = np.abs(centered @ normal + offset) <= distance
     if inliers.sum() >= 3:
         # Least squares: the refined normal is the inliers' direction of least spread.
-        mean = centered[inliers].mean(axis=0)
-        spread = centered[inliers] - mean
+        spread = centered[inliers]
+        mean = column_mean(spread)
+        spread -= mean
         normal = np.linalg.eigh(spread.T @ spread)[1][:, 0]
         offset = -normal @ mean
         inliers = np.abs(centered @ normal + offset) <= distance
@@ -241,7 +260,7 @@ def longest_span(xyz: np.ndarray, normal: np.ndarray) -> float:
     flat = np.asarray(xyz, dtype=np.float64).reshape(-1, 3) @ plane_basis(normal)
     if len(flat) < 2:
         return 0.0
-    flat -= flat.mean(axis=0)
+    flat -= column_mean(flat)
     principal = np.linalg.eigh(flat.T @ flat)[1][:, 1]
     return float(np.ptp(flat @ principal))
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
-from segvec3d_ros.segmentation.geometry import edge_components, rank_labels
+from segvec3d_ros.segmentation.geometry import (column_max, column_mean, column_min,
+                                                edge_components, inside_box, rank_labels)
 
 # A view ray hits a working point when it passes within this many voxel sizes of it: the
 # voxel centroids of a surface are about one voxel apart, so a ray between them still hits.
@@ -61,8 +62,8 @@ def join_occluded(xyz: np.ndarray, ids: np.ndarray, voxel_size: float, min_gap: 
     pieces = np.flatnonzero(sizes >= _MIN_PIECE_POINTS)
     pieces = pieces[pieces > 0]
     members = {k: groups[k] for k in pieces}
-    lows = np.array([pts[members[k]].min(axis=0) for k in pieces]).reshape(-1, 3)
-    highs = np.array([pts[members[k]].max(axis=0) for k in pieces]).reshape(-1, 3)
+    lows = np.array([column_min(pts[members[k]]) for k in pieces]).reshape(-1, 3)
+    highs = np.array([column_max(pts[members[k]]) for k in pieces]).reshape(-1, 3)
     first, second = _near_boxes(lows, highs, max_gap)
     if len(first) > MAX_PIECE_PAIRS:
         # An occluded object's pieces are large; the gaps between specks are noise.
@@ -86,9 +87,10 @@ def join_occluded(xyz: np.ndarray, ids: np.ndarray, voxel_size: float, min_gap: 
             gaps.append((a, b, small, large, ends, _gap_samples(rel[list(ends)], voxel_size)))
     if not gaps:
         return ids
-    rays = _ViewRays(rel, ranges, np.concatenate([g[-1] for g in gaps]), voxel_size)
-    joined = [(a, b) for a, b, small, large, ends, samples in gaps
-              if _gap_hidden(rel[list(ends)], samples, ranges, ids, (a, b), rays, voxel_size)
+    hidden = _hidden_gaps([rel[list(g[4])] for g in gaps], [g[5] for g in gaps], ranges, ids,
+                          np.array([g[:2] for g in gaps]), rel, voxel_size)
+    joined = [(a, b) for (a, b, small, large, ends, _), gap_hidden in zip(gaps, hidden)
+              if gap_hidden
               and _one_surface(pts, members[small], members[large], ends, voxel_size)]
     if not joined:
         return ids
@@ -131,7 +133,7 @@ def _one_surface(pts: np.ndarray, piece_a: np.ndarray, piece_b: np.ndarray,
         near = pts[piece[np.linalg.norm(pts[piece] - pts[end], axis=1) <= _SURFACE_RADIUS]]
         if len(near) < 3:
             return False
-        centre = near.mean(axis=0)
+        centre = column_mean(near)
         centres.append(centre)
         normals.append(np.linalg.svd(near - centre, full_matrices=False)[2][2])
     offset = centres[1] - centres[0]
@@ -153,8 +155,9 @@ class _ViewRays:
         sample_ranges = np.linalg.norm(samples, axis=1)
         sample_directions = samples / sample_ranges[:, None]
         reach = _RAY_WIDTH_VOXELS * voxel_size / sample_ranges.min()
-        low, high = sample_directions.min(axis=0) - reach, sample_directions.max(axis=0) + reach
-        self.index = np.flatnonzero(((directions >= low) & (directions <= high)).all(axis=1))
+        low = column_min(sample_directions) - reach
+        high = column_max(sample_directions) + reach
+        self.index = np.flatnonzero(inside_box(directions, low, high))
         self.tree = cKDTree(directions[self.index])
 
     def hits(self, samples: np.ndarray, voxel_size: float) -> list[np.ndarray]:
@@ -171,21 +174,32 @@ def _gap_samples(ends: np.ndarray, voxel_size: float) -> np.ndarray:
     return ends[0] + (ends[1] - ends[0]) * (np.arange(1, steps) / steps)[:, None]
 
 
-def _gap_hidden(ends: np.ndarray, samples: np.ndarray, ranges: np.ndarray, ids: np.ndarray,
-                pair: tuple[int, int], rays: _ViewRays, voxel_size: float) -> bool:
-    """Whether the segment between `ends`, at `samples`, is hidden behind other points.
+def _hidden_gaps(ends: list[np.ndarray], samples: list[np.ndarray], ranges: np.ndarray,
+                 ids: np.ndarray, pairs: np.ndarray, rel: np.ndarray,
+                 voxel_size: float) -> np.ndarray:
+    """(G,) whether each gap, the segment between its two `ends` at its `samples`, is hidden.
 
-    `ends` are viewpoint-relative.
+    `ends` (2, 3) and `samples` (S_g, 3) are viewpoint-relative, `pairs` (G, 2) the two
+    instances each gap lies between. A sample is hidden when its view ray passes near a point
+    of neither instance nearer than it and both ends (by _IN_FRONT_VOXELS); a gap when none of
+    its samples whose ray passes near anything sees past, and at least half are hidden. Every
+    gap's rays are looked up at once.
     """
-    front = np.minimum(np.linalg.norm(samples, axis=1), np.linalg.norm(ends, axis=1).min())
-    front -= _IN_FRONT_VOXELS * voxel_size
-    hidden = 0
-    for limit, hit in zip(front, rays.hits(samples, voxel_size)):
-        if not len(hit):
-            continue
-        others = hit[(ids[hit] != pair[0]) & (ids[hit] != pair[1])]
-        if len(others) and ranges[others].min() < limit:
-            hidden += 1
-        else:
-            return False
-    return hidden > 0 and 2 * hidden >= len(samples)
+    counts = np.array([len(s) for s in samples])
+    gap = np.repeat(np.arange(len(samples)), counts)
+    points = np.concatenate(samples)
+    nearest_end = np.array([np.linalg.norm(e, axis=1).min() for e in ends])
+    front = (np.minimum(np.linalg.norm(points, axis=1), nearest_end[gap])
+             - _IN_FRONT_VOXELS * voxel_size)
+    hits = _ViewRays(rel, ranges, points, voxel_size).hits(points, voxel_size)
+    lengths = np.array([len(hit) for hit in hits])
+    sample = np.repeat(np.arange(len(points)), lengths)
+    hit = np.concatenate(hits) if len(hits) else np.zeros(0, dtype=np.int64)
+    other = (ids[hit] != pairs[gap[sample], 0]) & (ids[hit] != pairs[gap[sample], 1])
+    nearest_other = np.full(len(points), np.inf)
+    np.minimum.at(nearest_other, sample[other], ranges[hit[other]])
+    blocked = nearest_other < front
+    seen_past = (lengths > 0) & ~blocked
+    num_hidden = np.bincount(gap, weights=blocked, minlength=len(samples))
+    return ((np.bincount(gap, weights=seen_past, minlength=len(samples)) == 0)
+            & (num_hidden > 0) & (2 * num_hidden >= counts))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from segvec3d_ros.segmentation.geometry import column_max, column_min, plane_basis
+from segvec3d_ros.segmentation.geometry import column_max, column_mean, column_min, plane_basis
 
 # Only directions within this angle of the cloud's mean view direction are imaged: the image
 # is a tangent-plane projection, whose pixels stretch without bound towards 90 degrees.
@@ -37,7 +37,7 @@ def claim_seen_through(xyz: np.ndarray, ids: np.ndarray, support: np.ndarray,
     pts = np.asarray(xyz, dtype=np.float64)
     ranges = np.linalg.norm(pts, axis=1)
     directions = pts / np.maximum(ranges, 1e-9)[:, None]
-    forward = directions[on_instance].mean(axis=0)
+    forward = column_mean(directions[on_instance])
     if not np.linalg.norm(forward) > 0:
         return ids, support
     forward /= np.linalg.norm(forward)

@@ -18,7 +18,7 @@ from scipy.sparse.linalg import ArpackError, LinearOperator, eigsh
 from scipy.spatial import cKDTree
 
 from segvec3d_ros.config import OTHER
-from segvec3d_ros.segmentation.geometry import cell_index, column_min
+from segvec3d_ros.segmentation.geometry import cell_index, column_mean, column_min
 
 # A split is proposed where the normalised cut of an instance's k-NN graph, its edges weighted
 # by embedding similarity, is this weak: a chain of boundary points between two touching
@@ -159,8 +159,8 @@ def junction_convexity(xyz: np.ndarray, normals: np.ndarray, first: np.ndarray,
         for group, other in ((first, second), (second, first))]
     if not all(len(band) for band in near):
         return 0.0
-    centres = [xyz[band].mean(axis=0) for band in near]
-    facing = [normals[band].mean(axis=0) for band in near]
+    centres = [column_mean(xyz[band]) for band in near]
+    facing = [column_mean(normals[band]) for band in near]
     offset = centres[0] - centres[1]
     return float((facing[0] - facing[1]) @ offset / max(float(np.linalg.norm(offset)), 1e-9))
 
