@@ -14,14 +14,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pytest
 
 rclpy = pytest.importorskip('rclpy')
 
-from ros_harness import make_header, start_executable, stop_process, wait_for
+from ros_harness import PARAMS_FILE, make_header, start_executable, stop_process, wait_for
 from segvec3d_ros.bench.measure import bench_frame
 from segvec3d_ros.bench.report import DDS_COLUMNS
 from segvec3d_ros.cloud import Cloud
@@ -54,8 +54,8 @@ class Rig:
     memory and take CPU from the node it measures.
     """
 
-    def __init__(self, *ros_args: str) -> None:
-        self.process = start_executable('segvec3d-up', *ros_args)
+    def __init__(self, *ros_args: str, params_file: Path = PARAMS_FILE) -> None:
+        self.process = start_executable('segvec3d-up', *ros_args, params_file=params_file)
         self.client = Client('segvec3d_throughput_client', record_outputs=False)
         self.client.record(DiagnosticArray, '/diagnostics')
         self.answered: dict[tuple[int, int], float] = {}   # stamp -> monotonic arrival
@@ -123,7 +123,38 @@ def _settled(rig: Rig) -> dict[str, str] | None:
 
 def run_at_rate(rig: Rig, messages: list[PointCloud2], frames: int,
                 rate_hz: float) -> dict[str, Any]:
-    """Publish `frames` messages at `rate_hz` and return what the node and the client saw.
+    """Publish `frames` messages at `rate_hz` and return what the node and the client saw."""
+    def publish(sent: dict[tuple[int, int], float]) -> None:
+        start = time.monotonic()
+        for index in range(frames):
+            time.sleep(max(0.0, start + index / rate_hz - time.monotonic()))
+            published_at = time.monotonic()
+            sent[rig.publish(messages[index % len(messages)])] = published_at
+    return _measure(rig, frames, rate_hz, publish)
+
+
+def run_in_turn(rig: Rig, message: PointCloud2, frames: int,
+                warmup: int = 3) -> dict[str, Any]:
+    """Publish `message` `frames` times, each once the last one's instance list came back.
+
+    No frame waits for the node to finish the one before, so the latency is one frame's own.
+    The client's figures leave out the first `warmup` frames.
+    """
+    def publish(sent: dict[tuple[int, int], float]) -> None:
+        for index in range(warmup + frames):
+            published_at = time.monotonic()
+            key = rig.publish(message)
+            if index >= warmup:
+                sent[key] = published_at
+            wait_for(lambda: key in rig.answered, timeout=30.0)
+    result = _measure(rig, warmup + frames, 0.0, publish)
+    result['frames'] = frames
+    return result
+
+
+def _measure(rig: Rig, frames: int, rate_hz: float,
+             publish: Callable[[dict[tuple[int, int], float]], None]) -> dict[str, Any]:
+    """Run `publish` (it records each stamp's publishing time) and gather the figures.
 
     The node's counters are cumulative, so the figures are differences from the diagnostics
     before the run; its rate and latency percentiles cover its last 5 s window.
@@ -132,10 +163,7 @@ def run_at_rate(rig: Rig, messages: list[PointCloud2], frames: int,
     assert before, 'no settled diagnostics before the run'
     sent: dict[tuple[int, int], float] = {}
     start = time.monotonic()
-    for index in range(frames):
-        time.sleep(max(0.0, start + index / rate_hz - time.monotonic()))
-        published_at = time.monotonic()
-        sent[rig.publish(messages[index % len(messages)])] = published_at
+    publish(sent)
     # The node finishes its frame in hand, then its diagnostics show every frame settled.
     wait_for(lambda: (v := _settled(rig)) is not None
              and int(v['frames_received']) > int(before['frames_received']), timeout=60.0)
@@ -204,6 +232,14 @@ def test_every_frame_at_30_hz_is_processed_dropped_or_lost_and_counted(rig):
     assert result['latency_p95_ms'] >= result['latency_median_ms'] >= 0
     assert result['client_p95_ms'] >= result['client_median_ms'] > 0
     assert {key for key, _ in DDS_COLUMNS} <= set(result)
+
+
+def test_frames_sent_in_turn_are_each_processed_and_none_dropped(rig):
+    result = run_in_turn(rig, vga_messages(1)[0], frames=4, warmup=2)
+    assert result['frames'] == 4 and result['answered'] == 4
+    assert result['received'] == result['processed'] == 6
+    assert result['dropped'] == result['lost'] == result['failed'] == 0
+    assert result['client_p95_ms'] >= result['client_median_ms'] > 0
 
 
 def test_query_service_answers_every_call_on_a_crowded_scene(rig):
