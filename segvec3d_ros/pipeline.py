@@ -162,17 +162,28 @@ class Pipeline:
         lap('downsample')
 
         organized = {'pixels': index, 'shape': (cloud.height, cloud.width)} if scan else {}
-        seg = self.segmenter.segment(grid.xyz[working],
+        working_xyz = grid.xyz[working]
+        seg = self.segmenter.segment(working_xyz,
                                      None if grid.rgb is None else grid.rgb[working], **organized)
         timings.update(seg.timings or {})
         limits_hit += seg.limits_hit
         tick = perf_counter()
+        normals: list[tuple[np.ndarray, np.ndarray | None]] = []
+
+        def support_normal(on_instance: np.ndarray) -> np.ndarray | None:
+            # Splits and joins leave the same points on instances, and dropping the small
+            # ones mostly none: the plane is fitted once per distinct set of instance points.
+            for mask, normal in normals:
+                if np.array_equal(mask, on_instance):
+                    return normal
+            normals.append((on_instance, self._support_normal(working_xyz, seg.support_mask,
+                                                              on_instance)))
+            return normals[-1][1]
+
         if self.grounder is not None and seg.features is not None:
-            working_xyz = grid.xyz[working]
             working_rgb = None if grid.rgb is None else grid.rgb[working]
-            # Splits and joins leave the same points on instances; most frames need neither.
-            up = cache(lambda: self._support_normal(working_xyz, seg.support_mask,
-                                                    seg.instance_ids > 0))
+            # Most frames need neither a split nor a join, so neither the plane.
+            up = cache(lambda: support_normal(seg.instance_ids > 0))
             if seg.split_proposals is not None and seg.split_proposals.any():
                 seg.instance_ids = self.grounder.resolve_splits(
                     working_xyz, working_rgb, seg.features, seg.instance_ids,
@@ -195,7 +206,7 @@ class Pipeline:
             others[working] = False
             all_labels = np.empty((len(grid.xyz), 2), dtype=np.int64)
             all_labels[working] = voxel_labels
-            all_labels[others] = nearest_labels(grid.xyz[working], voxel_labels, grid.xyz[others])
+            all_labels[others] = nearest_labels(working_xyz, voxel_labels, grid.xyz[others])
             voxel_labels = all_labels
         point_ids = voxel_labels[grid.inverse, 0]
         if cfg.voxel_size > 0 and not scan:
@@ -229,8 +240,7 @@ class Pipeline:
 
         up = seg.support_normal
         if up is None:
-            up = self._support_normal(grid.xyz[working], seg.support_mask,
-                                      new_id[seg.instance_ids] > 0)
+            up = support_normal(new_id[seg.instance_ids] > 0)
         if isinstance(self.segmenter, RangeImageSegmenter) and up is not None:
             # A LiDAR frame's ~100 instances: one smallest rectangle per hull took ~25 ms.
             instances = describe_upright(xyz, rgb, ids, up)
@@ -238,7 +248,7 @@ class Pipeline:
             instances = describe_instances(xyz, rgb, ids, up)
         lap('describe')
         if self.grounder is not None and seg.features is not None:
-            self.grounder.ground(instances, grid.xyz[working], seg.features,
+            self.grounder.ground(instances, working_xyz, seg.features,
                                  new_id[seg.instance_ids])
             lap('ground')
         timings['total'] = perf_counter() - start
