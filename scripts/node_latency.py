@@ -93,7 +93,7 @@ def main() -> None:
     print('| ' + ' | '.join(COLUMNS) + ' |')
     print('|' + ' --- |' * len(COLUMNS))
     for segmenter in args.segmenters.split(','):
-        rig = Rig('-p', f'segmenter:={segmenter}', '-p', 'max_scene_age:=0.0',
+        rig = Rig('-p', f'segmenter:={segmenter}',
                   params_file=args.params_file.resolve())
         try:
             result = (run_at_rate(rig, [msg], args.frames, args.rate) if args.rate > 0
