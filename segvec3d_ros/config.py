@@ -230,6 +230,11 @@ class PipelineConfig:
                                         'is not a support surface', range=(0.0, 100.0))
     drop_below_support: bool = setting(True, 'ignore points on the far side of a support '
                                        'surface from the sensor (cloud in the sensor frame)')
+    veil_angle: float = setting(10.0, 'organized depth clouds: degrees; drop the veil points '
+                                'strung between a near surface and a far one (mixed and flying '
+                                'pixels), whose segment to a pixel 3 away lies within this angle '
+                                'of the view ray; 0 = keep them (LiDAR scans: rows are beams)',
+                                range=(0.0, 45.0))
     max_range: float = setting(0.0, 'drop points farther than this from the sensor in m '
                                '(0 = keep all)', range=(0.0, 1000.0))
     min_range: float = setting(0.0, 'drop points nearer than this to the sensor in m (a '

@@ -26,6 +26,7 @@ from segvec3d_ros.segmentation.geometry import (VoxelGrid, column_max, column_mi
                                                 nearest_labels, rank_labels, voxel_downsample)
 from segvec3d_ros.segmentation.range_image import RangeImageSegmenter
 from segvec3d_ros.segmentation.split import part_candidates
+from segvec3d_ros.segmentation.veil import veil_points
 
 if TYPE_CHECKING:
     from segvec3d_ros.grounding.grounder import Grounder
@@ -133,12 +134,16 @@ class Pipeline:
             timings[stage] = now - tick
             tick = now
 
-        index = np.flatnonzero(cloud.valid)
-        if cfg.max_range > 0 or cfg.min_range > 0:
-            with np.errstate(over='ignore'):  # a norm beyond float32 is out of range anyway
-                distance = np.linalg.norm(cloud.xyz[index], axis=1)
-            index = index[(distance >= cfg.min_range)
-                          & ((distance <= cfg.max_range) | (cfg.max_range == 0))]
+        valid = cloud.valid
+        # The range-image segmenter judges neighbouring returns by the same angle itself.
+        scan = isinstance(self.segmenter, RangeImageSegmenter) and cloud.is_organized
+        veil = np.zeros(0, dtype=np.int64)
+        if cfg.veil_angle > 0 and cloud.is_organized and not scan:
+            flagged = veil_points(cloud.xyz, cloud.height, cloud.width, cfg.veil_angle)
+            veil = self._within_range(cloud, np.flatnonzero(valid & flagged))
+            valid &= ~flagged
+        index = self._within_range(cloud, np.flatnonzero(valid))
+        num_valid = len(index) + len(veil)
         xyz = cloud.xyz[index]
         rgb = None if cloud.rgb is None else cloud.rgb[index]
         # what the segmenter sees: colour, or a LiDAR's return strength as grey
@@ -150,7 +155,6 @@ class Pipeline:
 
         # The range-image segmenter works on the scan's own grid: every return is a working
         # point and keeps its pixel. Unorganized clouds take the usual voxels.
-        scan = isinstance(self.segmenter, RangeImageSegmenter) and cloud.is_organized
         grid = (voxel_downsample(xyz, cfg.voxel_size, shade) if cfg.voxel_size > 0 and not scan
                 else VoxelGrid(xyz, shade, np.arange(len(xyz))))
         working = np.arange(len(grid.xyz))
@@ -208,10 +212,23 @@ class Pipeline:
             all_labels[working] = voxel_labels
             all_labels[others] = nearest_labels(working_xyz, voxel_labels, grid.xyz[others])
             voxel_labels = all_labels
-        point_ids = voxel_labels[grid.inverse, 0]
+        voxel_ids = voxel_labels[:, 0]
         if cfg.voxel_size > 0 and not scan:
-            voxels = np.bincount(voxel_labels[:, 0])
-            point_ids = np.where(voxels[point_ids] >= MIN_INSTANCE_VOXELS, point_ids, 0)
+            voxels = np.bincount(voxel_ids)
+            voxel_ids = np.where(voxels[voxel_ids] >= MIN_INSTANCE_VOXELS, voxel_ids, 0)
+        point_ids, support = voxel_ids[grid.inverse], voxel_labels[grid.inverse, 1]
+        if len(veil):
+            # Veil points took no part; each takes the labels of the voxel nearest to it within
+            # cluster_tolerance (an object's edge, the surface behind), else stays out, and is
+            # an ordinary point from here on: counted and described with its instance.
+            gap, nearest = cKDTree(grid.xyz).query(cloud.xyz[veil],
+                                                   distance_upper_bound=cfg.cluster_tolerance)
+            near = np.isfinite(gap)
+            index = np.concatenate([index, veil[near]])
+            xyz = np.concatenate([xyz, cloud.xyz[veil[near]]])
+            rgb = None if rgb is None else np.concatenate([rgb, cloud.rgb[veil[near]]])
+            point_ids = np.concatenate([point_ids, voxel_ids[nearest[near]]])
+            support = np.concatenate([support, voxel_labels[nearest[near], 1]])
         ids, new_id = rank_labels(point_ids, cfg.min_instance_points)
         # every segmenter id keeps an entry, also those of dropped instances above the rest
         new_id = np.pad(new_id, (0, int(voxel_labels[:, 0].max(initial=0)) + 1 - len(new_id)))
@@ -224,11 +241,10 @@ class Pipeline:
             new_id[new_id > cfg.max_instances] = 0
             ids[ids > cfg.max_instances] = 0
             num_instances = cfg.max_instances
-        support = voxel_labels[grid.inverse, 1].astype(bool)
         labels = np.zeros(len(cloud), dtype=np.uint32)
         labels[index] = ids
         support_mask = np.zeros(len(cloud), dtype=bool)
-        support_mask[index] = support
+        support_mask[index] = support.astype(bool)
         features = None
         if seg.features is not None:
             # Averaging only instance points: most working points are support or dropped.
@@ -253,8 +269,18 @@ class Pipeline:
             lap('ground')
         timings['total'] = perf_counter() - start
         return SceneResult(labels, instances, support_mask, features, timings,
-                           num_input=len(cloud), num_valid=len(index), num_working=len(working),
+                           num_input=len(cloud), num_valid=num_valid, num_working=len(working),
                            limits_hit=limits_hit)
+
+    def _within_range(self, cloud: Cloud, index: np.ndarray) -> np.ndarray:
+        """Those of the points `index` between min_range and max_range from the sensor."""
+        cfg = self.config
+        if cfg.max_range == 0 and cfg.min_range == 0:
+            return index
+        with np.errstate(over='ignore'):  # a norm beyond float32 is out of range anyway
+            distance = np.linalg.norm(cloud.xyz[index], axis=1)
+        return index[(distance >= cfg.min_range)
+                     & ((distance <= cfg.max_range) | (cfg.max_range == 0))]
 
     def _support_normal(self, xyz: np.ndarray, support: np.ndarray,
                         on_instance: np.ndarray) -> np.ndarray | None:

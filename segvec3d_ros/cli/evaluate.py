@@ -25,7 +25,7 @@ from segvec3d_ros.pipeline import Pipeline
 
 # Pipeline settings the command line may override, as PipelineConfig names them.
 OVERRIDES = ('voxel_size', 'min_range', 'plane_distance', 'embedding_radius', 'occlusion_gap',
-             'min_support_extent')
+             'min_support_extent', 'veil_angle')
 
 
 def _segmenter_list(text: str) -> list[str]:
@@ -78,6 +78,9 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> argparse.Argume
     parser.add_argument('--min-support-extent', type=float, metavar='M',
                         help='override min_support_extent (0 = a plane of any span can be a '
                              'support surface)')
+    parser.add_argument('--veil-angle', type=float, metavar='DEG',
+                        help='override veil_angle (0 = keep the veil points of organized '
+                             'clouds)')
     parser.add_argument('--no-claim-openings', dest='claim_openings', action='store_false',
                         default=None, help='learned segmenter: leave support points seen '
                         'through an instance\'s opening as support (claim_openings false)')
