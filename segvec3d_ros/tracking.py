@@ -46,10 +46,15 @@ class TrackedObject:
 
 def cell_keys(xyz: np.ndarray) -> np.ndarray:
     """Sorted unique int64 keys of the CELL cubes that (N, 3) points occupy."""
+    return np.unique(_point_cells(xyz))
+
+
+def _point_cells(xyz: np.ndarray) -> np.ndarray:
+    """(N,) int64 key of the CELL cube each of the (N, 3) points lies in."""
     cells = np.floor(np.asarray(xyz, dtype=np.float64) / CELL).astype(np.int64)
     # 21 bits per axis: +-20 km at 2 cm, far beyond any sensor's range
     cells = (cells + (1 << 20)) & ((1 << 21) - 1)
-    return np.unique((cells[:, 0] << 42) | (cells[:, 1] << 21) | cells[:, 2])
+    return (cells[:, 0] << 42) | (cells[:, 1] << 21) | cells[:, 2]
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> float:
@@ -140,13 +145,14 @@ class Tracker:
 
 
 def _instance_cells(xyz: np.ndarray, labels: np.ndarray, ids: list[int]) -> list[np.ndarray]:
-    """Cell keys of the points of each id."""
+    """Cell keys of the points of each id, every instance's from one sort."""
     labels = np.asarray(labels)
     members = np.flatnonzero(labels > 0)
-    order = members[np.argsort(labels[members], kind='stable')]
-    sorted_labels = labels[order]
-    out = []
-    for instance_id in ids:
-        lo, hi = np.searchsorted(sorted_labels, [instance_id, instance_id + 1])
-        out.append(cell_keys(np.asarray(xyz)[order[lo:hi]]))
-    return out
+    keys, owners = _point_cells(np.asarray(xyz)[members]), labels[members]
+    order = np.lexsort((keys, owners))
+    keys, owners = keys[order], owners[order]
+    distinct = np.ones(len(keys), dtype=bool)
+    distinct[1:] = (keys[1:] != keys[:-1]) | (owners[1:] != owners[:-1])
+    keys, owners = keys[distinct], owners[distinct]
+    bounds = np.searchsorted(owners, np.column_stack([ids, np.add(ids, 1)]).reshape(-1))
+    return [keys[lo:hi] for lo, hi in bounds.reshape(-1, 2)]

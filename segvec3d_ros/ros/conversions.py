@@ -56,18 +56,22 @@ def instance_mask_msg(header: Header, cloud: Cloud, labels: np.ndarray) -> Image
                  is_bigendian=0, step=cloud.width * 4, data=mask.tobytes())
 
 
+def box_pose(info: InstanceInfo) -> Pose:
+    """Return the pose of an instance's oriented box: its centre and orientation."""
+    bx, by, bz = (float(v) for v in info.bbox_center)
+    qx, qy, qz, qw = (float(v) for v in info.bbox_quaternion)
+    return Pose(position=Point(x=bx, y=by, z=bz), orientation=Quaternion(x=qx, y=qy, z=qz, w=qw))
+
+
 def instance_msg(info: InstanceInfo) -> Instance:
     """Convert one InstanceInfo into a segvec3d_msgs/Instance."""
     cx, cy, cz = (float(v) for v in info.centroid)
-    bx, by, bz = (float(v) for v in info.bbox_center)
-    qx, qy, qz, qw = (float(v) for v in info.bbox_quaternion)
     sx, sy, sz = (float(v) for v in info.bbox_size)
     r, g, b, a = (float(v) for v in info.mean_color)
     return Instance(
         id=int(info.id), label=info.label, label_score=float(info.label_score),
         num_points=int(info.num_points), centroid=Point(x=cx, y=cy, z=cz),
-        bbox_center=Pose(position=Point(x=bx, y=by, z=bz),
-                         orientation=Quaternion(x=qx, y=qy, z=qz, w=qw)),
+        bbox_center=box_pose(info),
         bbox_size=Vector3(x=sx, y=sy, z=sz), mean_color=ColorRGBA(r=r, g=g, b=b, a=a),
         embedding=np.asarray(info.embedding, dtype=np.float32).tolist(),
         first_seen=time_msg(info.first_seen), track_age=float(info.track_age))
@@ -128,7 +132,7 @@ def marker_array_msg(header: Header, instances: Sequence[InstanceInfo],
         box = Marker(header=header, ns='segvec3d/boxes', id=int(info.id), type=Marker.CUBE,
                      action=Marker.ADD, lifetime=lifetime,
                      color=ColorRGBA(r=r, g=g, b=b, a=MARKER_ALPHA))
-        box.pose = instance_msg(info).bbox_center
+        box.pose = box_pose(info)
         sx, sy, sz = (max(float(v), 1e-3) for v in info.bbox_size)
         box.scale = Vector3(x=sx, y=sy, z=sz)
         text = Marker(header=header, ns='segvec3d/labels', id=int(info.id),
