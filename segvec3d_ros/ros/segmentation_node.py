@@ -1,7 +1,6 @@
 """segvec3d_segmentation: PointCloud2 in; labeled cloud, instances, markers and diagnostics out."""
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -87,15 +86,6 @@ class LatestScene:
     instances: list[InstanceInfo]
 
 
-@dataclass
-class SegmentedFrame:
-    """A frame the worker segmented, on its way to the publishing thread."""
-
-    scene: LatestScene
-    limits_hit: list[str]
-    arrived_at: float
-
-
 class SegmentationNode(Node):
     """Segments the latest cloud on a worker thread; the subscription never blocks or queues."""
 
@@ -143,15 +133,8 @@ class SegmentationNode(Node):
             PointCloud2, POINTS_TOPIC, self._on_cloud, qos_profile_sensor_data)
         self._diagnostics_timer = self.create_timer(
             self._settings.diagnostics_period, self._publish_diagnostics)
-        # One segmented frame waits while the previous one is encoded and published, so the
-        # next frame's segmentation overlaps the transport of the last one's outputs.
-        self._segmented: queue.Queue[SegmentedFrame] = queue.Queue(maxsize=1)
-        self._stopping = threading.Event()
         self._worker = threading.Thread(target=self._work, name='segvec3d-worker', daemon=True)
-        self._publisher = threading.Thread(target=self._publish_frames,
-                                           name='segvec3d-publisher', daemon=True)
         self._worker.start()
-        self._publisher.start()
         self.get_logger().info(
             f'segmenting {self._subscription.topic_name} with '
             f'{self._pipeline.segmenter_status}; {self._pipeline.grounding_status}')
@@ -203,17 +186,14 @@ class SegmentationNode(Node):
                              self._subscription.get_publisher_count() == 1)
         self._slot.put(msg)
 
-    def _running(self) -> bool:
-        return not self._stopping.is_set() and rclpy.ok(context=self.context)
-
     def _work(self) -> None:
-        while self._running():
+        while rclpy.ok(context=self.context):
             taken = self._slot.take(timeout=0.5)
             if taken is not None:
-                self._segment(*taken)
+                self._process(*taken)
 
-    def _segment(self, msg: PointCloud2, arrived_at: float) -> None:
-        """Segment one frame and hand it to the publisher; bad input is counted, never raised."""
+    def _process(self, msg: PointCloud2, arrived_at: float) -> None:
+        """Segment one frame; bad input is counted and logged, never raised."""
         try:
             if not msg.header.frame_id:
                 raise CloudDecodeError('header.frame_id is empty, so outputs could not be placed')
@@ -227,56 +207,29 @@ class SegmentationNode(Node):
             with self._pipeline_lock:
                 pipeline = self._pipeline
             result = pipeline.process(cloud)
-            scene = self._track(msg.header, cloud, result.labels, result.instances)
-        except Exception as error:  # noqa: BLE001 - a bad frame must never stop the node
-            self._on_failure(error)
-            return
-        frame = SegmentedFrame(scene, result.limits_hit, arrived_at)
-        while self._running():
-            try:
-                self._segmented.put(frame, timeout=0.5)
-                return
-            except queue.Full:
-                continue
-
-    def _publish_frames(self) -> None:
-        while self._running():
-            try:
-                frame = self._segmented.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            self._publish_frame(frame)
-
-    def _publish_frame(self, frame: SegmentedFrame) -> None:
-        """Encode and publish a segmented frame's outputs; a failure is counted, never raised."""
-        scene = frame.scene
-        header, cloud, labels, found = scene.header, scene.cloud, scene.labels, scene.instances
-        try:
-            self._labeled_pub.publish(labeled_cloud_msg(header, cloud, labels))
-            self._instances_pub.publish(
-                instance_array_msg(header, found, self._settings.tracking))
-            self._markers_pub.publish(
-                marker_array_msg(header, found, self._settings.marker_lifetime))
+            labels, found = self._track(msg.header, cloud, result.labels, result.instances)
+            labeled = labeled_cloud_msg(msg.header, cloud, labels)
+            instances = instance_array_msg(msg.header, found, self._settings.tracking)
+            markers = marker_array_msg(msg.header, found, self._settings.marker_lifetime)
+            self._labeled_pub.publish(labeled)
+            self._instances_pub.publish(instances)
+            self._markers_pub.publish(markers)
             if cloud.is_organized:
-                self._mask_pub.publish(instance_mask_msg(header, cloud, labels))
+                self._mask_pub.publish(instance_mask_msg(msg.header, cloud, labels))
         except Exception as error:  # noqa: BLE001 - a bad frame must never stop the node
-            self._on_failure(error)
+            if not rclpy.ok(context=self.context):
+                return  # shutting down: publishers are gone, nothing to report
+            self._stats.on_failed(f'{type(error).__name__}: {error}')
+            self.get_logger().error(f'failed to segment a cloud: {type(error).__name__}: {error}',
+                                    throttle_duration_sec=WARN_THROTTLE_S)
             return
-        if frame.limits_hit:
-            self._stats.on_limited(frame.limits_hit)
-        self._stats.on_processed(frame.arrived_at)
-
-    def _on_failure(self, error: Exception) -> None:
-        """Count and log a frame that raised; quiet while shutting down (publishers gone)."""
-        if not rclpy.ok(context=self.context):
-            return
-        self._stats.on_failed(f'{type(error).__name__}: {error}')
-        self.get_logger().error(f'failed to segment a cloud: {type(error).__name__}: {error}',
-                                throttle_duration_sec=WARN_THROTTLE_S)
+        if result.limits_hit:
+            self._stats.on_limited(result.limits_hit)
+        self._stats.on_processed(arrived_at)
 
     def _track(self, header: Header, cloud: Cloud, labels: np.ndarray,
-               instances: list[InstanceInfo]) -> LatestScene:
-        """Labels and instances under their tracked ids; kept for point prompts."""
+               instances: list[InstanceInfo]) -> tuple[np.ndarray, list[InstanceInfo]]:
+        """Labels and instances under their tracked ids; keep them for point prompts."""
         stamp = stamp_seconds(header.stamp)
         with self._scene_lock:
             if self._settings.tracking:
@@ -285,7 +238,7 @@ class SegmentationNode(Node):
                 for info in instances:
                     info.first_seen, info.track_age = stamp, 0.0
             self._latest = LatestScene(header, cloud, labels, instances)
-            return self._latest
+        return labels, instances
 
     def _select(self, point: PointStamped, scale: float) -> tuple[LatestScene, Selection]:
         """Return the latest scene and what `point` selects in it; PromptError says why not."""
@@ -399,11 +352,9 @@ class SegmentationNode(Node):
             header=Header(stamp=self.get_clock().now().to_msg()), status=[status]))
 
     def destroy_node(self) -> None:
-        """Stop the worker and the publishing thread before the node's publishers go away."""
-        self._stopping.set()
+        """Stop the worker before the node's publishers go away."""
         self._slot.close()
         self._worker.join(timeout=5.0)
-        self._publisher.join(timeout=5.0)
         super().destroy_node()
 
 
