@@ -256,3 +256,16 @@ def test_clouds_not_in_an_optical_frame_are_drawn_from_above():
     image = scene_image(Cloud(room), np.zeros(len(room), np.uint32))
     height, width = image.shape[:2]
     assert width > height  # x (8 m) runs across, y (6 m) down the picture
+
+
+def test_evaluate_overrides_reach_every_mode_and_its_command_line():
+    from segvec3d_ros.cli.common import override_words, pipeline_config, setting_overrides
+    from segvec3d_ros.cli.main import build_parser
+    args = build_parser().parse_args(['evaluate', '--grounding', '--veil-angle', '0',
+                                      '--no-join-parts'])
+    overrides = setting_overrides(args)
+    assert overrides['veil_angle'] == 0.0 and overrides['join_parts'] is False
+    assert overrides['voxel_size'] is None and overrides['split_touching'] is None
+    config = pipeline_config(None, **overrides)
+    assert config.veil_angle == 0.0 and not config.join_parts and config.split_touching
+    assert override_words(args) == ['--veil-angle', '0.0', '--no-join-parts']

@@ -15,6 +15,30 @@ from segvec3d_ros.names import SEGMENTATION_NODE
 from segvec3d_ros.pipeline import Pipeline, pipeline_or_baseline
 
 
+# Options of `segvec3d evaluate` that override one pipeline setting each, in every mode:
+# valued ones (--voxel-size M) and switches that turn a step off (--no-join-parts).
+EVALUATE_OVERRIDES = ('voxel_size', 'min_range', 'plane_distance', 'embedding_radius',
+                      'occlusion_gap', 'min_support_extent', 'veil_angle')
+EVALUATE_SWITCHES = ('claim_openings', 'split_touching', 'join_parts')
+
+
+def setting_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the pipeline settings `segvec3d evaluate`'s options set; None where not given."""
+    return {name: getattr(args, name) for name in EVALUATE_OVERRIDES + EVALUATE_SWITCHES}
+
+
+def override_words(args: argparse.Namespace) -> list[str]:
+    """Return the options of `setting_overrides` as they are written on the command line."""
+    words = []
+    for name in EVALUATE_OVERRIDES:
+        if getattr(args, name) is not None:
+            words += ['--' + name.replace('_', '-'), str(getattr(args, name))]
+    for name in EVALUATE_SWITCHES:
+        if getattr(args, name) is False:
+            words.append('--no-' + name.replace('_', '-'))
+    return words
+
+
 def pipeline_config(params_file: str | Path | None = None, **overrides: Any) -> PipelineConfig:
     """Pipeline settings from a params file's segmentation section, or the defaults.
 

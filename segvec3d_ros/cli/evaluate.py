@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segvec3d_ros.cli.common import pipeline_config
+from segvec3d_ros.cli.common import override_words, pipeline_config, setting_overrides
 from segvec3d_ros.config import validate_field
 from segvec3d_ros.data.splits import TEST_FIRST_SEED
 from segvec3d_ros.evaluation.datasets import (CAMERA_DATASETS, DATASETS, DEFAULT_MOSD_DIR,
@@ -24,10 +24,6 @@ from segvec3d_ros.pipeline import Pipeline
 
 
 # Pipeline settings the command line may override, as PipelineConfig names them.
-OVERRIDES = ('voxel_size', 'min_range', 'plane_distance', 'embedding_radius', 'occlusion_gap',
-             'min_support_extent', 'veil_angle')
-
-
 def _segmenter_list(text: str) -> list[str]:
     """Comma-separated segmenter names, each one the pipeline knows."""
     names = list(dict.fromkeys(name.strip() for name in text.split(',') if name.strip()))
@@ -128,16 +124,7 @@ def command_line(args: argparse.Namespace) -> str:
         words += ['--synthetic-scenes', str(args.synthetic_scenes)]
         if args.synthetic_first_seed != TEST_FIRST_SEED:
             words += ['--synthetic-first-seed', str(args.synthetic_first_seed)]
-    for name in OVERRIDES:
-        if getattr(args, name) is not None:
-            words += ['--' + name.replace('_', '-'), str(getattr(args, name))]
-    if args.claim_openings is False:
-        words += ['--no-claim-openings']
-    if args.split_touching is False:
-        words += ['--no-split-touching']
-    if args.join_parts is False:
-        words += ['--no-join-parts']
-    return shlex.join(words + ['--out', args.out, '--plot', args.plot])
+    return shlex.join(words + override_words(args) + ['--out', args.out, '--plot', args.plot])
 
 
 def _datasets(choice: str) -> tuple[str, ...]:
@@ -166,10 +153,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                       'training scenes')
     try:
         config = pipeline_config(args.params_file, model_path=args.model,
-                                 **{name: getattr(args, name) for name in OVERRIDES},
-                                 claim_openings=args.claim_openings,
-                                 split_touching=args.split_touching,
-                                 join_parts=args.join_parts)
+                                 **setting_overrides(args))
     except ValueError as error:
         return _error(str(error))
     pipelines: dict[str, Pipeline] = {}
@@ -259,7 +243,7 @@ def run_tracking_evaluation(args: argparse.Namespace) -> int:
     datasets = _datasets(args.dataset)
     try:
         config = pipeline_config(args.params_file, model_path=args.model,
-                                 segmenter=args.segmenters[0])
+                                 segmenter=args.segmenters[0], **setting_overrides(args))
         pipeline = Pipeline(config)
         sources = {name: iter_scenes(name, args.mosd_dir, args.synthetic_scenes,
                                      args.synthetic_first_seed, args.realsense_dir)
@@ -274,6 +258,7 @@ def run_tracking_evaluation(args: argparse.Namespace) -> int:
     if args.dataset in ('synthetic', 'both', 'all', 'lidar'):
         words += ['--synthetic-scenes', str(args.synthetic_scenes),
                   '--synthetic-first-seed', str(args.synthetic_first_seed)]
+    words += override_words(args)
     rows = ['| dataset | scenes | ids kept | objects selected | parts | part IoU | '
             'parts IoU >= 0.5 |', '| --- | --- | --- | --- | --- | --- | --- |']
     for name, scenes in sources.items():

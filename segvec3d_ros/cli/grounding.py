@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from segvec3d_ros.cli.common import pipeline_config
+from segvec3d_ros.cli.common import override_words, pipeline_config, setting_overrides
 from segvec3d_ros.data.splits import TEST_FIRST_SEED
 from segvec3d_ros.evaluation.grounding import (QUERY_TYPES, SYSTEMS, evaluate_grounding, fit_lines,
                                                markdown_section, plot_confusion, plot_reference,
@@ -70,7 +70,7 @@ def run_grounding_evaluation(args: argparse.Namespace) -> int:
     try:
         config = pipeline_config(args.params_file, segmenter='segvec3d', model_path=args.model,
                                  grounding_model_path=args.grounding_model,
-                                 split_touching=args.split_touching)
+                                 **setting_overrides(args))
         pipeline = Pipeline(config, RecordingSegmenter(make_segmenter(config)))
         if pipeline.grounder is None:
             raise ValueError(pipeline.grounding_status)
@@ -90,8 +90,7 @@ def run_grounding_evaluation(args: argparse.Namespace) -> int:
                           ('--grounding-model', args.grounding_model)):
         if value:
             words += [option, value]
-    if args.split_touching is False:
-        words += ['--no-split-touching']
+    words += override_words(args)
     for path in (out, plot):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     plot_confusion(plot, report.labels.get('predicted', []), config.label_vocabulary,
