@@ -41,9 +41,9 @@ COLUMNS = ('segmenter', 'processed', 'dropped', 'latency_median_ms', 'latency_p9
 
 
 def subsample(cloud: Cloud, points: int, seed: int = 0) -> Cloud:
-    """Draw `points` of the cloud's finite points without replacement (unorganized)."""
-    finite = np.flatnonzero(np.isfinite(cloud.xyz).all(axis=1))
-    keep = np.sort(np.random.default_rng(seed).choice(finite, min(points, len(finite)),
+    """Draw `points` of the cloud's valid points without replacement (unorganized)."""
+    valid = np.flatnonzero(cloud.valid)
+    keep = np.sort(np.random.default_rng(seed).choice(valid, min(points, len(valid)),
                                                       replace=False))
     return Cloud(cloud.xyz[keep], None if cloud.rgb is None else cloud.rgb[keep])
 

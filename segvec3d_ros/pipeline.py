@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from functools import cache
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -187,18 +186,18 @@ class Pipeline:
         if self.grounder is not None and seg.features is not None:
             working_rgb = None if grid.rgb is None else grid.rgb[working]
             # Most frames need neither a split nor a join, so neither the plane.
-            up = cache(lambda: support_normal(seg.instance_ids > 0))
             if seg.split_proposals is not None and seg.split_proposals.any():
                 seg.instance_ids = self.grounder.resolve_splits(
                     working_xyz, working_rgb, seg.features, seg.instance_ids,
-                    seg.split_proposals, up())
+                    seg.split_proposals, support_normal(seg.instance_ids > 0))
                 lap('resolve splits')
             if cfg.join_parts:
                 pairs = part_candidates(working_xyz, seg.instance_ids, cfg.cluster_tolerance,
                                         MIN_INSTANCE_VOXELS)
                 if pairs:
                     seg.instance_ids = self.grounder.join_parts(
-                        working_xyz, working_rgb, seg.features, seg.instance_ids, pairs, up())
+                        working_xyz, working_rgb, seg.features, seg.instance_ids, pairs,
+                        support_normal(seg.instance_ids > 0))
                 lap('join parts')
 
         # Voxels outside the working subset take the labels of their nearest working voxel.

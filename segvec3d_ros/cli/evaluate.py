@@ -23,7 +23,6 @@ from segvec3d_ros.evaluation.report import (LEARNED, SceneRecord, machine_descri
 from segvec3d_ros.pipeline import Pipeline
 
 
-# Pipeline settings the command line may override, as PipelineConfig names them.
 def _segmenter_list(text: str) -> list[str]:
     """Comma-separated segmenter names, each one the pipeline knows."""
     names = list(dict.fromkeys(name.strip() for name in text.split(',') if name.strip()))
