@@ -51,13 +51,18 @@ def test_voxel_grid_far_and_fine_does_not_overflow(voxel):
     np.testing.assert_allclose(grid.xyz[inv], xyz, rtol=1e-6)
 
 
-def test_voxel_grid_packed_keys_separate_every_cell():
+# 10 cells per axis: fewer cells than 8 per point, numbered from an occupancy table; 50: sorted.
+@pytest.mark.parametrize('cells_per_axis', [10, 50])
+def test_voxel_grid_packed_keys_separate_every_cell(cells_per_axis):
     rng = np.random.default_rng(1)
     # The grid starts at the cloud's minimum, here the origin; the other points sit mid-cell.
-    cells = np.concatenate([[[0, 0, 0]], rng.integers(0, 50, size=(2000, 3))])
+    cells = np.concatenate([[[0, 0, 0]], rng.integers(0, cells_per_axis, size=(2000, 3))])
     xyz = np.concatenate([[[0.0, 0.0, 0.0]], (cells[1:] + 0.5) * 0.02])
     grid = voxel_downsample(xyz, 0.02)
-    assert len(grid.xyz) == len(np.unique(cells, axis=0))
+    distinct, numbers = np.unique(cells, axis=0, return_inverse=True)
+    assert len(grid.xyz) == len(distinct)
+    # Voxels are numbered in the cells' lexicographic order, whichever way they were found.
+    np.testing.assert_array_equal(grid.inverse, numbers.reshape(-1))
     np.testing.assert_allclose(grid.xyz[grid.inverse], xyz, atol=1e-6)
 
 

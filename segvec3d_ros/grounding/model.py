@@ -267,18 +267,22 @@ class GroundingHead(nn.Module):
         index = np.asarray(point_index, np.int64)
         count = len(box)
         draws = self.config.draws if self.config.draw_points else 1
+        inputs = torch.from_numpy(np.asarray(point_inputs, np.float32))
         with torch.inference_mode():
-            # phi is point-wise: once per row, however many draws pool the row.
-            per_point = self.phi(torch.from_numpy(
-                np.asarray(point_inputs, np.float32))[:, self.columns])
             if self.config.draw_points:
                 kept, rows = sample_rows(index, count, self.config.draw_points * draws,
                                          np.random.default_rng(0))
                 rows = rows.reshape(len(kept), draws, self.config.draw_points).transpose(1, 0, 2)
-                per_point = per_point[torch.from_numpy(rows.ravel())]
+                # phi is point-wise: once per row drawn, however many draws pool it; a large
+                # instance's other rows are never pooled.
+                drawn, slots = np.unique(rows, return_inverse=True)
+                per_point = self.phi(inputs[torch.from_numpy(drawn)][:, self.columns])
+                per_point = per_point[torch.from_numpy(slots.ravel())]
                 index = (np.arange(draws)[:, None, None] * count
                          + kept[None, :, None]).repeat(rows.shape[2], axis=2).ravel()
                 box = np.tile(box, (draws, 1))
+            else:
+                per_point = self.phi(inputs[:, self.columns])
             vectors = self.pool(per_point, torch.from_numpy(index),
                                 torch.from_numpy(np.asarray(box, np.float32))).numpy()
         mean = vectors.reshape(draws, count, vectors.shape[1]).mean(axis=0)

@@ -13,6 +13,9 @@ _MAX_PACKED_KEY = 2.0**62
 # Voxel keys are computed this many points at a time: the float64 and int64 cells of a whole
 # cloud made voxel_downsample peak at 595 MiB on 5 million points, blockwise 251 MiB.
 _KEY_BLOCK_POINTS = 1 << 20
+# Distinct keys are numbered from an occupancy table, not by sorting, while the table has at
+# most this many entries per key: a camera frame's voxels span a few per point.
+_DENSE_KEYS_PER_POINT = 8
 # RANSAC scores hypotheses on a random sample of this many points: enough to rank planes by
 # inlier fraction (a 10 % plane has ~400 +- 20 sampled inliers) at a fraction of the cost.
 _RANSAC_SCORE_POINTS = 4096
@@ -123,9 +126,9 @@ def voxel_downsample(xyz: np.ndarray, voxel_size: float,
     span = np.floor((column_max(pts, initial=-np.inf) - low) / voxel_size) + 1.0
     if len(pts) and np.prod(span) < _MAX_PACKED_KEY:
         keys = np.concatenate([
-            _packed_keys(np.floor((pts[start:start + _KEY_BLOCK_POINTS] - low) / voxel_size), span)
+            _voxel_keys(pts[start:start + _KEY_BLOCK_POINTS], low, voxel_size, span)
             for start in range(0, len(pts), _KEY_BLOCK_POINTS)])
-        inverse = np.unique(keys, return_inverse=True)[1].reshape(-1)
+        inverse = _rank_keys(keys, np.prod(span))
     else:
         inverse = cell_index(np.floor((pts - low) / voxel_size))
     num_voxels = int(inverse.max(initial=-1)) + 1
@@ -142,7 +145,7 @@ def cell_index(cells: np.ndarray) -> np.ndarray:
     """
     span = np.asarray(column_max(cells, initial=0), dtype=np.float64) + 1.0
     if np.prod(span) < _MAX_PACKED_KEY:
-        _, inverse = np.unique(_packed_keys(cells, span), return_inverse=True)
+        inverse = _rank_keys(_packed_keys(cells, span), np.prod(span))
     else:
         # Too many cells for one packed key (huge extent or tiny voxel): rows compare exactly.
         _, inverse = np.unique(cells, axis=0, return_inverse=True)
@@ -155,8 +158,30 @@ def _packed_keys(cells: np.ndarray, span: np.ndarray) -> np.ndarray:
     The product of `span` is under _MAX_PACKED_KEY; the keys are ordered as the rows are
     lexicographically.
     """
-    ijk = cells.astype(np.int64)
-    return (ijk[:, 0] * int(span[1]) + ijk[:, 1]) * int(span[2]) + ijk[:, 2]
+    i, j, k = (cells[:, axis].astype(np.int64) for axis in range(3))
+    return (i * int(span[1]) + j) * int(span[2]) + k
+
+
+def _voxel_keys(pts: np.ndarray, low: np.ndarray, voxel_size: float,
+                span: np.ndarray) -> np.ndarray:
+    """(N,) packed key (`_packed_keys`) of the voxel of each of the (N, 3) points."""
+    # A column at a time: on contiguous columns floor and the casts run several times faster.
+    i, j, k = (np.floor((pts[:, axis].astype(np.float64) - low[axis]) / voxel_size)
+               .astype(np.int64) for axis in range(3))
+    return (i * int(span[1]) + j) * int(span[2]) + k
+
+
+def _rank_keys(keys: np.ndarray, num_keys: float) -> np.ndarray:
+    """(N,) int64 number of each key among the distinct `keys` (all in [0, num_keys)), in order.
+
+    np.unique's inverse; where the keys are few for their count, from an occupancy table
+    instead of a sort.
+    """
+    if num_keys <= _DENSE_KEYS_PER_POINT * len(keys):
+        occupied = np.zeros(int(num_keys), dtype=bool)
+        occupied[keys] = True
+        return (np.cumsum(occupied) - 1)[keys]
+    return np.unique(keys, return_inverse=True)[1].reshape(-1).astype(np.int64, copy=False)
 
 
 def fit_support_plane(xyz: np.ndarray, distance: float, iterations: int,
@@ -322,6 +347,12 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
         if plane is None or inliers.sum() < level_points:
             return support, rest & ~support
         members = candidates[inliers]
+        if (inliers.sum() < max(min_fraction * len(pts), 3)
+                and not _may_be_above_a_surface(pts[members], plane, surfaces)):
+            # Too few points for a surface, and no patch of them can be a level above one:
+            # the round ends as it would after finding the patches, which are most of its cost.
+            untried[members] = False
+            continue
         patches = plane_patches(pts[members], plane[:3], tolerance)
         sizes = np.bincount(patches)
         largest = members[patches == sizes.argmax()]
@@ -357,6 +388,14 @@ def _above_a_surface(patch: np.ndarray, plane: np.ndarray, surfaces: list[np.nda
     """Whether `patch` of `plane` is parallel to and beyond OBJECT_HEIGHT of one of `surfaces`."""
     return any(abs(plane[:3] @ surface[:3]) >= _PARALLEL_COS
                and abs(np.median(patch @ surface[:3] + surface[3])) > OBJECT_HEIGHT
+               for surface in surfaces)
+
+
+def _may_be_above_a_surface(points: np.ndarray, plane: np.ndarray,
+                            surfaces: list[np.ndarray]) -> bool:
+    """Whether some patch of `points` could pass `_above_a_surface`: one lies beyond its height."""
+    return any(abs(plane[:3] @ surface[:3]) >= _PARALLEL_COS
+               and np.abs(points @ surface[:3] + surface[3]).max() > OBJECT_HEIGHT
                for surface in surfaces)
 
 
