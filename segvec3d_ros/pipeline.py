@@ -184,13 +184,16 @@ class Pipeline:
                                                               on_instance)))
             return normals[-1][1]
 
+        point_normals = None
         if self.grounder is not None and seg.features is not None:
+            point_normals = self.grounder.point_normals(working_xyz, seg.instance_ids)
+            lap('instance normals')
             working_rgb = None if grid.rgb is None else grid.rgb[working]
             # Most frames need neither a split nor a join, so neither the plane.
             if seg.split_proposals is not None and seg.split_proposals.any():
                 seg.instance_ids = self.grounder.resolve_splits(
                     working_xyz, working_rgb, seg.features, seg.instance_ids,
-                    seg.split_proposals, support_normal(seg.instance_ids > 0))
+                    seg.split_proposals, support_normal(seg.instance_ids > 0), point_normals)
                 lap('resolve splits')
             if cfg.join_parts:
                 pairs = part_candidates(working_xyz, seg.instance_ids, cfg.cluster_tolerance,
@@ -198,7 +201,7 @@ class Pipeline:
                 if pairs:
                     seg.instance_ids = self.grounder.join_parts(
                         working_xyz, working_rgb, seg.features, seg.instance_ids, pairs,
-                        support_normal(seg.instance_ids > 0))
+                        support_normal(seg.instance_ids > 0), point_normals)
                 lap('join parts')
 
         # Voxels outside the working subset take the labels of their nearest working voxel.
@@ -265,7 +268,7 @@ class Pipeline:
         lap('describe')
         if self.grounder is not None and seg.features is not None:
             self.grounder.ground(instances, working_xyz, seg.features,
-                                 new_id[seg.instance_ids])
+                                 new_id[seg.instance_ids], point_normals)
             lap('ground')
         timings['total'] = perf_counter() - start
         return SceneResult(labels, instances, support_mask, features, timings,

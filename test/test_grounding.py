@@ -23,7 +23,7 @@ from segvec3d_ros.grounding.model import (BOX_CHANNELS, GEOMETRY_CHANNELS, POOLS
                                           GroundingHead, InfoNCELoss, Objectness, load_grounding,
                                           save_grounding)
 from segvec3d_ros.grounding.query import QueryEngine, parse_query
-from segvec3d_ros.instances import InstanceInfo
+from segvec3d_ros.instances import InstanceInfo, describe_instances
 from segvec3d_ros.model.segvec3d import SegVec3D, SegVec3DConfig, save_checkpoint
 from segvec3d_ros.pipeline import Pipeline
 from segvec3d_ros.segmentation.learned import LearnedSegmenter
@@ -401,6 +401,36 @@ def test_a_part_joins_the_instance_the_head_finds_it_part_of(singles, union, joi
     resolved = grounder.join_parts(xyz, None, features, ids, pairs, None)
     np.testing.assert_array_equal(resolved, np.repeat([1, 1 if joined else 2, 3], [800, 60, 400]))
     assert singles[0] + singles[1] + JOIN_MARGIN > -1.8     # the second case is a near miss
+
+
+def test_one_set_of_point_normals_serves_splits_joins_and_grounding():
+    xyz, ids = _bottle_with_cap_and_a_box()
+    ids = ids.copy()
+    ids[:40] = 0                      # points of no instance get no normal
+    normals = Grounder.point_normals(xyz, ids)
+    assert normals.shape == (len(xyz), 3)
+    assert not normals[ids == 0].any()
+    np.testing.assert_allclose(np.linalg.norm(normals[ids > 0], axis=1), 1.0, atol=1e-6)
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(len(xyz), FEATURES)).astype(np.float32)
+    pairs = part_candidates(xyz, ids, 0.02, 10)
+    proposals = np.where(ids == 3, 1, 0)
+    proposals[-100:] = 0
+    for objectness in (False, True):
+        grounder = Grounder(make_head(objectness=objectness), ['bottle', 'box'], 0.0,
+                            BagOfWords())
+        # Given or estimated by the step itself, the normals are the same ones.
+        np.testing.assert_array_equal(
+            grounder.join_parts(xyz, None, features, ids, pairs, None, normals),
+            grounder.join_parts(xyz, None, features, ids, pairs, None))
+        np.testing.assert_array_equal(
+            grounder.resolve_splits(xyz, None, features, ids, proposals, None, normals),
+            grounder.resolve_splits(xyz, None, features, ids, proposals, None))
+        given, estimated = (describe_instances(xyz, None, ids) for _ in range(2))
+        grounder.ground(given, xyz, features, ids, normals)
+        grounder.ground(estimated, xyz, features, ids)
+        for a, b in zip(given, estimated):
+            np.testing.assert_array_equal(a.embedding, b.embedding)
 
 
 # --------------------------------------------------------------------------- parsing

@@ -27,8 +27,8 @@ from segvec3d_ros.io.pointcloud2 import decode_pointcloud2, encode_pointcloud2
 # Stages in frame order: the node's decode and encode around Pipeline.process's own stages
 # (a stage the pipeline reports that is not listed here comes before encode).
 STAGES = ('decode', 'filter', 'downsample', 'plane', 'features', 'knn', 'network', 'cluster',
-          'split', 'occlusion', 'openings', 'resolve splits', 'join parts', 'upsample', 'describe',
-          'encode')
+          'split', 'occlusion', 'openings', 'instance normals', 'resolve splits', 'join parts',
+          'upsample', 'describe', 'encode')
 TOTAL = 'total'
 VGA_PIXELS = 640 * 480
 BENCH_SENSOR = 'kinect_v1'      # a 640 x 480 camera, so that a full frame is exactly VGA

@@ -131,10 +131,28 @@ class Grounder:
         return ([self.vocabulary[b] if s >= self.threshold else OTHER for b, s in zip(best, top)],
                 top.astype(np.float32))
 
+    @staticmethod
+    def point_normals(xyz: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        """(N, 3) normals of the points with an instance (`ids` > 0), on those points; 0 elsewhere.
+
+        Splits and joins move points between instances, never off them: one estimate serves
+        a frame's every scoring, as the instances of a training scene share one.
+        """
+        on_instance = np.asarray(ids) > 0
+        normals = np.zeros((len(on_instance), 3))
+        normals[on_instance] = instance_normals(np.asarray(xyz)[on_instance])
+        return normals
+
     def ground(self, instances: list[InstanceInfo], xyz: np.ndarray, features: np.ndarray,
-               ids: np.ndarray) -> None:
-        """Set embedding, label and label_score of `instances` from their working points."""
-        self.apply(instances, *grounding_inputs(xyz, features, ids, instances))
+               ids: np.ndarray, normals: np.ndarray | None = None) -> None:
+        """Set embedding, label and label_score of `instances` from their working points.
+
+        `normals`: (N, 3) per working point, as `point_normals` gives them; estimated here on
+        the instances' points when not given.
+        """
+        rows = np.asarray(ids) > 0
+        self.apply(instances, *grounding_inputs(
+            xyz, features, ids, instances, None if normals is None else normals[rows]))
 
     def apply(self, instances: list[InstanceInfo], inputs: np.ndarray,
               index: np.ndarray) -> None:
@@ -149,8 +167,8 @@ class Grounder:
             instance.label_score = float(score)
 
     def resolve_splits(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,
-                       ids: np.ndarray, proposals: np.ndarray, up: np.ndarray | None
-                       ) -> np.ndarray:
+                       ids: np.ndarray, proposals: np.ndarray, up: np.ndarray | None,
+                       normals: np.ndarray | None = None) -> np.ndarray:
         """`ids` of the working points with the proposed splits taken where the head favours them.
 
         A proposed split (`Segmentation.split_proposals`) is taken where the head's Objectness
@@ -160,7 +178,7 @@ class Grounder:
         head without that layer takes no split.
 
         One proposal per instance, the first; a proposal whose points have no instance is
-        ignored.
+        ignored. `normals` are those of `point_normals(xyz, ids)`, estimated here if not given.
         """
         ids = np.asarray(ids, dtype=np.int64)
         if self.head.objectness is None:
@@ -168,21 +186,22 @@ class Grounder:
         parts, parents, taken = split_parts(ids, proposals)
         if not taken:
             return ids
-        # The parts and their unions cover the same points: one set of normals serves both.
-        normals = instance_normals(np.asarray(xyz)[parents > 0])
+        if normals is None:
+            normals = self.point_normals(xyz, ids)
+        scored = normals[parents > 0]
         return take_splits(ids, taken,
-                           self._whole_and_label(xyz, rgb, features, parts, normals, up),
-                           self._whole_and_label(xyz, rgb, features, parents, normals, up))
+                           self._whole_and_label(xyz, rgb, features, parts, scored, up),
+                           self._whole_and_label(xyz, rgb, features, parents, scored, up))
 
     def join_parts(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,
-                   ids: np.ndarray, pairs: list[tuple[int, int]], up: np.ndarray | None
-                   ) -> np.ndarray:
+                   ids: np.ndarray, pairs: list[tuple[int, int]], up: np.ndarray | None,
+                   normals: np.ndarray | None = None) -> np.ndarray:
         """`ids` of the working points with each part joined to the instance it belongs to.
 
         `pairs` are (part, whole) ids (`split.part_candidates`: a cap, a handle the embeddings
         cut off); a part joins its whole where the head's Objectness layer finds the union
         likelier one whole object than the two apart (`split.take_joins`). A head without
-        that layer joins nothing.
+        that layer joins nothing. `normals` as for `resolve_splits`.
         """
         ids = np.asarray(ids, dtype=np.int64)
         if self.head.objectness is None or not pairs:
@@ -190,8 +209,8 @@ class Grounder:
         xyz = np.asarray(xyz)
         # Only the instances of a pair are scored: a noisy frame has hundreds of specks.
         members = np.isin(ids, np.unique(np.array(pairs)))
-        normals = np.zeros((len(ids), 3))
-        normals[members] = instance_normals(xyz[members])
+        if normals is None:
+            normals = self.point_normals(xyz, ids)
         singles = {i: score for i, (score, _) in self._whole_and_label(
             xyz, rgb, features, np.where(members, ids, 0), normals[members], up).items()}
         unions: dict[tuple[int, int], float] = {}
