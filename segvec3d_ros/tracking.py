@@ -51,10 +51,12 @@ def cell_keys(xyz: np.ndarray) -> np.ndarray:
 
 def _point_cells(xyz: np.ndarray) -> np.ndarray:
     """(N,) int64 key of the CELL cube each of the (N, 3) points lies in."""
-    cells = np.floor(np.asarray(xyz, dtype=np.float64) / CELL).astype(np.int64)
-    # 21 bits per axis: +-20 km at 2 cm, far beyond any sensor's range
-    cells = (cells + (1 << 20)) & ((1 << 21) - 1)
-    return (cells[:, 0] << 42) | (cells[:, 1] << 21) | cells[:, 2]
+    pts = np.asarray(xyz).reshape(-1, 3)
+    # A column at a time (floor and casts run several times faster on contiguous columns);
+    # 21 bits per axis: +-20 km at 2 cm, far beyond any sensor's range.
+    i, j, k = ((np.floor(pts[:, axis].astype(np.float64) / CELL).astype(np.int64) + (1 << 20))
+               & ((1 << 21) - 1) for axis in range(3))
+    return (i << 42) | (j << 21) | k
 
 
 def _overlap(a: np.ndarray, b: np.ndarray) -> float:
@@ -148,11 +150,20 @@ def _instance_cells(xyz: np.ndarray, labels: np.ndarray, ids: list[int]) -> list
     """Cell keys of the points of each id, every instance's from one sort."""
     labels = np.asarray(labels)
     members = np.flatnonzero(labels > 0)
-    keys, owners = _point_cells(np.asarray(xyz)[members]), labels[members]
-    order = np.lexsort((keys, owners))
-    keys, owners = keys[order], owners[order]
-    distinct = np.ones(len(keys), dtype=bool)
-    distinct[1:] = (keys[1:] != keys[:-1]) | (owners[1:] != owners[:-1])
-    keys, owners = keys[distinct], owners[distinct]
+    keys = _point_cells(np.take(np.asarray(xyz).reshape(-1, 3), members, axis=0))
+    owners = labels[members].astype(np.int64)
+    # One sort of one int64 per point, (owner, cell) numbered within the frame's span of
+    # cells, is several times faster than a lexsort of the two; cells keep their order.
+    low = keys.min(initial=0)
+    span = int(keys.max(initial=0) - low) + 1
+    if int(owners.max(initial=0)) + 1 < 2**62 / span:
+        pairs = np.unique(owners * span + (keys - low))
+        owners, keys = pairs // span, pairs % span + low
+    else:
+        order = np.lexsort((keys, owners))
+        keys, owners = keys[order], owners[order]
+        distinct = np.ones(len(keys), dtype=bool)
+        distinct[1:] = (keys[1:] != keys[:-1]) | (owners[1:] != owners[:-1])
+        keys, owners = keys[distinct], owners[distinct]
     bounds = np.searchsorted(owners, np.column_stack([ids, np.add(ids, 1)]).reshape(-1))
     return [keys[lo:hi] for lo, hi in bounds.reshape(-1, 2)]
