@@ -158,6 +158,7 @@ def _packed_keys(cells: np.ndarray, span: np.ndarray) -> np.ndarray:
     The product of `span` is under _MAX_PACKED_KEY; the keys are ordered as the rows are
     lexicographically.
     """
+    # A column at a time: on contiguous columns the casts run several times faster.
     i, j, k = (cells[:, axis].astype(np.int64) for axis in range(3))
     return (i * int(span[1]) + j) * int(span[2]) + k
 
@@ -165,10 +166,10 @@ def _packed_keys(cells: np.ndarray, span: np.ndarray) -> np.ndarray:
 def _voxel_keys(pts: np.ndarray, low: np.ndarray, voxel_size: float,
                 span: np.ndarray) -> np.ndarray:
     """(N,) packed key (`_packed_keys`) of the voxel of each of the (N, 3) points."""
-    # A column at a time: on contiguous columns floor and the casts run several times faster.
-    i, j, k = (np.floor((pts[:, axis].astype(np.float64) - low[axis]) / voxel_size)
-               .astype(np.int64) for axis in range(3))
-    return (i * int(span[1]) + j) * int(span[2]) + k
+    cells = np.empty((len(pts), 3))
+    for axis in range(3):
+        cells[:, axis] = np.floor((pts[:, axis].astype(np.float64) - low[axis]) / voxel_size)
+    return _packed_keys(cells, span)
 
 
 def _rank_keys(keys: np.ndarray, num_keys: float) -> np.ndarray:
