@@ -151,19 +151,11 @@ def _instance_cells(xyz: np.ndarray, labels: np.ndarray, ids: list[int]) -> list
     labels = np.asarray(labels)
     members = np.flatnonzero(labels > 0)
     keys = _point_cells(np.take(np.asarray(xyz).reshape(-1, 3), members, axis=0))
-    owners = labels[members].astype(np.int64)
-    # One sort of one int64 per point, (owner, cell) numbered within the frame's span of
-    # cells, is several times faster than a lexsort of the two; cells keep their order.
-    low = keys.min(initial=0)
-    span = int(keys.max(initial=0) - low) + 1
-    if int(owners.max(initial=0)) + 1 < 2**62 / span:
-        pairs = np.unique(owners * span + (keys - low))
-        owners, keys = pairs // span, pairs % span + low
-    else:
-        order = np.lexsort((keys, owners))
-        keys, owners = keys[order], owners[order]
-        distinct = np.ones(len(keys), dtype=bool)
-        distinct[1:] = (keys[1:] != keys[:-1]) | (owners[1:] != owners[:-1])
-        keys, owners = keys[distinct], owners[distinct]
+    owners = labels[members]
+    order = np.lexsort((keys, owners))
+    keys, owners = keys[order], owners[order]
+    distinct = np.ones(len(keys), dtype=bool)
+    distinct[1:] = (keys[1:] != keys[:-1]) | (owners[1:] != owners[:-1])
+    keys, owners = keys[distinct], owners[distinct]
     bounds = np.searchsorted(owners, np.column_stack([ids, np.add(ids, 1)]).reshape(-1))
     return [keys[lo:hi] for lo, hi in bounds.reshape(-1, 2)]
