@@ -51,8 +51,9 @@ def grounding_inputs(xyz: np.ndarray, features: np.ndarray, ids: np.ndarray,
     The index is into `instances`; `ids` are per point, with 0 = none and k = the instance whose
     id is k.
 
-    `normals`, when the caller has them, are those of these rows in point order (as
-    `instance_normals` gives them), e.g. for a second set of instances on the same points.
+    `normals`, when the caller has them, are (N, 3) per point, as `Grounder.point_normals`
+    gives them (e.g. one estimate for several sets of instances on the same points); else they
+    are estimated on these rows' points.
     """
     slot = np.full(int(max(np.max(ids, initial=0), max((i.id for i in instances), default=0)))
                    + 1, -1, dtype=np.int64)
@@ -62,8 +63,10 @@ def grounding_inputs(xyz: np.ndarray, features: np.ndarray, ids: np.ndarray,
     points = np.asarray(xyz, dtype=np.float64)[rows]
     if normals is None:
         normals = instance_normals(points)
-    elif len(normals) != len(rows):
-        raise ValueError(f'{len(normals)} normals given for {len(rows)} instance points')
+    elif len(normals) != len(index):
+        raise ValueError(f'{len(normals)} normals given for {len(index)} points')
+    else:
+        normals = np.asarray(normals)[rows]
     inputs = np.concatenate([np.asarray(features, np.float32)[rows],
                              point_geometry(points, normals, index[rows], instances)], axis=1)
     return inputs, index[rows]
@@ -150,9 +153,7 @@ class Grounder:
         `normals`: (N, 3) per working point, as `point_normals` gives them; estimated here on
         the instances' points when not given.
         """
-        rows = np.asarray(ids) > 0
-        self.apply(instances, *grounding_inputs(
-            xyz, features, ids, instances, None if normals is None else normals[rows]))
+        self.apply(instances, *grounding_inputs(xyz, features, ids, instances, normals))
 
     def apply(self, instances: list[InstanceInfo], inputs: np.ndarray,
               index: np.ndarray) -> None:
@@ -188,10 +189,9 @@ class Grounder:
             return ids
         if normals is None:
             normals = self.point_normals(xyz, ids)
-        scored = normals[parents > 0]
         return take_splits(ids, taken,
-                           self._whole_and_label(xyz, rgb, features, parts, scored, up),
-                           self._whole_and_label(xyz, rgb, features, parents, scored, up))
+                           self._whole_and_label(xyz, rgb, features, parts, normals, up),
+                           self._whole_and_label(xyz, rgb, features, parents, normals, up))
 
     def join_parts(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,
                    ids: np.ndarray, pairs: list[tuple[int, int]], up: np.ndarray | None,
@@ -212,7 +212,7 @@ class Grounder:
         if normals is None:
             normals = self.point_normals(xyz, ids)
         singles = {i: score for i, (score, _) in self._whole_and_label(
-            xyz, rgb, features, np.where(members, ids, 0), normals[members], up).items()}
+            xyz, rgb, features, np.where(members, ids, 0), normals, up).items()}
         unions: dict[tuple[int, int], float] = {}
         pending = pairs
         while pending:
@@ -226,8 +226,7 @@ class Grounder:
             round_ids = np.zeros_like(ids)
             for number, (part, whole) in enumerate(batch, start=1):
                 round_ids[(ids == part) | (ids == whole)] = number
-            scored = self._whole_and_label(xyz, rgb, features, round_ids,
-                                           normals[round_ids > 0], up)
+            scored = self._whole_and_label(xyz, rgb, features, round_ids, normals, up)
             unions.update((pair, scored[number][0]) for number, pair in enumerate(batch, 1))
             pending = [pair for pair in pending if pair not in batch]
         return take_joins(ids, pairs, singles, unions)
@@ -237,7 +236,7 @@ class Grounder:
                          ) -> dict[int, tuple[float, str]]:
         """Log-probability of being one whole object, and label, of each id > 0 of `ids`.
 
-        `normals` are those of the points with an id, in point order.
+        `normals` are (N, 3) per point, as `point_normals` gives them.
         """
         instances = describe_instances(xyz, rgb, ids, up)
         vectors = self.head.embed_instances(

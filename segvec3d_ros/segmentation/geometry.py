@@ -14,7 +14,7 @@ _MAX_PACKED_KEY = 2.0**62
 # cloud made voxel_downsample peak at 595 MiB on 5 million points, blockwise 251 MiB.
 _KEY_BLOCK_POINTS = 1 << 20
 # Distinct keys are numbered from an occupancy table, not by sorting, while the table has at
-# most this many entries per key: a camera frame's voxels span a few per point.
+# most this many entries per point: a camera frame's voxels span a few cells per point.
 _DENSE_KEYS_PER_POINT = 8
 # RANSAC scores hypotheses on a random sample of this many points: enough to rank planes by
 # inlier fraction (a 10 % plane has ~400 +- 20 sampled inliers) at a fraction of the cost.
