@@ -20,7 +20,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / 'config' / 'segvec3d.yaml'
@@ -29,15 +28,12 @@ _WARMUP = 2
 
 def time_stages(frames: list[str], segmenter: str, repeats: int) -> dict[str, float]:
     """Median seconds per stage of the importable package's pipeline over the frames."""
-    from segvec3d_ros.config import PipelineConfig
+    # Imported here: the package is whichever checkout PYTHONPATH puts first.
+    from segvec3d_ros.cli.common import pipeline_config
     from segvec3d_ros.io.files import read_cloud
     from segvec3d_ros.pipeline import Pipeline
 
-    params = yaml.safe_load(PARAMS.read_text())['/**/segvec3d_segmentation']['ros__parameters']
-    fields = PipelineConfig.__dataclass_fields__
-    config = PipelineConfig(**{k: v for k, v in params.items() if k in fields})
-    config.segmenter = segmenter
-    pipeline = Pipeline(config)
+    pipeline = Pipeline(pipeline_config(PARAMS, segmenter=segmenter))
     times: dict[str, list[float]] = {}
     for frame in frames:
         cloud = read_cloud(Path(frame))
