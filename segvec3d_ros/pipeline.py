@@ -222,16 +222,16 @@ class Pipeline:
         point_ids, support = voxel_ids[grid.inverse], voxel_labels[:, 1][grid.inverse]
         if len(veil):
             # Veil points took no part; each takes the labels of the voxel nearest to it within
-            # cluster_tolerance (an object's edge, the surface behind), else stays out, and is
-            # an ordinary point from here on: counted and described with its instance.
-            gap, nearest = cKDTree(grid.xyz).query(cloud.xyz[veil],
-                                                   distance_upper_bound=cfg.cluster_tolerance)
-            near = np.isfinite(gap)
-            index = np.concatenate([index, veil[near]])
-            xyz = np.concatenate([xyz, cloud.xyz[veil[near]]])
-            rgb = None if rgb is None else np.concatenate([rgb, cloud.rgb[veil[near]]])
-            point_ids = np.concatenate([point_ids, voxel_ids[nearest[near]]])
-            support = np.concatenate([support, voxel_labels[nearest[near], 1]])
+            # cluster_tolerance (an object's edge, the surface behind), else none, and is an
+            # ordinary point from here on: counted and described with its instance.
+            veil_labels = nearest_labels(
+                grid.xyz, np.column_stack([voxel_ids, voxel_labels[:, 1]]), cloud.xyz[veil],
+                cfg.cluster_tolerance)
+            index = np.concatenate([index, veil])
+            xyz = np.concatenate([xyz, cloud.xyz[veil]])
+            rgb = None if rgb is None else np.concatenate([rgb, cloud.rgb[veil]])
+            point_ids = np.concatenate([point_ids, veil_labels[:, 0]])
+            support = np.concatenate([support, veil_labels[:, 1]])
         ids, new_id = rank_labels(point_ids, cfg.min_instance_points)
         # every segmenter id keeps an entry, also those of dropped instances above the rest
         new_id = np.pad(new_id, (0, int(voxel_labels[:, 0].max(initial=0)) + 1 - len(new_id)))

@@ -277,6 +277,9 @@ def test_nearest_labels():
     rows = nearest_labels(src, np.array([[4, 1], [5, 0], [6, 1]]), dst)
     np.testing.assert_array_equal(rows, [[5, 0], [4, 1], [6, 1]])
     assert nearest_labels(src[:0], np.zeros(0, np.int64), dst).tolist() == [0, 0, 0]
+    # beyond max_distance (the third destination is 1.41 m from its nearest source): zeros
+    bounded = nearest_labels(src, np.array([[4, 1], [5, 0], [6, 1]]), dst, max_distance=0.5)
+    np.testing.assert_array_equal(bounded, [[5, 0], [4, 1], [0, 0]])
 
 
 def test_a_thin_object_lying_on_the_table_is_no_support():

@@ -462,11 +462,19 @@ def euclidean_clusters(xyz: np.ndarray, tolerance: float, min_points: int = 1,
     return rank_labels(components + 1, min_points, max_points)[0]
 
 
-def nearest_labels(src_xyz: np.ndarray, src_labels: np.ndarray, dst_xyz: np.ndarray) -> np.ndarray:
-    """Rows of `src_labels` at the source point nearest to each destination point."""
+def nearest_labels(src_xyz: np.ndarray, src_labels: np.ndarray, dst_xyz: np.ndarray,
+                   max_distance: float = np.inf) -> np.ndarray:
+    """Rows of `src_labels` at the source point nearest to each destination point.
+
+    A destination with no source point within `max_distance` gets a row of zeros.
+    """
     src_labels = np.asarray(src_labels)
     dst = np.asarray(dst_xyz, dtype=np.float64).reshape(-1, 3)
+    labels = np.zeros((len(dst),) + src_labels.shape[1:], dtype=src_labels.dtype)
     if len(src_labels) == 0:
-        return np.zeros((len(dst),) + src_labels.shape[1:], dtype=src_labels.dtype)
-    _, nearest = cKDTree(np.asarray(src_xyz, dtype=np.float64).reshape(-1, 3)).query(dst, k=1)
-    return src_labels[nearest]
+        return labels
+    distance, nearest = cKDTree(np.asarray(src_xyz, dtype=np.float64).reshape(-1, 3)).query(
+        dst, k=1, distance_upper_bound=max_distance)
+    found = np.isfinite(distance)
+    labels[found] = src_labels[nearest[found]]
+    return labels
