@@ -258,20 +258,24 @@ def test_segvec3d_play_restamps_on_the_recorded_topic_reliably(input_bag):
 
 
 @pytest.mark.ros
-def test_segvec3d_play_stops_quietly_when_shutdown_lands_between_two_clouds(input_bag):
-    # Ctrl-C shuts the context down before Python raises KeyboardInterrupt; the next publish
-    # then fails on the invalid context, which must end the playing, not raise.
+@pytest.mark.parametrize('stopper', ['context shutdown', 'stop flag'])
+def test_segvec3d_play_stops_quietly_between_two_clouds(input_bag, stopper):
+    # rclpy's signal handlers shut the context down, and the SIGINT handler then sets the
+    # flag: either one landing while the player waits for the next cloud ends the playing.
     context = rclpy.context.Context()
     rclpy.init(context=context)
     node = Node('segvec3d_play_shutdown_test', context=context)
     args = play_tool.build_parser().parse_args(
         [str(input_bag[0]), '--loop', '--rate', '0.5', '--remap', '/play_shutdown_test'])
-    # The bag's clouds are 0.5 s apart: 1 s at rate 0.5, and the shutdown lands in between.
-    threading.Timer(0.3, rclpy.shutdown, kwargs={'context': context}).start()
+    stop = threading.Event()
+    # The bag's clouds are 0.5 s apart: 1 s at rate 0.5, and the stop lands in between.
+    threading.Timer(0.3, stop.set if stopper == 'stop flag'
+                    else lambda: rclpy.shutdown(context=context)).start()
     try:
-        assert play_tool.play(node, args) == 1
+        assert play_tool.play(node, args, stop) == 1
     finally:
         node.destroy_node()
+        rclpy.try_shutdown(context=context)
 
 
 def test_segvec3d_play_reports_a_bad_bag_without_a_traceback(tmp_path):

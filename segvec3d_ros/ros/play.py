@@ -9,11 +9,12 @@ pace scaled by --rate, with sensor-data QoS unless --reliable.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
@@ -43,8 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def play(node: Node, args: argparse.Namespace) -> int:
-    """Publish the bag's clouds until the end (or forever with --loop); return the count."""
+def play(node: Node, args: argparse.Namespace, stop: threading.Event) -> int:
+    """Publish the bag's clouds until the end, or forever with --loop, or until `stop` is set.
+
+    Returns how many were published.
+    """
     publisher = None
     qos = (QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE) if args.reliable
            else qos_profile_sensor_data)
@@ -57,15 +61,16 @@ def play(node: Node, args: argparse.Namespace) -> int:
                 node.get_logger().info(f'playing {message.topic} on {publisher.topic_name}')
             start_bag = message.timestamp if start_bag is None else start_bag
             due = start_wall + (message.timestamp - start_bag) * 1e-9 / args.rate
-            time.sleep(max(0.0, due - time.monotonic()))
+            if stop.wait(max(0.0, due - time.monotonic())):
+                return count
             msg = deserialize_message(message.raw, PointCloud2)
             if args.restamp:
                 msg.header.stamp = node.get_clock().now().to_msg()
             try:
                 publisher.publish(msg)
             except Exception:
-                # Ctrl-C shuts the context down before Python raises KeyboardInterrupt: a
-                # publish in between fails on the invalid context, and that is a shutdown.
+                # rclpy's own SIGINT and SIGTERM handlers shut the context down before `stop`
+                # is set: a publish in between fails on the invalid context, a clean stop.
                 if node.context.ok():
                     raise
                 return count
@@ -81,17 +86,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(remove_ros_args(argv))
     if not args.rate > 0:
         parser.error(f'--rate must be > 0, got {args.rate}')
+    # Ctrl-C only sets a flag that the loop checks between clouds: a KeyboardInterrupt raised
+    # wherever the interpreter is, inside deserialize_message for one, surfaced as another error.
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
     rclpy.init(args=['segvec3d-play', *argv])
     node = Node(PLAY_NODE)
     exit_code = 0
     try:
-        count = play(node, args)
+        count = play(node, args, stop)
         node.get_logger().info(f'published {count} clouds')
     except BagError as error:
         print(f'segvec3d-play: error: {error}', file=sys.stderr)
         exit_code = 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+    except Exception:
+        # A SIGTERM, or a Ctrl-C before the first cloud, shuts the context down under the
+        # node, and its next call fails: that is a clean stop.
+        if node.context.ok():
+            raise
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
