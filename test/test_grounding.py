@@ -27,7 +27,8 @@ from segvec3d_ros.instances import InstanceInfo, describe_instances
 from segvec3d_ros.model.segvec3d import SegVec3D, SegVec3DConfig, save_checkpoint
 from segvec3d_ros.pipeline import Pipeline
 from segvec3d_ros.segmentation.learned import LearnedSegmenter
-from segvec3d_ros.segmentation.split import JOIN_MARGIN, part_candidates
+from segvec3d_ros.segmentation.split import (JOIN_MARGIN, PART_SHARE, UNLIKE_JOIN_MARGIN,
+                                             part_candidates, take_joins)
 from segvec3d_ros.training.captions import caption_bank
 from segvec3d_ros.training.grounding import (GroundingTrainConfig, InstanceCache, InstanceTable,
                                              train_head)
@@ -376,10 +377,11 @@ def test_part_candidates_are_small_instances_touching_a_larger_one():
     assert part_candidates(xyz, ids, reach=0.02, min_points=100) == []   # a speck
     assert part_candidates(np.zeros((0, 3)), np.zeros(0, np.int64), 0.02, 10) == []
     assert part_candidates(xyz, np.zeros(len(ids), np.int64), 0.02, 10) == []
-    # the box (400 points) is half the body: an object, not a part, even when it touches
+    # Touching it, the box (400 points, half the body) is no part of the body, yet may be a
+    # piece of the same object: it comes as a pair too, the smaller instance first.
     touching = xyz.copy()
     touching[ids == 3] -= [0.22, 0.0, 0.0]
-    assert (3, 1) not in part_candidates(touching, ids, reach=0.02, min_points=10)
+    assert sorted(part_candidates(touching, ids, reach=0.02, min_points=10)) == [(2, 1), (3, 1)]
 
 
 @pytest.mark.parametrize('singles, union, joined', [
@@ -401,6 +403,73 @@ def test_a_part_joins_the_instance_the_head_finds_it_part_of(singles, union, joi
     resolved = grounder.join_parts(xyz, None, features, ids, pairs, None)
     np.testing.assert_array_equal(resolved, np.repeat([1, 1 if joined else 2, 3], [800, 60, 400]))
     assert singles[0] + singles[1] + JOIN_MARGIN > -1.8     # the second case is a near miss
+
+
+def _scores(singles: tuple[float, float], labels: tuple[str, str]) -> dict[int, tuple[float, str]]:
+    return {1: (singles[0], labels[0]), 2: (singles[1], labels[1])}
+
+
+@pytest.mark.parametrize('convexity, labels, union, joined', [
+    (0.3, ('jar', 'jar'), -1.2, True),     # one surface continued: the head's margin decides
+    (-0.4, ('jar', 'jar'), -0.1, False),   # a valley: two objects, whatever the head finds
+    (0.3, ('jar', 'box'), -1.2, False),    # labelled apart, the larger margin ...
+    (0.3, ('jar', 'box'), -0.9, True),     # ... met
+    (float('nan'), ('jar', 'jar'), -0.1, False)])   # no normals at the junction
+def test_pieces_of_comparable_size_join_only_where_they_meet_without_a_valley(
+        convexity, labels, union, joined):
+    ids = np.repeat([1, 2], [300, 200])
+    singles = (-1.0, -1.0)
+    resolved = take_joins(ids, [(2, 1)], _scores(singles, labels), {(2, 1): union},
+                          {(2, 1): convexity})
+    np.testing.assert_array_equal(resolved, np.repeat([1, 1 if joined else 2], [300, 200]))
+    assert sum(singles) + JOIN_MARGIN < -1.2 < sum(singles) + UNLIKE_JOIN_MARGIN < -0.9
+
+
+def test_joins_chain_and_a_small_part_needs_no_convexity():
+    ids = np.repeat([1, 2, 3, 4], [300, 200, 150, 20])
+    singles = {i: (-1.0, 'jar') for i in (1, 2, 3)} | {4: (-1.0, 'other')}
+    pairs = [(3, 2), (2, 1), (4, 3)]
+    assert 20 < PART_SHARE * 150
+    resolved = take_joins(ids, pairs, singles, dict.fromkeys(pairs, -0.1),
+                          {(3, 2): 0.1, (2, 1): 0.1})
+    # the jar's three pieces and the cap on one of them, all one instance
+    assert len(np.unique(resolved)) == 1
+
+
+def _box_front_and_top(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 10 cm cube 80 cm ahead of and below the sensor: points of the two faces it sees.
+
+    Ids 1 on the front face, 2 on the top one: the two meet in a convex edge.
+    """
+    rng = np.random.default_rng(3)
+    x, near, depth = (rng.uniform(-0.05, 0.05, count) for _ in range(3))
+    front = np.column_stack([x, 0.05 + near + 0.05, np.full(count, 0.8)])
+    top = np.column_stack([x, np.full(count, 0.05), 0.8 + depth + 0.05])
+    return np.concatenate([front, top]), np.repeat([1, 2], count)
+
+
+def _cylinder_front(centre, radius: float, height: float, count: int) -> np.ndarray:
+    """Points on the half of an upright (along y) cylinder that faces the sensor at the origin."""
+    rng = np.random.default_rng(3)
+    angle = rng.uniform(np.pi / 2, 3 * np.pi / 2, count)   # the side towards -z
+    return np.column_stack([radius * np.sin(angle), rng.uniform(-height / 2, height / 2, count),
+                            radius * np.cos(angle)]) + centre
+
+
+def test_join_parts_joins_two_faces_of_a_box_and_not_two_touching_cans():
+    can = _cylinder_front([0.0, 0.0, 0.8], 0.035, 0.12, 2000)
+    cans = np.concatenate([can, can + [0.07, 0.0, 0.0]]), np.repeat([1, 2], len(can))
+    grounder = Grounder(make_head(objectness=True), ['box'], -1.0, BagOfWords())
+    # The head finds both unions likelier one object by more than the margin.
+    grounder.head.log_objectness = lambda vectors: np.full(len(vectors), -0.4 if len(
+        vectors) == 1 else -1.0)
+    for (xyz, ids), joined in ((_box_front_and_top(1500), True), (cans, False)):
+        xyz = xyz.astype(np.float32)
+        pairs = part_candidates(xyz, ids, 0.02, 10)
+        assert len(pairs) == 1
+        features = np.random.default_rng(4).normal(size=(len(xyz), FEATURES)).astype(np.float32)
+        resolved = grounder.join_parts(xyz, None, features, ids, pairs, None)
+        assert (len(np.unique(resolved)) == 1) == joined
 
 
 def test_one_set_of_point_normals_serves_splits_joins_and_grounding():

@@ -14,7 +14,8 @@ from segvec3d_ros.instances import InstanceInfo, describe_instances
 from segvec3d_ros.model.features import estimate_normals
 from segvec3d_ros.names import bundled_grounding_path, resolve_path
 from segvec3d_ros.segmentation.base import Segmenter
-from segvec3d_ros.segmentation.split import split_parts, take_joins, take_splits
+from segvec3d_ros.segmentation.split import (comparable, junction_convexity, split_parts,
+                                             take_joins, take_splits)
 
 if TYPE_CHECKING:
     from segvec3d_ros.config import PipelineConfig
@@ -199,9 +200,10 @@ class Grounder:
         """`ids` of the working points with each part joined to the instance it belongs to.
 
         `pairs` are (part, whole) ids (`split.part_candidates`: a cap, a handle the embeddings
-        cut off); a part joins its whole where the head's Objectness layer finds the union
-        likelier one whole object than the two apart (`split.take_joins`). A head without
-        that layer joins nothing. `normals` as for `resolve_splits`.
+        cut off, or two pieces of comparable size); a part joins its whole where the head's
+        Objectness layer finds the union likelier one whole object than the two apart, and
+        pieces of comparable size where they also meet without a valley (`split.take_joins`).
+        A head without that layer joins nothing. `normals` as for `resolve_splits`.
         """
         ids = np.asarray(ids, dtype=np.int64)
         if self.head.objectness is None or not pairs:
@@ -211,8 +213,8 @@ class Grounder:
         members = np.isin(ids, np.unique(np.array(pairs)))
         if normals is None:
             normals = self.point_normals(xyz, ids)
-        singles = {i: score for i, (score, _) in self._whole_and_label(
-            xyz, rgb, features, np.where(members, ids, 0), normals, up).items()}
+        singles = self._whole_and_label(xyz, rgb, features, np.where(members, ids, 0), normals,
+                                        up)
         unions: dict[tuple[int, int], float] = {}
         pending = pairs
         while pending:
@@ -229,7 +231,10 @@ class Grounder:
             scored = self._whole_and_label(xyz, rgb, features, round_ids, normals, up)
             unions.update((pair, scored[number][0]) for number, pair in enumerate(batch, 1))
             pending = [pair for pair in pending if pair not in batch]
-        return take_joins(ids, pairs, singles, unions)
+        convexity = {(part, whole): junction_convexity(xyz, normals, np.flatnonzero(ids == part),
+                                                       np.flatnonzero(ids == whole))
+                     for part, whole in pairs if comparable(ids, part, whole)}
+        return take_joins(ids, pairs, singles, unions, convexity)
 
     def _whole_and_label(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,
                          ids: np.ndarray, normals: np.ndarray, up: np.ndarray | None
