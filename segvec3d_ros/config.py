@@ -215,9 +215,10 @@ class PipelineConfig:
                                    'instance where a weak cut of its embeddings meets in a '
                                    'concave junction and the grounding head labels the two '
                                    'parts differently (touching or stacked objects)')
-    join_parts: bool = setting(True, 'learned segmenter with a grounding head: join an instance '
-                               'under a quarter of a touching one to it (a cap, a handle) '
-                               'where the grounding head finds the two one object')
+    join_parts: bool = setting(True, 'learned segmenter with a grounding head: join touching '
+                               'instances the grounding head finds one object: a part under a '
+                               'quarter of its neighbour (a cap, a handle), or two pieces of '
+                               'comparable size that meet without a valley')
     plane_distance: float = setting(0.01, 'RANSAC inlier distance of the support surface in m',
                                     range=(0.001, 0.5))
     plane_iterations: int = setting(200, 'RANSAC hypotheses per support surface',
