@@ -228,7 +228,10 @@ class PipelineConfig:
                                           range=(0.01, 1.0))
     min_support_extent: float = setting(0.5, 'a plane whose largest patch spans less than this '
                                         'in m (a book\'s or a box\'s top close to the sensor) '
-                                        'is not a support surface', range=(0.0, 100.0))
+                                        'is not a support surface; a layer raised inside a '
+                                        'surface\'s band that spans this much is the surface '
+                                        'bent by depth error, not a thin object on it',
+                                        range=(0.0, 100.0))
     drop_below_support: bool = setting(True, 'ignore points on the far side of a support '
                                        'surface from the sensor (cloud in the sensor frame)')
     veil_angle: float = setting(10.0, 'organized depth clouds: degrees; drop the veil points '

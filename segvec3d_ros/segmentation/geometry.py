@@ -376,7 +376,8 @@ def support_surfaces(xyz: np.ndarray, distance: float, iterations: int, min_frac
         members = candidates[inliers]
         untried[members] = False
         support[members] = True
-        support[members[_raised_layer(pts[members], plane, band[inliers], tolerance)]] = False
+        support[members[_raised_layer(pts[members], plane, band[inliers], tolerance,
+                                      min_extent)]] = False
         surfaces.append(plane)
         # Not beyond a level: the fronts of objects in a row before a wall look like one, and
         # all behind them would go.
@@ -408,12 +409,14 @@ def _on_a_surface(patch: np.ndarray, plane: np.ndarray, surfaces: list[np.ndarra
 
 
 def _raised_layer(xyz: np.ndarray, plane: np.ndarray, distance: np.ndarray,
-                  tolerance: float) -> np.ndarray:
+                  tolerance: float, max_span: float = 0.0) -> np.ndarray:
     """(N,) mask of the inliers `xyz` of `plane` (within `distance`, (N,)) in a raised layer.
 
     Those are the inliers whose neighbours lie on average over _LAYER_LEVEL of the band above
     the plane, on the sensor's side, in patches (gaps under `tolerance`) of at least
-    _LAYER_MIN_POINTS points.
+    _LAYER_MIN_POINTS points that, with `max_span` > 0, span less than it: a longer one is the
+    surface itself, bent out of its plane by the sensor's depth error (a real floor or table
+    warps by a centimetre over a metre), not a thin object lying on it.
     """
     pts = np.asarray(xyz, dtype=np.float64).reshape(-1, 3)
     raised = np.zeros(len(pts), dtype=bool)
@@ -427,7 +430,12 @@ def _raised_layer(xyz: np.ndarray, plane: np.ndarray, distance: np.ndarray,
     if len(layer) < _LAYER_MIN_POINTS:
         return raised
     patches = plane_patches(pts[layer], plane[:3], tolerance)
-    raised[layer[np.bincount(patches)[patches] >= _LAYER_MIN_POINTS]] = True
+    sizes = np.bincount(patches)
+    thin_objects = sizes >= _LAYER_MIN_POINTS
+    if max_span > 0:
+        for patch in np.flatnonzero(thin_objects):
+            thin_objects[patch] = longest_span(pts[layer[patches == patch]], plane[:3]) < max_span
+    raised[layer[thin_objects[patches]]] = True
     return raised
 
 
