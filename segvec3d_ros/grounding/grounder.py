@@ -231,9 +231,10 @@ class Grounder:
             scored = self._whole_and_label(xyz, rgb, features, round_ids, normals, up)
             unions.update((pair, scored[number][0]) for number, pair in enumerate(batch, 1))
             pending = [pair for pair in pending if pair not in batch]
+        sizes = np.bincount(ids)
         convexity = {(part, whole): junction_convexity(xyz, normals, np.flatnonzero(ids == part),
                                                        np.flatnonzero(ids == whole))
-                     for part, whole in pairs if comparable(ids, part, whole)}
+                     for part, whole in pairs if comparable(sizes, part, whole)}
         return take_joins(ids, pairs, singles, unions, convexity)
 
     def _whole_and_label(self, xyz: np.ndarray, rgb: np.ndarray | None, features: np.ndarray,

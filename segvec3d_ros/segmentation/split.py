@@ -273,9 +273,12 @@ def part_candidates(xyz: np.ndarray, ids: np.ndarray, reach: float,
     return [(int(a), int(b)) for a, b in np.concatenate([parts[most_touched], pairs[~small]])]
 
 
-def comparable(ids: np.ndarray, part: int, whole: int) -> bool:
-    """Whether instance `part` holds at least PART_SHARE of the points of `whole`."""
-    return np.count_nonzero(ids == part) >= PART_SHARE * np.count_nonzero(ids == whole)
+def comparable(sizes: np.ndarray, part: int, whole: int) -> bool:
+    """Whether instance `part` holds at least PART_SHARE of the points of `whole`.
+
+    `sizes` are the instances' point counts, np.bincount of the ids.
+    """
+    return bool(sizes[part] >= PART_SHARE * sizes[whole])
 
 
 def take_joins(ids: np.ndarray, pairs: list[tuple[int, int]],
