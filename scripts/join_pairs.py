@@ -23,8 +23,8 @@ from segvec3d_ros.data.scenes import generate_scene
 from segvec3d_ros.evaluation.datasets import synthetic_ground_truth
 from segvec3d_ros.grounding.grounder import Grounder
 from segvec3d_ros.pipeline import Pipeline
-from segvec3d_ros.segmentation.split import (JOIN_MARGIN, MIN_JOIN_CONVEXITY, PART_SHARE,
-                                             UNLIKE_JOIN_MARGIN, junction_convexity)
+from segvec3d_ros.segmentation.split import (JOIN_MARGIN, MIN_JOIN_CONVEXITY, UNLIKE_JOIN_MARGIN,
+                                             comparable, junction_convexity)
 
 REPO = Path(__file__).resolve().parents[1]
 MIN_PAIR_POINTS = 20
@@ -88,7 +88,7 @@ def scene_pairs(pipeline: Pipeline, seed: int) -> list[Pair]:
         union = scored(np.isin(ids, (a, b)).astype(np.int64))[1][0]
         pairs.append(Pair(
             one_object=majority[a] == majority[b],
-            comparable=min(sizes[a], sizes[b]) >= PART_SHARE * max(sizes[a], sizes[b]),
+            comparable=bool(comparable(sizes, *sorted((a, b), key=lambda i: sizes[i]))),
             gain=union - singles[a][0] - singles[b][0],
             same_label=singles[a][1] == singles[b][1],
             convexity=junction_convexity(xyz, normals, np.flatnonzero(ids == a),
@@ -122,8 +122,8 @@ def main() -> None:
           f'{args.first_seed + args.scenes - 1}')
     print('| pairs | rule | pieces of one object joined | pairs of two objects joined |')
     print('| --- | --- | --- | --- |')
-    for kind, comparable in (('comparable size', True), ('small part', False)):
-        group = [p for p in pairs if p.comparable == comparable]
+    for kind, of_comparable_size in (('comparable size', True), ('small part', False)):
+        group = [p for p in pairs if p.comparable == of_comparable_size]
         one = sum(p.one_object for p in group)
         for name, rule in rules.items():
             joined_one = sum(p.one_object and rule(p) for p in group)

@@ -265,7 +265,7 @@ def part_candidates(xyz: np.ndarray, ids: np.ndarray, reach: float,
     pairs, touches = np.unique(np.column_stack([np.where(larger_first, second, first),
                                                 np.where(larger_first, first, second)]),
                                axis=0, return_counts=True)
-    small = sizes[pairs[:, 0]] < PART_SHARE * sizes[pairs[:, 1]]
+    small = ~comparable(sizes, pairs[:, 0], pairs[:, 1])
     parts, touches = pairs[small], touches[small]
     # most touched whole first within each part, then the first row of each part
     parts = parts[np.lexsort((-touches, parts[:, 0]))]
@@ -273,12 +273,13 @@ def part_candidates(xyz: np.ndarray, ids: np.ndarray, reach: float,
     return [(int(a), int(b)) for a, b in np.concatenate([parts[most_touched], pairs[~small]])]
 
 
-def comparable(sizes: np.ndarray, part: int, whole: int) -> bool:
-    """Whether instance `part` holds at least PART_SHARE of the points of `whole`.
+def comparable(sizes: np.ndarray, part: int | np.ndarray,
+               whole: int | np.ndarray) -> bool | np.ndarray:
+    """Whether instance `part` holds at least PART_SHARE of the points of `whole` (elementwise).
 
     `sizes` are the instances' point counts, np.bincount of the ids.
     """
-    return bool(sizes[part] >= PART_SHARE * sizes[whole])
+    return sizes[part] >= PART_SHARE * sizes[whole]
 
 
 def take_joins(ids: np.ndarray, pairs: list[tuple[int, int]],
@@ -288,12 +289,14 @@ def take_joins(ids: np.ndarray, pairs: list[tuple[int, int]],
 
     `singles` maps an id to its log-probability of being one whole object and its label,
     `unions` a pair to the union's log-probability. A pair is joined where log P(part + whole)
-    > log P(part) + log P(whole) + JOIN_MARGIN. A pair of comparable size, that is one in
-    `convexity`, also needs a convexity of at least MIN_JOIN_CONVEXITY and, labelled apart,
-    UNLIKE_JOIN_MARGIN instead. Joins chain: a jar cut in three comes out whole.
+    > log P(part) + log P(whole) + JOIN_MARGIN. A pair of `comparable` size also needs its
+    `convexity` (`junction_convexity`, given for those pairs) to be at least
+    MIN_JOIN_CONVEXITY and, labelled apart, UNLIKE_JOIN_MARGIN instead. Joins chain: a jar cut
+    in three comes out whole.
     """
     ids = np.asarray(ids, dtype=np.int64)
-    group = np.arange(ids.max(initial=0) + 1)
+    sizes = np.bincount(ids)
+    group = np.arange(len(sizes))
 
     def root(instance: int) -> int:
         while group[instance] != instance:
@@ -303,7 +306,7 @@ def take_joins(ids: np.ndarray, pairs: list[tuple[int, int]],
     for pair in pairs:
         (part_score, part_label), (whole_score, whole_label) = singles[pair[0]], singles[pair[1]]
         margin = JOIN_MARGIN
-        if pair in convexity:
+        if comparable(sizes, *pair):
             if not convexity[pair] >= MIN_JOIN_CONVEXITY:
                 continue
             margin = JOIN_MARGIN if part_label == whole_label else UNLIKE_JOIN_MARGIN
